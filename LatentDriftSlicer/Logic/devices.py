@@ -1,0 +1,153 @@
+"""Compute devices: what exists, which one to use, which precision, and batches that survive OOM.
+
+``--device auto|cpu|cuda[:N]|mps`` everywhere resolves through :func:`resolve_device`. Batched work
+(slices of a volume, samples of LDSeg) goes through :func:`run_in_batches`, which halves the batch
+and carries on when the device runs out of memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+
+from .errors import DeviceError, OutOfMemoryError
+
+LOG = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device this machine offers. ``memory_gb`` is total memory (None where unknown)."""
+
+    name: str
+    description: str
+    memory_gb: float | None = None
+
+
+def available_devices() -> list[DeviceInfo]:
+    """Every device torch can use here: each CUDA GPU, Apple MPS, and always the CPU."""
+    devices: list[DeviceInfo] = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            devices.append(DeviceInfo(f"cuda:{index}", props.name, round(props.total_memory / 2**30, 1)))
+    if _mps_available():
+        devices.append(DeviceInfo("mps", "Apple Metal (MPS)"))
+    devices.append(DeviceInfo("cpu", f"CPU ({torch.get_num_threads()} threads)"))
+    return devices
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda[:N]|mps`` into a device that exists, or raise :class:`DeviceError`.
+
+    ``auto`` picks the first CUDA GPU, then MPS, then the CPU.
+    """
+    spec = (spec or "auto").strip().lower()
+    if not _DEVICE_PATTERN.match(spec):
+        raise DeviceError(f"Unknown device '{spec}': use auto, cpu, cuda, cuda:N or mps.")
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda:0")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"Device '{spec}' was asked for but torch sees no CUDA GPU here "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
+                "Use --device cpu, or install a CUDA build of torch that supports your GPU."
+            )
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"Device '{spec}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}."
+            )
+        return torch.device(f"cuda:{index}")
+    if spec == "mps" and not _mps_available():
+        raise DeviceError("Device 'mps' was asked for but Apple Metal is not available: use --device cpu.")
+    return torch.device(spec)
+
+
+def inference_dtype(device: torch.device, full_precision: bool = False) -> torch.dtype:
+    """float16 on CUDA (unless ``full_precision``), float32 elsewhere (fp16 on CPU is not practical)."""
+    if device.type == "cuda" and not full_precision:
+        return torch.float16
+    return torch.float32
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for the errors torch raises when a device runs out of memory (CUDA, MPS or CPU)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in message or "can't allocate memory" in message
+    )
+
+
+def run_in_batches(
+    function: Callable[[Sequence[T]], list],
+    items: Sequence[T],
+    batch_size: int,
+    on_batch_done: Callable[[int, int], None] | None = None,
+) -> list:
+    """Apply ``function`` to consecutive batches of ``items`` and concatenate the returned lists.
+
+    On out-of-memory the failing batch is retried at half the size, and the smaller size is kept for
+    the rest of the run. A batch of one that still fails raises :class:`OutOfMemoryError` with
+    advice. ``on_batch_done(done, total)`` reports progress in items.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    results: list = []
+    start = 0
+    while start < len(items):
+        batch = items[start : start + batch_size]
+        try:
+            results.extend(function(batch))
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            _release_cached_memory()
+            if batch_size == 1:
+                raise OutOfMemoryError(
+                    "Out of memory even with one slice per batch: use a smaller model resolution, "
+                    "fewer samples, or --device cpu."
+                ) from error
+            batch_size = max(1, batch_size // 2)
+            LOG.warning("Out of memory: retrying with %d per batch", batch_size)
+            continue
+        start += len(batch)
+        if on_batch_done is not None:
+            on_batch_done(start, len(items))
+    return results
+
+
+def _release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def suggest_batch_size(device: torch.device, bytes_per_item: int, ceiling: int = 64) -> int:
+    """A first batch size: what fits in 70 % of free CUDA memory, or ``min(ceiling, 8)`` elsewhere.
+
+    ``bytes_per_item`` is the caller's estimate of peak memory for one item of the batch.
+    """
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(max(1, min(ceiling, (0.7 * free) // max(1, bytes_per_item))))
+    return max(1, min(ceiling, 8))

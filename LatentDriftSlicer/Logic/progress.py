@@ -1,0 +1,74 @@
+"""Progress reporting for long work: a terminal bar, and structured lines for GUIs.
+
+Engine functions take an optional ``progress`` callable ``(done, total, message) -> None``.
+:class:`Progress` is the standard one: it drives a tqdm bar in a terminal and, when asked (the
+CLI's ``--progress-json``, used by the Slicer module), prints one JSON object per update on stdout::
+
+    {"event": "progress", "done": 12, "total": 180, "fraction": 0.0667, "message": "segmenting", "eta_s": 41.2}
+
+Lines are throttled to at most ``max_rate`` per second (the last update is always printed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
+
+ProgressCallback = Callable[[int, int, str], None]
+
+PROGRESS_EVENT = "progress"
+
+
+def emit_event(event: str, stream: TextIO | None = None, **fields: Any) -> None:
+    """Print one structured line ``{"event": event, **fields}`` and flush it."""
+    stream = stream or sys.stdout
+    stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+    stream.flush()
+
+
+class Progress:
+    """A progress callback with a tqdm bar (unless ``quiet``) and optional JSON lines."""
+
+    def __init__(self, quiet: bool = False, json_lines: bool = False, max_rate: float = 4.0) -> None:
+        self.quiet = quiet
+        self.json_lines = json_lines
+        self.min_interval = 1.0 / max_rate
+        self._bar: Any = None
+        self._task: tuple[str, int] | None = None
+        self._started = time.monotonic()
+        self._last_emit = 0.0
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if (message, total) != self._task:
+            self._restart(total, message)
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.refresh()
+        now = time.monotonic()
+        if self.json_lines and (done >= total or now - self._last_emit >= self.min_interval):
+            self._last_emit = now
+            elapsed = now - self._started
+            eta = elapsed / done * (total - done) if done else None
+            fraction = round(done / total, 4) if total else 0.0
+            emit_event(PROGRESS_EVENT, done=done, total=total, fraction=fraction, message=message, eta_s=eta)
+        if done >= total:
+            self.close()
+            self._task = None
+
+    def _restart(self, total: int, message: str) -> None:
+        self.close()
+        self._task = (message, total)
+        self._started = time.monotonic()
+        if not self.quiet and not self.json_lines:
+            self._bar = tqdm(total=total, desc=message or None, leave=False, dynamic_ncols=True)
+
+    def close(self) -> None:
+        """End the current bar (safe to call twice)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

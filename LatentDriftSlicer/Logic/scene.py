@@ -1,0 +1,404 @@
+"""The MRML bridge: engine values ↔ Slicer scene nodes, display set-up, saving and loading scenes.
+
+Works in two places with the same calls:
+
+* inside the 3D Slicer application: ``SceneSession.from_application()`` wraps ``slicer.mrmlScene`` and
+  the running module logics;
+* anywhere else, on PyPI's ``slicer-core`` (the real MRML core without Qt):
+  ``SceneSession.headless()`` builds a scene, an application logic and the Colors, Terminologies,
+  Volumes and Segmentations module logics, the way the application does at start-up.
+
+Only MRML/VTK calls and the ``slicer.util`` array helpers that exist in both are used. This module
+never touches tensors, and never recomputes geometry: IJK-to-RAS comes from :mod:`.volumes`.
+Input nodes are never modified: every result is a new node.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError, MissingFileError, UnreadableFileError
+from .volumes import Geometry, Volume, read_volume
+
+# Colour tables by preference: the first that exists in the scene is used. The last of each is built
+# procedurally by Slicer's colour logic, so it exists headless too; the file-based ones exist in the app.
+UNCERTAINTY_COLORMAP = ("Inferno", "Iron")
+PROBABILITY_COLORMAP = ("Viridis", "PET-Heat")
+DIFFERENCE_COLORMAP = ("DivergingBlueRed", "fMRI")
+
+
+def _slicer() -> Any:
+    import slicer  # slicer-core outside the application, the application's own module inside
+
+    return slicer
+
+
+def _vtk_matrix(array: np.ndarray) -> Any:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for col in range(4):
+            matrix.SetElement(row, col, float(array[row, col]))
+    return matrix
+
+
+def _numpy_matrix(matrix: Any) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+@dataclass
+class SceneSession:
+    """A scene and the module logics the bridge needs."""
+
+    scene: Any
+    application_logic: Any
+    volumes_logic: Any
+    segmentations_logic: Any
+    colors_logic: Any
+    terminologies_logic: Any
+
+    @classmethod
+    def headless(cls) -> SceneSession:
+        """A new scene with Slicer's application and module logics, without the application."""
+        slicer = _slicer()
+        import vtk
+
+        scene = slicer.vtkMRMLScene()
+        cache = slicer.vtkCacheManager()
+        cache.SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="latentdrift-cache-"))
+        io_manager = slicer.vtkDataIOManager()
+        io_manager.SetCacheManager(cache)
+        scene.SetCacheManager(cache)
+        scene.SetDataIOManager(io_manager)
+        app_logic = slicer.vtkSlicerApplicationLogic()
+        app_logic.SetMRMLScene(scene)
+        logics = {}
+        verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+        # Terminology and colour *files* ship with the application, not with slicer-core: their
+        # loaders log errors here although the built-in tables and codes still work.
+        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+        try:
+            for name, logic_class in (
+                ("Colors", slicer.vtkSlicerColorLogic),
+                ("Terminologies", slicer.vtkSlicerTerminologiesModuleLogic),
+                ("Volumes", slicer.vtkSlicerVolumesLogic),
+                ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+            ):
+                logic = logic_class()
+                logic.SetMRMLApplicationLogic(app_logic)
+                logic.SetMRMLScene(scene)
+                app_logic.SetModuleLogic(name, logic)
+                logics[name] = logic
+        finally:
+            vtk.vtkLogger.SetStderrVerbosity(verbosity)
+        return cls(
+            scene,
+            app_logic,
+            logics["Volumes"],
+            logics["Segmentations"],
+            logics["Colors"],
+            logics["Terminologies"],
+        )
+
+    @classmethod
+    def from_application(cls) -> SceneSession:
+        """The running Slicer application's scene and logics (only inside Slicer)."""
+        slicer = _slicer()
+        return cls(
+            scene=slicer.mrmlScene,
+            application_logic=slicer.app.applicationLogic(),
+            volumes_logic=slicer.modules.volumes.logic(),
+            segmentations_logic=slicer.modules.segmentations.logic(),
+            colors_logic=slicer.modules.colors.logic(),
+            terminologies_logic=slicer.modules.terminologies.logic(),
+        )
+
+    @classmethod
+    def current(cls) -> SceneSession:
+        """The application's session inside Slicer, otherwise a new headless one."""
+        slicer = _slicer()
+        if getattr(slicer, "app", None) is not None and getattr(slicer, "mrmlScene", None) is not None:
+            return cls.from_application()
+        return cls.headless()
+
+    def color_node_id(self, preferences: Sequence[str]) -> str:
+        """ID of the first colour table in ``preferences`` that this scene has (else grey)."""
+        for name in (*preferences, "Grey"):
+            node = self.scene.GetFirstNodeByName(name)
+            if node is not None and node.IsA("vtkMRMLColorNode"):
+                return str(node.GetID())
+        raise InputError("The scene has no colour tables: create the session with SceneSession.headless().")
+
+
+# --------------------------------------------------------------------------- volumes ↔ nodes
+
+
+def load_volume_node(session: SceneSession, path: str | Path, name: str | None = None) -> Any:
+    """Load a volume file (or DICOM series folder) into a new scalar volume node.
+
+    Files go through Slicer's own archetype reader (so the node keeps a storage node pointing at
+    the file); DICOM folders go through :func:`volumes.read_volume`. The file is checked first with
+    :func:`volumes.read_volume` rules: 2D, 4D and vector files are refused with advice.
+    """
+    path = Path(path)
+    volume = read_volume(path)  # validates shape and readability with specific messages
+    if path.is_dir():
+        return volume_to_node(session, volume, name or volume.name)
+    node = session.volumes_logic.AddArchetypeVolume(str(path), name or volume.name)
+    if node is None:
+        raise UnreadableFileError(f"Slicer could not load '{path}' as a scalar volume.")
+    return node
+
+
+def node_to_volume(node: Any) -> Volume:
+    """A :class:`Volume` copy of a scalar volume node's voxels and geometry (the node is untouched)."""
+    slicer = _slicer()
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        kind = "nothing" if node is None else node.GetClassName()
+        raise InputError(f"Expected a scalar volume node, got {kind}: pick an image volume.")
+    if node.GetImageData() is None:
+        raise MissingFileError(f"Volume node '{node.GetName()}' holds no image data.")
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    voxels = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    return Volume(
+        voxels=voxels, geometry=Geometry.from_ijk_to_ras(_numpy_matrix(matrix)), name=node.GetName()
+    )
+
+
+def volume_to_node(
+    session: SceneSession, volume: Volume, name: str, node_class: str = "vtkMRMLScalarVolumeNode"
+) -> Any:
+    """A NEW volume node (scalar or label map) holding ``volume``'s voxels on its exact geometry."""
+    slicer = _slicer()
+    node = session.scene.AddNewNodeByClass(node_class, session.scene.GenerateUniqueName(name))
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(volume.voxels))
+    node.SetIJKToRASMatrix(_vtk_matrix(volume.geometry.ijk_to_ras()))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def add_map_node(
+    session: SceneSession,
+    volume: Volume,
+    name: str,
+    colormap: Sequence[str],
+    value_range: tuple[float, float] = (0.0, 1.0),
+) -> Any:
+    """A scalar volume for a map (uncertainty, probability, difference) with a colour table and window.
+
+    ``value_range`` sets window/level so the colour table spans it (e.g. (0, 1) for entropy, a
+    symmetric range for signed differences).
+    """
+    node = volume_to_node(session, volume, name)
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(session.color_node_id(colormap))
+    display.AutoWindowLevelOff()
+    low, high = value_range
+    display.SetWindowLevelMinMax(low, high)
+    return node
+
+
+# --------------------------------------------------------------------------- segmentations
+
+
+@dataclass(frozen=True)
+class SegmentClass:
+    """One structure of a label map: its label value, name, colour (RGB in [0, 1]) and terminology.
+
+    ``terminology`` is Slicer's terminology entry string (``context~category~type~…``, codes as
+    ``scheme^value^meaning``); empty for none.
+    """
+
+    label: int
+    name: str
+    color: tuple[float, float, float]
+    terminology: str = ""
+
+
+def add_segmentation_node(
+    session: SceneSession,
+    labels: Volume,
+    classes: Sequence[SegmentClass],
+    name: str,
+    reference: Any | None = None,
+) -> Any:
+    """A new segmentation node from an integer label volume, one named, coloured segment per class.
+
+    Label values not listed in ``classes`` (and 0, the background) get no segment. Segments are
+    created even when a class is absent from the labels, so every model output has the same segments.
+    """
+    segmentation_node = session.scene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", session.scene.GenerateUniqueName(name)
+    )
+    segmentation_node.CreateDefaultDisplayNodes()
+    if reference is not None:
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    segmentation = segmentation_node.GetSegmentation()
+    for segment_class in classes:
+        mask = (labels.voxels == segment_class.label).astype(np.uint8)
+        labelmap = volume_to_node(
+            session, labels.with_voxels(mask), "_tmp_label", "vtkMRMLLabelMapVolumeNode"
+        )
+        before = segmentation.GetNumberOfSegments()
+        if not session.segmentations_logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node):
+            session.scene.RemoveNode(labelmap)
+            raise InputError(f"Could not import the '{segment_class.name}' labels into a segmentation.")
+        if segmentation.GetNumberOfSegments() == before:  # an empty mask imports no segment
+            segmentation.AddEmptySegment("", segment_class.name)
+        segment = segmentation.GetNthSegment(segmentation.GetNumberOfSegments() - 1)
+        segment.SetName(segment_class.name)
+        segment.SetColor(*segment_class.color)
+        if segment_class.terminology:
+            segment.SetTerminology(segment_class.terminology)
+        session.scene.RemoveNode(labelmap)
+    display = segmentation_node.GetDisplayNode()
+    display.SetVisibility2DFill(True)
+    display.SetVisibility2DOutline(True)
+    display.SetOpacity2DFill(0.35)
+    return segmentation_node
+
+
+def segmentation_to_labels(segmentation_node: Any, reference: Any) -> np.ndarray:
+    """The label array ``[k, j, i]`` of a segmentation node on a reference volume's grid (1, 2, … by segment order)."""
+    slicer = _slicer()
+    labelmap = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "_tmp_export")
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
+            segmentation_node, labelmap, reference
+        )
+        if not ok:
+            raise InputError(f"Could not export segmentation '{segmentation_node.GetName()}' to labels.")
+        return np.array(slicer.util.arrayFromVolume(labelmap), copy=True)
+    finally:
+        segmentation_node.GetScene().RemoveNode(labelmap)
+
+
+# --------------------------------------------------------------------------- display
+
+
+def show_in_slice_views(
+    session: SceneSession,
+    background: Any,
+    foreground: Any | None = None,
+    foreground_opacity: float = 0.5,
+) -> None:
+    """Input as background, a result as foreground at ``foreground_opacity``, in every slice view.
+
+    Headless scenes have no views yet: the three standard slice composite nodes (Red, Yellow,
+    Green) are created so that the saved scene opens in Slicer with these layers.
+    """
+    composites = _slice_composite_nodes(session)
+    for composite in composites:
+        composite.SetBackgroundVolumeID(background.GetID())
+        composite.SetForegroundVolumeID(foreground.GetID() if foreground is not None else None)
+        composite.SetForegroundOpacity(foreground_opacity)
+
+
+def _slice_composite_nodes(session: SceneSession) -> list[Any]:
+    scene = session.scene
+    nodes = [
+        scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+        for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))
+    ]
+    if nodes:
+        return nodes
+    slicer = _slicer()
+    for view in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view)
+        composite.SetSingletonTag(view)
+        nodes.append(scene.AddNode(composite))
+    return nodes
+
+
+# --------------------------------------------------------------------------- scenes on disk
+
+
+def save_scene(session: SceneSession, path: str | Path) -> dict[str, str]:
+    """Write the scene with its data: ``*.mrml`` (data files beside it) or a single-file ``*.mrb``.
+
+    For ``.mrml`` each storable node is written next to the scene (volumes as ``.nrrd``,
+    segmentations as ``.seg.nrrd``) under a file name made from the node name. Returns the data file
+    name written for each node ID (empty for ``.mrb``, whose data lives inside the bundle).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".mrb":
+        if not session.scene.WriteToMRB(str(path)):
+            raise UnreadableFileError(f"Could not write the scene bundle '{path}'.")
+        return {}
+    if path.suffix.lower() != ".mrml":
+        raise InputError(f"Scene file '{path}' must end in .mrml or .mrb.")
+    written = _write_storable_nodes(session, path.parent)
+    session.scene.SetURL(str(path))
+    session.scene.SetRootDirectory(str(path.parent))
+    if not session.scene.Commit():
+        raise UnreadableFileError(f"Could not write the scene '{path}'.")
+    return written
+
+
+def _write_storable_nodes(session: SceneSession, folder: Path) -> dict[str, str]:
+    scene = session.scene
+    used: set[str] = set()
+    written: dict[str, str] = {}
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLStorableNode")
+        if node.GetHideFromEditors() and not node.IsA("vtkMRMLVolumeNode"):
+            continue  # colour tables and other built-ins are recreated by Slicer
+        if not node.GetStorageNode():
+            node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        if storage is None:
+            continue
+        suffix = ".seg.nrrd" if node.IsA("vtkMRMLSegmentationNode") else ".nrrd"
+        file_name = _unique_file_name(node.GetName(), suffix, used)
+        storage.SetFileName(str(folder / file_name))
+        if not storage.WriteData(node):
+            raise UnreadableFileError(f"Could not write '{file_name}' for node '{node.GetName()}'.")
+        written[node.GetID()] = file_name
+    return written
+
+
+def _unique_file_name(name: str, suffix: str, used: set[str]) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "node"
+    candidate, counter = stem + suffix, 1
+    while candidate in used:
+        counter += 1
+        candidate = f"{stem}_{counter}{suffix}"
+    used.add(candidate)
+    return candidate
+
+
+def load_scene(path: str | Path) -> SceneSession:
+    """A new headless session holding the scene read from a ``.mrml`` or ``.mrb`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"Scene '{path}' does not exist.")
+    session = SceneSession.headless()
+    if path.suffix.lower() == ".mrb":
+        if not zipfile.is_zipfile(path):
+            raise UnreadableFileError(f"'{path}' is not a Slicer scene bundle (.mrb is a zip file).")
+        ok = session.scene.ReadFromMRB(str(path))
+    else:
+        session.scene.SetURL(str(path))
+        ok = session.scene.Connect()
+    if not ok:
+        raise UnreadableFileError(f"Could not read the scene '{path}'.")
+    return session
+
+
+def find_nodes(session: SceneSession, class_name: str) -> list[Any]:
+    """All nodes of a class (e.g. ``vtkMRMLScalarVolumeNode``), in scene order."""
+    scene = session.scene
+    return [scene.GetNthNodeByClass(n, class_name) for n in range(scene.GetNumberOfNodesByClass(class_name))]

@@ -1,0 +1,555 @@
+"""Volumes: voxels with their geometry, file I/O, anatomical slicing, intensity windows, reassembly.
+
+Conventions (the only place in the project that handles geometry):
+
+* ``Volume.voxels`` is a NumPy array indexed ``[k, j, i]`` — the order of SimpleITK's
+  ``GetArrayFromImage`` and of Slicer's ``arrayFromVolume``.
+* ``Geometry`` is stored in LPS, as ITK/DICOM do: ``physical = origin + direction @ (spacing * ijk)``,
+  the columns of ``direction`` being the unit vectors of the i, j, k axes. Slicer's IJK-to-RAS matrix is
+  the same map with x and y negated (:meth:`Geometry.ijk_to_ras`).
+* Slices are cut along an anatomical axis found from the direction matrix (so permuted and oblique
+  volumes slice correctly) and shown the way radiologists look at them: axial rows run anterior →
+  posterior and columns right → left; coronal rows superior → inferior, columns right → left;
+  sagittal rows superior → inferior, columns anterior → posterior. A slice's index counts from the
+  inferior (axial), anterior (coronal) or right (sagittal) end of the volume.
+* Every step that changes layout (slicing, padding, resizing) has an exact inverse here, so results
+  go back onto the input grid voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .errors import (
+    EmptyVolumeError,
+    InputError,
+    LabelMapGivenError,
+    MissingFileError,
+    NonFiniteVoxelsError,
+    SliceRangeError,
+    UnreadableFileError,
+    VolumeShapeError,
+)
+
+LOG = logging.getLogger(__name__)
+
+Axis = Literal["axial", "coronal", "sagittal"]
+AXES: tuple[Axis, ...] = ("axial", "coronal", "sagittal")
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the voxels are: spacing (mm, along i, j, k), origin and direction in LPS."""
+
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """4×4 matrix from voxel index (i, j, k, 1) to LPS millimetres."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = np.asarray(self.direction, float) @ np.diag(self.spacing)
+        matrix[:3, 3] = self.origin
+        return matrix
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """4×4 matrix from voxel index to RAS millimetres: Slicer's IJKToRASMatrix."""
+        flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+        return flip @ self.ijk_to_lps()
+
+    @classmethod
+    def from_ijk_to_ras(cls, matrix: np.ndarray) -> Geometry:
+        """Inverse of :meth:`ijk_to_ras` (the matrix may hold any rotation and positive spacing)."""
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(matrix, float)
+        columns = lps[:3, :3]
+        spacing = np.linalg.norm(columns, axis=0)
+        return cls(
+            spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            origin=(float(lps[0, 3]), float(lps[1, 3]), float(lps[2, 3])),
+            direction=columns / spacing,
+        )
+
+    def is_close(self, other: Geometry, tolerance: float = 1e-6) -> bool:
+        """True when spacing, origin and direction agree to ``tolerance``."""
+        return bool(
+            np.allclose(self.spacing, other.spacing, atol=tolerance, rtol=0)
+            and np.allclose(self.origin, other.origin, atol=tolerance, rtol=0)
+            and np.allclose(self.direction, other.direction, atol=tolerance, rtol=0)
+        )
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D scalar volume: ``voxels[k, j, i]`` and its :class:`Geometry`."""
+
+    voxels: np.ndarray
+    geometry: Geometry
+    name: str = "volume"
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        """Size along i, j, k (the reverse of ``voxels.shape``)."""
+        k, j, i = self.voxels.shape
+        return (i, j, k)
+
+    def with_voxels(self, voxels: np.ndarray, name: str | None = None) -> Volume:
+        """A new volume on the same grid (shape must match)."""
+        if voxels.shape != self.voxels.shape:
+            raise ValueError(f"voxel array {voxels.shape} does not match the grid {self.voxels.shape}")
+        return replace(self, voxels=voxels, name=name or self.name)
+
+
+# --------------------------------------------------------------------------- file I/O
+
+
+def read_volume(path: str | os.PathLike[str]) -> Volume:
+    """Read a NRRD, NIfTI, MHA/MHD file or a DICOM series folder into a :class:`Volume`.
+
+    Raises :class:`MissingFileError`, :class:`UnreadableFileError` or :class:`VolumeShapeError`
+    (2D, 4D or vector data) with a message that says how to fix it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"Input '{path}' does not exist: check the path.")
+    image = _read_dicom_folder(path) if path.is_dir() else _read_file(path)
+    return volume_from_sitk(image, name=_stem(path))
+
+
+def _read_file(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise UnreadableFileError(
+            f"Cannot read '{path}' as an image ({_first_line(error)}): use NRRD, NIfTI, MHA/MHD "
+            "or a folder holding one DICOM series."
+        ) from error
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series_ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise UnreadableFileError(
+            f"Folder '{folder}' holds no DICOM series: give a volume file or a DICOM folder."
+        )
+    files_by_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids}
+    chosen = max(files_by_series, key=lambda sid: len(files_by_series[sid]))
+    if len(series_ids) > 1:
+        LOG.warning("'%s' holds %d DICOM series; reading the largest (%s)", folder, len(series_ids), chosen)
+    reader.SetFileNames(files_by_series[chosen])
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise UnreadableFileError(
+            f"Cannot read the DICOM series in '{folder}': {_first_line(error)}"
+        ) from error
+
+
+def volume_from_sitk(image: sitk.Image, name: str = "volume") -> Volume:
+    """Wrap a 3D scalar SimpleITK image; refuse 2D, 4D and vector images with specific advice."""
+    dimension = image.GetDimension()
+    if dimension == 2:
+        raise VolumeShapeError(
+            f"'{name}' is a 2D image: this tool works on 3D volumes. Save the image as a single-slice "
+            "volume (for example from 3D Slicer as NRRD) and try again."
+        )
+    if dimension == 4:
+        frames = image.GetSize()[3]
+        raise VolumeShapeError(
+            f"'{name}' is a 4D series with {frames} frames: extract one frame first, e.g. with "
+            "SimpleITK `sitk.ReadImage(path)[:, :, :, 0]` or Slicer's Sequences module."
+        )
+    if dimension != 3:
+        raise VolumeShapeError(f"'{name}' has {dimension} dimensions: a 3D scalar volume is required.")
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise VolumeShapeError(
+            f"'{name}' is a vector volume with {image.GetNumberOfComponentsPerPixel()} components per voxel: "
+            "pick one component first, e.g. `sitk.VectorIndexSelectionCast(image, 0)`, or convert RGB to grey."
+        )
+    geometry = Geometry(
+        spacing=tuple(float(s) for s in image.GetSpacing()),  # type: ignore[arg-type]
+        origin=tuple(float(o) for o in image.GetOrigin()),  # type: ignore[arg-type]
+        direction=np.array(image.GetDirection(), float).reshape(3, 3),
+    )
+    return Volume(voxels=sitk.GetArrayFromImage(image), geometry=geometry, name=name)
+
+
+def volume_to_sitk(volume: Volume) -> sitk.Image:
+    """The SimpleITK image of a :class:`Volume` (voxels copied, geometry set exactly)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.voxels), isVector=False)
+    image.SetSpacing(volume.geometry.spacing)
+    image.SetOrigin(volume.geometry.origin)
+    image.SetDirection(tuple(np.asarray(volume.geometry.direction, float).ravel()))
+    return image
+
+
+def write_volume(volume: Volume, path: str | os.PathLike[str]) -> Path:
+    """Write ``volume`` as NRRD, NIfTI or MHA/MHD by suffix, or as a DICOM series into a folder.
+
+    A path without a known suffix is taken as a DICOM series folder. Returns the path written.
+    """
+    path = Path(path)
+    if path.name.lower().endswith(VOLUME_SUFFIXES[:-1]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(volume_to_sitk(volume), str(path), useCompression=True)
+        return path
+    return write_dicom_series(volume, path)
+
+
+def write_dicom_series(volume: Volume, folder: Path) -> Path:
+    """Write ``volume`` as a DICOM series (one file per k-slice, int16 with rescale slope/intercept).
+
+    Geometry is carried by ImagePositionPatient / ImageOrientationPatient per slice, so oblique
+    volumes read back with their direction.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    voxels = volume.voxels.astype(np.float64)
+    low, high = float(voxels.min()), float(voxels.max())
+    slope = max((high - low) / 65000.0, 1e-12) if not _is_int16_exact(voxels) else 1.0
+    intercept = low + 32500.0 * slope if slope != 1.0 else 0.0
+    stored = np.round((voxels - intercept) / slope).astype(np.int16)
+    geometry = volume.geometry
+    direction = np.asarray(geometry.direction, float)
+    orientation = "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1]))
+    series_uid = "1.2.826.0.1.3680043.2.1125." + str(abs(hash((volume.name, low, high))) % 10**12)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(stored.shape[0]):
+        image = sitk.GetImageFromArray(stored[k])
+        image.SetSpacing(geometry.spacing[:2])
+        position = geometry.ijk_to_lps() @ np.array([0.0, 0.0, k, 1.0])
+        tags = {
+            "0008|0060": "MR",
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.10g}" for v in position[:3]),
+            "0020|0037": orientation,
+            "0018|0050": f"{geometry.spacing[2]:.10g}",
+            "0028|1052": f"{intercept:.10g}",
+            "0028|1053": f"{slope:.10g}",
+            "0008|103e": volume.name,
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+def _is_int16_exact(voxels: np.ndarray) -> bool:
+    return bool(voxels.min() >= -32768 and voxels.max() <= 32767 and np.all(voxels == np.round(voxels)))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".seg.nrrd", *VOLUME_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" in line or "error" in line.lower()]
+    return (useful or lines or ["unknown error"])[-1][:200]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_image_volume(volume: Volume, max_label_values: int = 16) -> None:
+    """Refuse volumes that cannot be an intensity image (for models that expect one).
+
+    Raises :class:`EmptyVolumeError` (no voxels, or constant), :class:`NonFiniteVoxelsError`
+    (NaN/Inf) or :class:`LabelMapGivenError` (an integer volume with at most ``max_label_values``
+    distinct values).
+    """
+    voxels = volume.voxels
+    if voxels.size == 0 or min(voxels.shape) == 0:
+        raise EmptyVolumeError(f"'{volume.name}' has no voxels (shape {voxels.shape}).")
+    if np.issubdtype(voxels.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(voxels)))
+        if bad:
+            raise NonFiniteVoxelsError(
+                f"'{volume.name}' has {bad} NaN or infinite voxels: replace them (e.g. with 0) before running."
+            )
+    low, high = voxels.min(), voxels.max()
+    if low == high:
+        raise EmptyVolumeError(
+            f"'{volume.name}' is constant (every voxel is {low}): there is no image to work on."
+        )
+    if np.issubdtype(voxels.dtype, np.integer) or voxels.dtype == bool:
+        distinct = np.unique(voxels[:: max(1, voxels.shape[0] // 16)])
+        if len(distinct) <= max_label_values and len(np.unique(voxels)) <= max_label_values:
+            raise LabelMapGivenError(
+                f"'{volume.name}' looks like a label map ({len(np.unique(voxels))} distinct integer values), "
+                "not an intensity image: give the image volume it was drawn on."
+            )
+
+
+# --------------------------------------------------------------------------- anatomical slicing
+
+
+@dataclass(frozen=True)
+class SliceLayout:
+    """How the axes of ``voxels[k, j, i]`` map onto a display-oriented slice stack ``[n, row, col]``.
+
+    ``permutation`` and ``flips`` turn the voxel array into the stack (``np.transpose`` then
+    ``np.flip``); :meth:`to_stack` and :meth:`from_stack` are exact inverses. ``spacing`` is the
+    voxel size along (n, row, col) in mm.
+    """
+
+    axis: Axis
+    permutation: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    spacing: tuple[float, float, float]
+
+    def to_stack(self, voxels: np.ndarray) -> np.ndarray:
+        """``voxels[k, j, i]`` → ``stack[n, row, col]`` (a view where NumPy allows)."""
+        stack = np.transpose(voxels, self.permutation)
+        flip_axes = tuple(a for a, flip in enumerate(self.flips) if flip)
+        return np.flip(stack, flip_axes) if flip_axes else stack
+
+    def from_stack(self, stack: np.ndarray) -> np.ndarray:
+        """``stack[n, row, col]`` → ``voxels[k, j, i]``, the exact inverse of :meth:`to_stack`."""
+        flip_axes = tuple(a for a, flip in enumerate(self.flips) if flip)
+        unflipped = np.flip(stack, flip_axes) if flip_axes else stack
+        return np.transpose(unflipped, np.argsort(self.permutation))
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        """In-plane spacing (row, col) in mm."""
+        return (self.spacing[1], self.spacing[2])
+
+
+def _nearest_lps_axes(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """For voxel axes i, j, k: the LPS axis each is closest to, and the sign (+1/-1) of that match.
+
+    The assignment is the permutation with the largest total alignment, so oblique volumes (even at
+    45°) get one consistent answer.
+    """
+    magnitude = np.abs(np.asarray(direction, float))
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(magnitude[p[v], v] for v in range(3)))
+    signs = tuple(1 if direction[best[v], v] >= 0 else -1 for v in range(3))
+    return best, signs  # type: ignore[return-value]
+
+
+# For each slicing axis: the LPS axis slices are stacked along, then the row and column LPS axes,
+# with the direction each should increase in on screen (+1: towards L/P/S, -1: towards R/A/I).
+_DISPLAY = {
+    "axial": ((2, +1), (1, +1), (0, +1)),  # n: I→S, rows: A→P, cols: R→L
+    "coronal": ((1, +1), (2, -1), (0, +1)),  # n: A→P, rows: S→I, cols: R→L
+    "sagittal": ((0, +1), (2, -1), (1, +1)),  # n: R→L, rows: S→I, cols: A→P
+}
+
+
+def slice_layout(geometry: Geometry, axis: Axis) -> SliceLayout:
+    """The :class:`SliceLayout` that cuts a volume of this geometry along an anatomical ``axis``."""
+    if axis not in _DISPLAY:
+        raise InputError(f"Unknown slice axis '{axis}': use axial, coronal or sagittal.")
+    lps_of_voxel_axis, signs = _nearest_lps_axes(geometry.direction)
+    voxel_axis_of_lps = {lps: v for v, lps in enumerate(lps_of_voxel_axis)}
+    permutation, flips, spacing = [], [], []
+    for lps_axis, wanted_sign in _DISPLAY[axis]:
+        voxel_axis = voxel_axis_of_lps[lps_axis]
+        permutation.append(2 - voxel_axis)  # voxels are stored [k, j, i]
+        flips.append(signs[voxel_axis] != wanted_sign)
+        spacing.append(float(geometry.spacing[voxel_axis]))
+    return SliceLayout(
+        axis=axis,
+        permutation=tuple(permutation),  # type: ignore[arg-type]
+        flips=tuple(flips),  # type: ignore[arg-type]
+        spacing=tuple(spacing),  # type: ignore[arg-type]
+    )
+
+
+def parse_slice_range(text: str | None, count: int) -> range:
+    """``"a:b"`` (Python-style, end exclusive, either side optional) → a range within ``[0, count)``.
+
+    ``None`` or ``""`` means every slice. Raises :class:`SliceRangeError` outside the volume.
+    """
+    if not text:
+        return range(count)
+    try:
+        start_text, _, stop_text = text.partition(":")
+        start = int(start_text) if start_text.strip() else 0
+        stop = int(stop_text) if stop_text.strip() else count
+        if ":" not in text:
+            stop = start + 1
+    except ValueError as error:
+        raise SliceRangeError(f"Slice range '{text}' is not 'a:b' with whole numbers.") from error
+    if not 0 <= start < stop <= count:
+        raise SliceRangeError(
+            f"Slice range '{text}' lies outside the volume, which has {count} slices along this axis "
+            f"(valid: 0:{count})."
+        )
+    return range(start, stop)
+
+
+@dataclass(frozen=True)
+class SliceStack:
+    """Display-oriented slices of a volume: ``slices[n, row, col]`` and where they came from."""
+
+    slices: np.ndarray
+    layout: SliceLayout
+    indices: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        """Number of slices in the stack."""
+        return len(self.indices)
+
+
+def extract_slices(
+    volume: Volume, axis: Axis = "axial", slice_range: str | range | None = None
+) -> SliceStack:
+    """Cut ``volume`` into display-oriented 2D slices along ``axis`` (a copy; float32 kept as is)."""
+    layout = slice_layout(volume.geometry, axis)
+    full = layout.to_stack(volume.voxels)
+    indices = slice_range if isinstance(slice_range, range) else parse_slice_range(slice_range, full.shape[0])
+    return SliceStack(
+        slices=np.ascontiguousarray(full[indices.start : indices.stop]), layout=layout, indices=tuple(indices)
+    )
+
+
+def reassemble(
+    stack_slices: np.ndarray, stack: SliceStack, template: Volume, fill: np.ndarray | float = 0.0
+) -> np.ndarray:
+    """Put ``stack_slices[n, row, col]`` back onto ``template``'s grid as ``voxels[k, j, i]``.
+
+    Voxels outside the stack's slice range take ``fill``: a scalar, or a full voxel array (e.g. the
+    input, so a partial edit keeps the rest of the volume). ``stack_slices`` must have the stack's
+    shape; the dtype of the result is that of ``stack_slices``.
+    """
+    if stack_slices.shape != stack.slices.shape:
+        raise ValueError(f"slices {stack_slices.shape} do not match the stack {stack.slices.shape}")
+    full = stack.layout.to_stack(np.empty(template.voxels.shape, dtype=stack_slices.dtype))
+    if isinstance(fill, np.ndarray):
+        full[...] = stack.layout.to_stack(fill)
+    else:
+        full[...] = fill
+    full[stack.indices[0] : stack.indices[-1] + 1] = stack_slices
+    return np.ascontiguousarray(stack.layout.from_stack(full))
+
+
+# --------------------------------------------------------------------------- intensities
+
+
+@dataclass(frozen=True)
+class IntensityWindow:
+    """A linear map of the window ``[low, high]`` onto the model range ``[target_min, target_max]``.
+
+    :meth:`forward` clips to the model range; :meth:`inverse` is the exact inverse of the linear map
+    (so values inside the window return unchanged up to float rounding).
+    """
+
+    low: float
+    high: float
+    target_min: float = -1.0
+    target_max: float = 1.0
+
+    @classmethod
+    def from_percentiles(
+        cls,
+        voxels: np.ndarray,
+        percentiles: tuple[float, float] = (0.5, 99.5),
+        target: tuple[float, float] = (-1.0, 1.0),
+    ) -> IntensityWindow:
+        """A robust window: the given percentiles of the voxels (sampled to at most ~2 M values)."""
+        flat = voxels.ravel()
+        step = max(1, flat.size // 2_000_000)
+        low, high = np.percentile(flat[::step].astype(np.float64), percentiles)
+        if high <= low:
+            low, high = float(flat.min()), float(flat.max())
+        if high <= low:
+            raise EmptyVolumeError("The volume is constant: no intensity window can be set.")
+        return cls(float(low), float(high), float(target[0]), float(target[1]))
+
+    @property
+    def _scale(self) -> float:
+        return (self.target_max - self.target_min) / (self.high - self.low)
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        """Image intensities → model range, clipped; float32."""
+        mapped = (values.astype(np.float64) - self.low) * self._scale + self.target_min
+        return np.clip(mapped, self.target_min, self.target_max).astype(np.float32)
+
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        """Model range → image intensities (exact inverse of the linear map); float32."""
+        return ((values.astype(np.float64) - self.target_min) / self._scale + self.low).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- in-plane resampling
+
+
+@dataclass(frozen=True)
+class SliceResizer:
+    """Pads slices to a square field of view (in mm) and resizes them to ``size × size``, and back.
+
+    Anisotropic in-plane spacing is honoured: the padded slice covers the same millimetres along
+    rows and columns, so anatomy keeps its proportions at the model's resolution. Resizing uses
+    ``torch.nn.functional.interpolate`` (bilinear with antialiasing), batched over slices.
+    """
+
+    slice_shape: tuple[int, int]
+    pixel_spacing: tuple[float, float]
+    size: int
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """Slice shape after padding to a square field of view."""
+        rows, cols = self.slice_shape
+        field_mm = max(rows * self.pixel_spacing[0], cols * self.pixel_spacing[1])
+        return (
+            max(rows, round(field_mm / self.pixel_spacing[0])),
+            max(cols, round(field_mm / self.pixel_spacing[1])),
+        )
+
+    @property
+    def _pads(self) -> tuple[int, int, int, int]:
+        (rows, cols), (padded_rows, padded_cols) = self.slice_shape, self.padded_shape
+        top, left = (padded_rows - rows) // 2, (padded_cols - cols) // 2
+        return top, padded_rows - rows - top, left, padded_cols - cols - left
+
+    def to_model(self, slices: np.ndarray, background: float) -> np.ndarray:
+        """``[n, rows, cols]`` → ``[n, size, size]`` float32, padding with ``background``."""
+        top, bottom, left, right = self._pads
+        padded = np.pad(
+            slices.astype(np.float32), ((0, 0), (top, bottom), (left, right)), constant_values=background
+        )
+        return _resize(padded, (self.size, self.size))
+
+    def from_model(self, slices: np.ndarray) -> np.ndarray:
+        """``[n, (c,) size, size]`` → ``[n, (c,) rows, cols]`` float32 (bilinear; crop the padding)."""
+        top, _bottom, left, _right = self._pads
+        rows, cols = self.slice_shape
+        resized = _resize(slices.astype(np.float32), self.padded_shape)
+        return np.ascontiguousarray(resized[..., top : top + rows, left : left + cols])
+
+
+def _resize(slices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of the last two axes of ``[n, (c,) h, w]`` to ``shape`` (antialiased when shrinking)."""
+    if tuple(slices.shape[-2:]) == tuple(shape):
+        return slices.copy()
+    tensor = torch.from_numpy(np.ascontiguousarray(slices))
+    lead = tensor.shape[:-2]
+    tensor = tensor.reshape(-1, 1, *tensor.shape[-2:])
+    shrinking = shape[0] < tensor.shape[-2] or shape[1] < tensor.shape[-1]
+    out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=shrinking)
+    return out.reshape(*lead, *shape).numpy()
