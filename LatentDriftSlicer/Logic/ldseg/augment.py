@@ -1,0 +1,138 @@
+"""On-the-fly 2D augmentation of training batches, in torch, driven by one CPU generator.
+
+Spatial transforms (affine, elastic, optional left-right flip) act identically on image and label
+(bilinear for the image, nearest for the label; outside the slice: background). Intensity transforms
+(scale/shift, gamma, bias field, Gaussian noise) and resolution reduction act on the image only.
+Each transform is applied to a random subset of the batch. All random numbers come from the given
+generator, so a batch is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+P_AFFINE = 0.7
+P_ELASTIC = 0.3
+P_FLIP = 0.5
+P_LOW_RESOLUTION = 0.25
+P_BIAS = 0.3
+P_GAMMA = 0.3
+P_SCALE_SHIFT = 0.5
+P_NOISE = 0.3
+MAX_ROTATION = math.radians(15)
+SCALE_RANGE = (0.85, 1.15)
+MAX_TRANSLATION = 0.05  # fraction of the field of view
+ELASTIC_AMPLITUDE = 0.03  # displacement in normalised coordinates ([-1, 1] spans the slice)
+LOW_RESOLUTION_FACTOR = (1.5, 3.0)
+BIAS_AMPLITUDE = 0.3  # log-scale amplitude of the multiplicative field
+MAX_LOG_GAMMA = 0.4
+MAX_NOISE_STD = 0.05  # in units of the intensity range
+
+
+def augment_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    flip_left_right: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment ``images`` ``(B, 1, H, W)`` in ``value_range`` and integer ``labels`` ``(B, H, W)``.
+
+    ``flip_left_right`` mirrors the column axis (left-right on axial and coronal slices); leave it off
+    for sagittal slices and for classes that differ between left and right. Returns tensors of the
+    same shapes, dtypes and device, images clipped to ``value_range``.
+    """
+    low, high = value_range
+    unit = (images - low) / (high - low)
+    unit, labels = _spatial(unit, labels, generator, flip_left_right)
+    unit = _low_resolution(unit, generator)
+    unit = _intensity(unit, generator)
+    return unit.clamp(0.0, 1.0) * (high - low) + low, labels
+
+
+def _uniform(generator: torch.Generator, count: int, low: float, high: float) -> torch.Tensor:
+    return torch.rand(count, generator=generator) * (high - low) + low
+
+
+def _chosen(generator: torch.Generator, count: int, probability: float) -> torch.Tensor:
+    """Float mask ``(count,)``: 1 for the samples that get a transform."""
+    return (torch.rand(count, generator=generator) < probability).float()
+
+
+def _smooth_field(
+    generator: torch.Generator, shape: tuple[int, int, int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Standard normal noise on a coarse ``shape`` grid, upsampled bicubically to ``size``."""
+    return F.interpolate(
+        torch.randn(shape, generator=generator), size=size, mode="bicubic", align_corners=True
+    )
+
+
+def _spatial(
+    unit: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random affine + elastic (+ flip) warp of image ``(B, 1, H, W)`` in [0, 1] and labels ``(B, H, W)``."""
+    count, _, height, width = unit.shape
+    affine = _chosen(generator, count, P_AFFINE)
+    angle = _uniform(generator, count, -MAX_ROTATION, MAX_ROTATION) * affine
+    scale = 1 + (_uniform(generator, count, *SCALE_RANGE) - 1) * affine
+    shift = (
+        _uniform(generator, 2 * count, -MAX_TRANSLATION, MAX_TRANSLATION).view(count, 2) * 2 * affine[:, None]
+    )
+    mirror = 1 - 2 * _chosen(generator, count, P_FLIP) if flip else torch.ones(count)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)],
+        1,
+    )
+    grid = F.affine_grid(theta, [count, 1, height, width], align_corners=False)
+    elastic = _chosen(generator, count, P_ELASTIC).view(count, 1, 1, 1) * ELASTIC_AMPLITUDE
+    grid = grid + (_smooth_field(generator, (count, 2, 5, 5), (height, width)) * elastic).permute(0, 2, 3, 1)
+    grid = grid.to(unit.device, unit.dtype)
+    warped = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped_labels = F.grid_sample(labels[:, None].to(unit.dtype), grid, mode="nearest", align_corners=False)
+    return warped, warped_labels[:, 0].round().to(labels.dtype)
+
+
+def _low_resolution(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Down-sample a random subset of images by 1.5–3× and back up (bilinear): blur of a coarser scan."""
+    count, _, height, width = unit.shape
+    chosen = _chosen(generator, count, P_LOW_RESOLUTION)
+    factors = _uniform(generator, count, *LOW_RESOLUTION_FACTOR)
+    out = unit.clone()
+    for index in torch.nonzero(chosen).flatten().tolist():
+        size = (max(2, round(height / float(factors[index]))), max(2, round(width / float(factors[index]))))
+        small = F.interpolate(
+            unit[index : index + 1], size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        out[index : index + 1] = F.interpolate(
+            small, size=(height, width), mode="bilinear", align_corners=False
+        )
+    return out
+
+
+def _intensity(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Bias field, gamma, scale/shift and Gaussian noise on images ``(B, 1, H, W)`` in [0, 1]."""
+    count, _, height, width = unit.shape
+    device = unit.device
+
+    def per_sample(values: torch.Tensor) -> torch.Tensor:
+        return values.view(count, 1, 1, 1).to(device, unit.dtype)
+
+    bias_amplitude = _chosen(generator, count, P_BIAS) * BIAS_AMPLITUDE
+    bias = torch.exp(
+        _smooth_field(generator, (count, 1, 4, 4), (height, width)) * bias_amplitude.view(count, 1, 1, 1)
+    )
+    gamma = torch.exp(
+        _uniform(generator, count, -MAX_LOG_GAMMA, MAX_LOG_GAMMA) * _chosen(generator, count, P_GAMMA)
+    )
+    scale_shift = _chosen(generator, count, P_SCALE_SHIFT)
+    scale = 1 + _uniform(generator, count, -0.1, 0.1) * scale_shift
+    shift = _uniform(generator, count, -0.1, 0.1) * scale_shift
+    noise_std = _uniform(generator, count, 0.0, MAX_NOISE_STD) * _chosen(generator, count, P_NOISE)
+    noise = torch.randn(unit.shape, generator=generator).to(device, unit.dtype)
+    out = (unit * bias.to(device, unit.dtype)).clamp(0.0, 1.0) ** per_sample(gamma)
+    return out * per_sample(scale) + per_sample(shift) + noise * per_sample(noise_std)

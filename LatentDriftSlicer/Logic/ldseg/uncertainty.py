@@ -1,0 +1,165 @@
+"""Segment slices with N LDSeg samples each and summarise them: mean probabilities, entropy, variance.
+
+Empty slices (constant image, e.g. all background after windowing) are not sampled: they get label 0,
+probability 1 for the background and entropy 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device, run_in_batches
+from ..errors import ParameterError
+from .network import LDSegNetwork
+from .sampler import sample_probabilities
+
+EMPTY_RANGE = 1e-6
+"""A slice whose image ``max - min`` is below this (in model units) counts as empty."""
+
+
+@dataclass(frozen=True)
+class SliceSegmentation:
+    """Per-slice results of :func:`segment_slices`, as NumPy arrays for ``B`` slices and ``C`` classes.
+
+    * ``labels``: ``(B, H, W)`` uint8, argmax of the mean probabilities;
+    * ``probabilities``: ``(B, C, H, W)`` float32 mean class probabilities (sum to 1 over C);
+    * ``entropy``: ``(B, H, W)`` float32 predictive entropy of the mean divided by ``log C``, in [0, 1];
+    * ``variance``: ``(B, C, H, W)`` float32 per-class variance over the samples (0 for one sample).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    entropy: np.ndarray
+    variance: np.ndarray
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    """Torch counterparts of :class:`SliceSegmentation` fields (same shapes, on the samples' device)."""
+
+    labels: torch.Tensor
+    probabilities: torch.Tensor
+    entropy: torch.Tensor
+    variance: torch.Tensor
+
+
+def summarise_samples(probabilities: torch.Tensor) -> SampleSummary:
+    """``(N, B, C, H, W)`` sample probabilities (N ≥ 1, C ≥ 2) → mean, normalised entropy, variance, labels."""
+    if probabilities.ndim != 5 or probabilities.shape[2] < 2:
+        raise ValueError(f"expected (N, B, C, H, W) with C >= 2, got {tuple(probabilities.shape)}")
+    probabilities = probabilities.float()
+    mean = probabilities.mean(dim=0)
+    entropy = torch.special.entr(mean).sum(dim=1) / math.log(mean.shape[1])
+    variance = probabilities.var(dim=0, correction=0)
+    return SampleSummary(mean.argmax(dim=1), mean, entropy.clamp(0.0, 1.0), variance)
+
+
+def segment_slices(
+    model: LDSegNetwork,
+    images: np.ndarray | torch.Tensor,
+    samples: int = 8,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SliceSegmentation:
+    """Segment ``images`` ``(B, 1, H, W)`` (model range, ``H = W = image_size``) with ``samples`` draws each.
+
+    ``steps`` DDIM steps (default ``config.sampling_steps``). Results depend only on ``seed``, not on
+    ``batch_size`` or out-of-memory retries: the initial noise of every slice and sample is drawn up
+    front from a fresh CPU generator. ``batch_size`` slices (times ``samples``) go through the model
+    together, halved on out-of-memory (:func:`latentdrift.devices.run_in_batches`). ``device``: where to
+    run (the model is moved there); default the model's device. ``on_progress(done, total)`` counts slices.
+    """
+    images_t = _check_images(model, images)
+    if samples < 1:
+        raise ParameterError(f"samples must be at least 1, got {samples}.")
+    steps = model.config.sampling_steps if steps is None else steps
+    if not 1 <= steps <= model.config.train_timesteps:
+        raise ParameterError(f"steps must be between 1 and {model.config.train_timesteps}, got {steps}.")
+    target = model.device if device is None else _as_device(device)
+    model.to(target)
+    noise = _initial_noise(model, len(images_t), samples, seed)
+    result = _empty_result(model, len(images_t))
+    nonempty = _nonempty_indices(images_t)
+
+    def run_batch(indices: Sequence[int]) -> list[tuple[int, SampleSummary]]:
+        index = torch.as_tensor(list(indices))
+        batch_noise = noise[:, index].to(target)
+        summary = summarise_samples(
+            sample_probabilities(model, images_t[index].to(target), batch_noise, steps)
+        )
+        return list(zip(indices, _split(summary), strict=True))
+
+    was_training = model.training
+    model.eval()
+    try:
+        for index, summary in run_in_batches(run_batch, nonempty, batch_size, on_progress):
+            _store(result, index, summary)
+    finally:
+        model.train(was_training)
+    return SliceSegmentation(**result)
+
+
+def _as_device(device: torch.device | str) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def _check_images(model: LDSegNetwork, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Validate ``(B, 1, S, S)`` finite images and return them as a float32 CPU tensor."""
+    tensor = torch.as_tensor(images).detach().cpu().float()
+    size = model.config.image_size
+    if tensor.ndim != 4 or tensor.shape[1] != 1 or tuple(tensor.shape[2:]) != (size, size):
+        raise ParameterError(
+            f"LDSeg expects slices of shape (B, 1, {size}, {size}) (the model's training resolution), "
+            f"got {tuple(tensor.shape)}."
+        )
+    if not torch.isfinite(tensor).all():
+        raise ParameterError("The slices hold NaN or infinite values.")
+    return tensor
+
+
+def _initial_noise(model: LDSegNetwork, count: int, samples: int, seed: int) -> torch.Tensor:
+    """Initial latents ``(samples, count, 1, h, w)`` from a fresh CPU generator seeded with ``seed``."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    side = model.config.latent_size
+    per_slice = torch.randn((count, samples, 1, side, side), generator=generator)
+    return per_slice.transpose(0, 1)
+
+
+def _nonempty_indices(images: torch.Tensor) -> list[int]:
+    """Indices of slices whose value range exceeds :data:`EMPTY_RANGE`."""
+    flat = images.flatten(1)
+    spread = flat.amax(dim=1) - flat.amin(dim=1)
+    return [int(i) for i in torch.nonzero(spread > EMPTY_RANGE).flatten()]
+
+
+def _empty_result(model: LDSegNetwork, count: int) -> dict[str, np.ndarray]:
+    """Arrays for ``count`` slices filled with the empty-slice answer (background, certain)."""
+    classes, size = model.config.num_classes, model.config.image_size
+    probabilities = np.zeros((count, classes, size, size), np.float32)
+    probabilities[:, 0] = 1.0
+    return {
+        "labels": np.zeros((count, size, size), np.uint8),
+        "probabilities": probabilities,
+        "entropy": np.zeros((count, size, size), np.float32),
+        "variance": np.zeros((count, classes, size, size), np.float32),
+    }
+
+
+def _split(summary: SampleSummary) -> list[SampleSummary]:
+    """One :class:`SampleSummary` per slice of a batch summary, moved to the CPU."""
+    parts = [getattr(summary, name).cpu() for name in ("labels", "probabilities", "entropy", "variance")]
+    return [SampleSummary(*(part[i] for part in parts)) for i in range(len(parts[0]))]
+
+
+def _store(result: dict[str, np.ndarray], index: int, summary: SampleSummary) -> None:
+    """Write one slice's summary into the result arrays."""
+    for name in result:
+        result[name][index] = getattr(summary, name).numpy()

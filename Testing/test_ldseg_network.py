@@ -1,0 +1,67 @@
+"""LDSeg networks and config: shapes, standardised latent, parameter budget, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from latentdrift.errors import ParameterError
+from latentdrift.ldseg import LabelClass, LDSegConfig, LDSegNetwork, tiny_config
+
+
+def test_part_shapes_and_standardised_latent() -> None:
+    torch.manual_seed(0)
+    model = LDSegNetwork(tiny_config(["background", "a", "b"]))
+    images = torch.randn(3, 1, 32, 32)
+    labels = torch.randint(0, 3, (3, 32, 32))
+    latent = model.encode_labels(labels)
+    embedding = model.image_encoder(images)
+    assert latent.shape == embedding.shape == (3, 1, 8, 8)
+    assert torch.allclose(latent.mean(dim=(1, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(latent.std(dim=(1, 2, 3), correction=0), torch.ones(3), atol=1e-3)
+    assert model.predict_noise(latent, embedding, torch.tensor([0, 500, 999])).shape == (3, 1, 8, 8)
+    assert model.label_decoder(latent).shape == (3, 3, 32, 32)
+
+
+def test_default_model_size_is_about_two_million_parameters() -> None:
+    counts = LDSegNetwork(LDSegConfig()).parameter_counts()
+    assert 1_000_000 <= counts["total"] <= 2_000_000
+    assert LDSegConfig().latent_size == 16
+
+
+def test_config_json_round_trip() -> None:
+    config = tiny_config(["background", "liver", "spleen"])
+    config = LDSegConfig(
+        **{
+            **config.__dict__,
+            "classes": (*config.classes[:2], LabelClass("spleen", (1, 2, 3), "SCT^78961009^Spleen")),
+        }
+    )
+    assert LDSegConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"classes": [{"name": "only", "color": [0, 0, 0], "terminology": ""}]}, "classes"),
+        ({"image_size": 30}, "multiple"),
+        ({"latent_downsampling": 6}, "power of two"),
+        ({"axis": "oblique"}, "axis"),
+        ({"sampling_steps": 0}, "sampling_steps"),
+        ({"image_size": "32"}, "'image_size'"),
+        ({"extra": 1}, "'extra'"),
+    ],
+)
+def test_invalid_config_is_refused_with_reason(change: dict, words: str) -> None:
+    data = {**tiny_config().to_dict(), **change}
+    with pytest.raises(ParameterError, match=words):
+        LDSegConfig.from_dict(data)
+
+
+def test_missing_key_is_named() -> None:
+    data = tiny_config().to_dict()
+    del data["axis"]
+    with pytest.raises(ParameterError, match="missing key 'axis'"):
+        LDSegConfig.from_dict(data)

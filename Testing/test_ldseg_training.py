@@ -1,0 +1,97 @@
+"""LDSeg training: learns a trivial problem, checkpoints, resumes exactly, augments consistently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentdrift.errors import InputError
+from latentdrift.ldseg import LDSegNetwork, TrainSettings, evaluate_dice, tiny_config, train_ldseg
+from latentdrift.ldseg.augment import augment_batch
+
+CONFIG = tiny_config(["background", "disc"])
+
+
+def _discs(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bright discs (label 1) of random centre and radius on a dark, slightly noisy background."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:32, :32]
+    images = np.full((count, 32, 32), -1.0, np.float32)
+    labels = np.zeros((count, 32, 32), np.int64)
+    for index in range(count):
+        row, col, radius = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(4, 8)
+        disc = (rows - row) ** 2 + (cols - col) ** 2 < radius**2
+        labels[index][disc] = 1
+        images[index][disc] = 0.6
+    return (images + rng.normal(0, 0.05, images.shape)).clip(-1, 1).astype(np.float32), labels
+
+
+def _settings(**changes: object) -> TrainSettings:
+    values: dict = {"batch_size": 8, "learning_rate": 3e-3, "device": "cpu", "validation_steps": 3, **changes}
+    return TrainSettings(**values)
+
+
+def test_training_clearly_improves_validation_dice() -> None:
+    images, labels = _discs(32, 0)
+    val_images, val_labels = _discs(8, 1)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same initial weights as train_ldseg with seed 0
+        untrained = evaluate_dice(LDSegNetwork(CONFIG), val_images, val_labels, steps=3)
+    events: list[dict] = []
+    result = train_ldseg(images, labels, val_images, val_labels, CONFIG, _settings(steps=48), events.append)
+    # observed (seeds 0-2): untrained about 0.2, after 48 steps 0.77-0.81
+    assert untrained["disc"] is not None and untrained["disc"] < 0.35
+    assert len(result.history) == 12 and [h["epoch"] for h in result.history] == list(range(1, 13))
+    assert result.history[-1]["dice"]["disc"] > 0.6
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert sum(e["kind"] == "step" for e in events) == 48 and sum(e["kind"] == "epoch" for e in events) == 12
+    assert not result.model.training
+
+
+def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch
+) -> None:
+    images, labels = _discs(16, 2)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("checkpoints must not be unpickled"))
+    straight = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=6))
+    folder = tmp_path / "checkpoints"
+    first = train_ldseg(
+        images, labels, None, None, CONFIG, _settings(steps=4, checkpoint_dir=str(folder), checkpoint_every=3)
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-00000004.safetensors", "checkpoint.json"]
+    assert first.start_step == 0
+    events: list[dict] = []
+    resumed = train_ldseg(
+        images, labels, None, None, CONFIG, _settings(steps=6, checkpoint_dir=str(folder)), events.append
+    )
+    assert resumed.start_step == 4
+    assert [e["step"] for e in events if e["kind"] == "step"] == [5, 6]
+    assert [h["step"] for h in resumed.history] == [2, 4, 6]
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_bad_labels_are_refused() -> None:
+    images, labels = _discs(4, 3)
+    with pytest.raises(InputError, match="labels must be integers from 0 to 1"):
+        train_ldseg(images, labels + 1, None, None, CONFIG, _settings(steps=1))
+    with pytest.raises(InputError, match=r"\(N, 32, 32\)"):
+        train_ldseg(images[:, :16], labels[:, :16], None, None, CONFIG, _settings(steps=1))
+
+
+def test_augmentation_keeps_image_and_label_aligned() -> None:
+    images, labels = _discs(16, 4)
+    x, y = torch.from_numpy(images)[:, None], torch.from_numpy(labels)
+    generator = torch.Generator().manual_seed(0)
+    out_x, out_y = augment_batch(x, y, generator, flip_left_right=True)
+    assert out_x.shape == x.shape and out_y.shape == y.shape and out_y.dtype == y.dtype
+    assert set(out_y.unique().tolist()) <= {0, 1}
+    assert out_x.min() >= -1 and out_x.max() <= 1
+    assert not torch.equal(out_x, x)
+    inside, outside = out_x[:, 0][out_y == 1].mean(), out_x[:, 0][out_y == 0].mean()
+    assert inside - outside > 1.0
+    again = augment_batch(x, y, torch.Generator().manual_seed(0), flip_left_right=True)
+    assert torch.equal(again[0], out_x) and torch.equal(again[1], out_y)
