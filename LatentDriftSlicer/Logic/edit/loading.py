@@ -1,0 +1,174 @@
+"""Loading Stable Diffusion folders safely, once.
+
+A model is a diffusers-format folder with the subfolders ``unet``, ``vae``, ``text_encoder``,
+``tokenizer`` and ``scheduler``. Only local files are read (``local_files_only=True``, so nothing
+is downloaded, as with ``HF_HUB_OFFLINE=1``), only safetensors weights are accepted (pickled
+``.bin``/``.ckpt``/``.pt`` weights can run code when loaded and are refused), and no remote code is
+trusted. Each component is loaded by its own class, whatever ``model_index.json`` names.
+
+:func:`load_bundle` caches one :class:`PipelineBundle` per (folder, device, dtype).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..devices import inference_dtype, resolve_device
+from ..errors import ModelError
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+PICKLED_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+_CACHE: dict[tuple[str, str, torch.dtype], PipelineBundle] = {}
+
+
+@dataclass(frozen=True)
+class PipelineBundle:
+    """The loaded modules of one model on one device, shared by every edit mode.
+
+    ``scheduler_config`` is the folder's scheduler configuration; each run builds its DDIM/DDPM
+    scheduler from it. ``instruct`` is True for InstructPix2Pix models (UNet with 8 input channels).
+    """
+
+    folder: Path
+    device: torch.device
+    dtype: torch.dtype
+    unet: Any  # UNet2DConditionModel
+    vae: Any  # AutoencoderKL
+    text_encoder: Any  # CLIPTextModel
+    tokenizer: Any  # CLIPTokenizer
+    scheduler_config: dict[str, Any]
+
+    @property
+    def instruct(self) -> bool:
+        return int(self.unet.config.in_channels) == 8
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    def scheduler(self, kind: Any) -> Any:
+        """A fresh scheduler of class ``kind`` built from the folder's scheduler configuration."""
+        return kind.from_config(self.scheduler_config)
+
+    def pipeline(self, kind: type, scheduler: Any) -> Any:
+        """A stock Stable Diffusion pipeline of class ``kind`` over these modules, progress bar off."""
+        pipeline = kind(
+            unet=self.unet,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` on this bundle's device, in its dtype."""
+        return tensor.to(device=self.device, dtype=self.dtype)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latents (B, C, h, w), on the device, of pixels (B, 3, H, W) in [-1, 1] (any device).
+
+        Deterministic: the mode (mean) of the latent distribution, not a sample.
+        """
+        with torch.no_grad():
+            latents = self.vae.encode(self.to_device(pixels)).latent_dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+
+def load_bundle(
+    folder: str | Path, device: str | torch.device = "auto", full_precision: bool = False
+) -> PipelineBundle:
+    """Check and load ``folder`` on ``device`` (float16 on CUDA unless ``full_precision``), cached."""
+    folder = Path(folder).expanduser().resolve()
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    dtype = inference_dtype(device, full_precision)
+    key = (str(folder), str(device), dtype)
+    if key not in _CACHE:
+        check_model_folder(folder)
+        _CACHE[key] = _load(folder, device, dtype)
+    return _CACHE[key]
+
+
+def clear_bundle_cache() -> None:
+    """Forget every loaded model (frees memory once nothing else holds it)."""
+    _CACHE.clear()
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise :class:`ModelError` unless ``folder`` is a complete, safetensors-only diffusers SD folder."""
+    if not folder.exists():
+        raise ModelError(
+            f"Model folder {folder} does not exist: give a diffusers-format Stable Diffusion folder."
+        )
+    if not folder.is_dir():
+        raise ModelError(
+            f"{folder} is a file, not a model folder: give a diffusers-format folder (with unet/, vae/, "
+            "text_encoder/, tokenizer/, scheduler/); single-file checkpoints must be converted first."
+        )
+    for component in COMPONENTS:
+        if not (folder / component).is_dir():
+            raise ModelError(
+                f"Model folder {folder} has no '{component}' subfolder: a Stable Diffusion folder needs "
+                f"{', '.join(COMPONENTS)}."
+            )
+    for component in WEIGHT_COMPONENTS:
+        _check_weights(folder / component)
+    _check_tokenizer(folder / "tokenizer")
+    if not (folder / "scheduler" / "scheduler_config.json").is_file():
+        raise ModelError(
+            f"{folder / 'scheduler'} has no scheduler_config.json: the model folder is incomplete."
+        )
+
+
+def _check_weights(subfolder: Path) -> None:
+    if any(subfolder.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for path in subfolder.iterdir() if path.suffix in PICKLED_SUFFIXES)
+    if pickled:
+        raise ModelError(
+            f"{subfolder} has only pickled weights ({', '.join(pickled)}), which are refused because loading "
+            "them can run arbitrary code: convert the model to safetensors where you trust it "
+            "(pipeline.save_pretrained(folder, safe_serialization=True))."
+        )
+    raise ModelError(f"{subfolder} has no weights (*.safetensors): the model folder is incomplete.")
+
+
+def _check_tokenizer(subfolder: Path) -> None:
+    has_bpe = (subfolder / "vocab.json").is_file() and (subfolder / "merges.txt").is_file()
+    if not (has_bpe or (subfolder / "tokenizer.json").is_file()):
+        raise ModelError(
+            f"{subfolder} has neither vocab.json + merges.txt nor tokenizer.json: the tokenizer is incomplete."
+        )
+
+
+def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> PipelineBundle:
+    options: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **options)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **options)
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **options)
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True)
+        scheduler_config = dict(
+            DDIMScheduler.load_config(folder, subfolder="scheduler", local_files_only=True)
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(
+            f"Cannot load the Stable Diffusion model in {folder}: {error}".splitlines()[0]
+            + " Check that it is a diffusers-format Stable Diffusion (v1/v2) folder."
+        ) from error
+    modules: list[Any] = [unet, vae, text_encoder]
+    for module in modules:
+        module.to(device).eval()
+    return PipelineBundle(folder, device, dtype, unet, vae, text_encoder, tokenizer, scheduler_config)
