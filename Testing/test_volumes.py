@@ -140,7 +140,7 @@ def test_parse_slice_range(text, count, expected) -> None:
 
 @pytest.mark.parametrize("text", ["3:9", "-1:2", "4:2", "a:b", "5"])
 def test_slice_range_outside_volume_is_refused(text) -> None:
-    with pytest.raises(errors.SliceRangeError, match="[Ss]lice"):
+    with pytest.raises(errors.SliceRangeError, match=r"[Ss]lice"):
         parse_slice_range(text, 5)
 
 

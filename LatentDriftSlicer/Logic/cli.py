@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 from . import __version__
 from .errors import LatentDriftError
 from .progress import Progress, emit_event
+from .volumes import AXES
 
 LOG = logging.getLogger("latentdrift")
 
@@ -62,9 +64,66 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(scene)
     _add_slicing(scene)
     scene.set_defaults(handler=_run_scene)
+
+    segment = commands.add_parser(
+        "segment",
+        parents=[common],
+        help="LDSeg segmentation with per-voxel uncertainty (N samples per slice)",
+    )
+    segment.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
+    segment.add_argument(
+        "--model", default=DEFAULT_SEGMENTATION_MODEL, help="model name or folder (see `info`)"
+    )
+    segment.add_argument("--samples", type=int, default=8, help="samples per slice (uncertainty); 1 allowed")
+    segment.add_argument(
+        "--steps", type=int, default=None, help="DDIM steps (default: the model's, at most 15)"
+    )
+    segment.add_argument(
+        "--batch-size", type=int, default=8, help="slices per batch (halved on out-of-memory)"
+    )
+    segment.add_argument(
+        "--probabilities", action="store_true", help="also write per-class probability volumes"
+    )
+    _add_output(segment)
+    _add_slicing(segment, default_axis=None)
+    segment.set_defaults(handler=_run_segment)
+
+    train = commands.add_parser(
+        "train-ldseg", parents=[common], help="train an LDSeg model on image/label volume pairs"
+    )
+    train.add_argument(
+        "data",
+        metavar="DATA",
+        help="CSV with image,label[,subject] columns, or a folder of *_image/*_label files",
+    )
+    train.add_argument(
+        "--classes", required=True, help="class names, background first, e.g. background,CSF,GM,WM"
+    )
+    train.add_argument(
+        "--axis", choices=AXES, default="axial", help="slice axis the model learns (default: axial)"
+    )
+    train.add_argument(
+        "--image-size", type=int, default=128, help="model resolution in pixels (default: 128)"
+    )
+    train.add_argument(
+        "--latent-downsampling", type=int, default=4, help="image size / latent size (default: 4)"
+    )
+    train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--validation-fraction", type=float, default=0.2, help="share of subjects held out")
+    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    train.add_argument(
+        "--checkpoint-dir", default=None, help="resumable checkpoints (default: OUTPUT.checkpoints)"
+    )
+    train.add_argument("--checkpoint-every", type=int, default=250)
+    train.add_argument("--card-notes", default=None, help="a Markdown file appended to the model card")
+    _add_output(train)
+    train.set_defaults(handler=_run_train_ldseg)
     return parser
 
 
+DEFAULT_SEGMENTATION_MODEL = "brain-tissue-ldseg"
 _INPUT_HELP = (
     "volume file (NRRD, NIfTI, MHA/MHD), DICOM series folder, or sample:mni152-t1 (the bundled sample)"
 )
@@ -76,10 +135,9 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_slicing(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--axis", choices=("axial", "coronal", "sagittal"), default="axial", help="slice axis"
-    )
+def _add_slicing(parser: argparse.ArgumentParser, default_axis: str | None = "axial") -> None:
+    shown = default_axis or "the model's axis"
+    parser.add_argument("--axis", choices=AXES, default=default_axis, help=f"slice axis (default: {shown})")
     parser.add_argument(
         "--slices", default=None, metavar="A:B", help="slice range along the axis (default: all)"
     )
@@ -139,10 +197,69 @@ def _version_of(package: str) -> str:
 
 def _run_scene(args: argparse.Namespace) -> int:
     from .sample_data import resolve_input
-    from .workflows import scene_roundtrip
+    from .workflows.scene_check import scene_roundtrip
 
     inputs = [resolve_input(text) for text in args.inputs]
     summary = scene_roundtrip(inputs, args.output, axis=args.axis, slice_range=args.slices)
+    _report(args, summary)
+    return 0
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    from .sample_data import resolve_input
+    from .segmentation import SegmentSettings
+    from .workflows.segment import segment_file
+
+    settings = SegmentSettings(
+        samples=args.samples,
+        steps=args.steps,
+        axis=args.axis,
+        slices=args.slices,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    summary = segment_file(
+        resolve_input(args.input), args.model, args.output, settings, args.probabilities, args.progress
+    )
+    _report(args, summary)
+    return 0
+
+
+def _run_train_ldseg(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .ldseg import LDSegConfig, TrainSettings, default_classes
+    from .workflows.segment import train_segmentation_model
+
+    names = [name.strip() for name in args.classes.split(",") if name.strip()]
+    base = LDSegConfig()
+    levels = int(math.log2(args.latent_downsampling)) + 1  # encoder widths: one per resolution
+    config = replace(
+        base,
+        classes=default_classes(names),
+        axis=args.axis,
+        image_size=args.image_size,
+        latent_downsampling=args.latent_downsampling,
+        label_channels=base.label_channels[:levels],
+        image_channels=base.image_channels[:levels],
+    )
+    settings = TrainSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        augment=not args.no_augment,
+        flip_left_right=args.axis != "sagittal",
+        checkpoint_dir=args.checkpoint_dir or f"{Path(args.output).absolute()}.checkpoints",
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+    )
+    notes = Path(args.card_notes).read_text() if args.card_notes else ""
+    summary = train_segmentation_model(
+        args.data, args.output, config, settings, args.validation_fraction, args.progress, notes
+    )
     _report(args, summary)
     return 0
 

@@ -73,3 +73,9 @@ class OutOfMemoryError(LatentDriftError):
     """Even a batch of one does not fit on the device."""
 
     exit_code = 6
+
+
+class CancelledError(LatentDriftError):
+    """A run was cancelled before it finished (nothing was written)."""
+
+    exit_code = 130

@@ -2,8 +2,7 @@
 
 A model is a folder. Two kinds are recognised without loading any weights:
 
-* ``ldseg``: an LDSeg segmentation model (``config.json`` with ``"model_type": "ldseg"`` and
-  ``model.safetensors``);
+* ``ldseg``: an LDSeg segmentation model (``config.json`` with ``"format": "latentdrift-ldseg"``);
 * ``stable-diffusion`` / ``instruct-pix2pix``: a diffusers-format pipeline folder (``model_index.json``).
 
 Folders are searched in: the bundled ``bundled_models/`` inside the engine, every folder listed in the
@@ -20,6 +19,8 @@ from pathlib import Path
 
 from .errors import ModelError
 
+LDSEG_FORMAT = "latentdrift-ldseg"
+"""The ``format`` value of an LDSeg model's config.json (written by :mod:`latentdrift.ldseg.model_io`)."""
 BUNDLED_MODELS = Path(__file__).resolve().parent / "bundled_models"
 USER_MODELS = Path.home() / ".latentdrift" / "models"
 
@@ -52,7 +53,7 @@ def model_kind(folder: Path) -> str | None:
     config = folder / "config.json"
     if config.is_file():
         try:
-            return "ldseg" if json.loads(config.read_text()).get("model_type") == "ldseg" else None
+            return "ldseg" if json.loads(config.read_text()).get("format") == LDSEG_FORMAT else None
         except (OSError, json.JSONDecodeError):
             return None
     return None

@@ -1,8 +1,4 @@
-"""End-to-end workflows: files in, a scene and a result folder out.
-
-The CLI, headless batch runs and the Slicer console call these same functions; each writes through
-a :class:`~.results.ResultFolder`, so its outputs appear whole with a ``summary.json`` or not at all.
-"""
+"""``latentdrift scene``: the path every model run takes, without a model."""
 
 from __future__ import annotations
 
@@ -11,16 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import ResultFolder
-from .scene import (
-    SceneSession,
-    load_volume_node,
-    node_to_volume,
-    save_scene,
-    show_in_slice_views,
-    volume_to_node,
-)
-from .volumes import Axis, check_image_volume, extract_slices, reassemble
+from ..results import ResultFolder
+from ..scene import SceneSession, load_volume_node, node_to_volume, show_in_slice_views, volume_to_node
+from ..volumes import Axis, check_image_volume, extract_slices, reassemble
+from .common import write_scene
 
 
 def scene_roundtrip(
@@ -55,8 +45,5 @@ def scene_roundtrip(
             if first_node is None:
                 first_node = node
                 show_in_slice_views(session, node, rebuilt_node, foreground_opacity=0.5)
-        data_files = save_scene(session, result.path("scene", "scene.mrml"))
-        for node_id, file_name in data_files.items():
-            result.record(roles.get(node_id, "data"), file_name)
-        save_scene(session, result.path("scene_bundle", "scene.mrb"))
+        write_scene(session, result, roles)
     return result.summary()

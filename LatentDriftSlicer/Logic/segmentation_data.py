@@ -1,0 +1,142 @@
+"""Training data for LDSeg: pairs of image and label volumes → model-ready slices.
+
+Pairs come from a CSV (columns ``image`` and ``label``, paths relative to the CSV; an optional
+``subject`` column keeps a subject's pairs together when splitting) or a folder holding
+``<name>_image.<ext>`` / ``<name>_label.<ext>`` files. Each pair is checked (same grid, integer labels
+within the model's classes), windowed with the model's intensity percentiles, cut along the model's
+axis, padded to a square field of view and resized to the model size; labels are resized through
+their one-hot channels (bilinear, then argmax) so thin structures are not aliased.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+
+from .errors import InputError, MissingFileError
+from .ldseg import LDSegConfig
+from .volumes import VOLUME_SUFFIXES, Axis, IntensityWindow, SliceResizer, Volume, extract_slices, read_volume
+
+
+@dataclass(frozen=True)
+class VolumePair:
+    """An image volume, its label volume and the subject they belong to."""
+
+    subject: str
+    image: Path
+    label: Path
+
+
+def find_pairs(source: str | Path) -> list[VolumePair]:
+    """Pairs listed in a CSV file or found in a folder (see the module docstring)."""
+    source = Path(source)
+    if not source.exists():
+        raise MissingFileError(f"Training data '{source}' does not exist.")
+    pairs = _pairs_from_csv(source) if source.is_file() else _pairs_from_folder(source)
+    if not pairs:
+        raise InputError(
+            f"No image/label pairs in '{source}': give a CSV with 'image' and 'label' columns or a folder "
+            "of <name>_image.nrrd / <name>_label.nrrd files."
+        )
+    return pairs
+
+
+def _pairs_from_csv(path: Path) -> list[VolumePair]:
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"image", "label"} <= set(rows[0]):
+        raise InputError(f"'{path}' needs the columns 'image' and 'label' (found: {', '.join(rows[0])}).")
+    return [
+        VolumePair(
+            row.get("subject") or Path(row["image"]).name,
+            path.parent / row["image"],
+            path.parent / row["label"],
+        )
+        for row in rows
+    ]
+
+
+def _pairs_from_folder(folder: Path) -> list[VolumePair]:
+    pairs = []
+    for image in sorted(folder.iterdir()):
+        name = image.name
+        suffix = next((s for s in VOLUME_SUFFIXES if name.endswith("_image" + s)), None)
+        if suffix is None:
+            continue
+        stem = name[: -len("_image" + suffix)]
+        label = folder / f"{stem}_label{suffix}"
+        if not label.exists():
+            raise MissingFileError(f"'{image.name}' has no label volume '{label.name}' beside it.")
+        pairs.append(VolumePair(stem, image, label))
+    return pairs
+
+
+def pair_slices(
+    image: Volume, labels: Volume, config: LDSegConfig, min_foreground: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model-ready slices of one pair: images ``(n, S, S)`` float32 in the model range, labels ``(n, S, S)`` uint8.
+
+    Slices whose label foreground fraction is at most ``min_foreground`` are dropped (with the
+    default 0, slices without any labelled voxel are dropped).
+    """
+    if not image.geometry.is_close(labels.geometry, 1e-4) or image.voxels.shape != labels.voxels.shape:
+        raise InputError(
+            f"'{image.name}' and '{labels.name}' are not on the same grid: resample the labels first."
+        )
+    label_values = np.unique(labels.voxels)
+    if (
+        label_values.min() < 0
+        or label_values.max() >= config.num_classes
+        or not np.all(label_values == np.round(label_values))
+    ):
+        raise InputError(
+            f"'{labels.name}' holds label values {label_values.tolist()[:10]}, but the model has classes "
+            f"0..{config.num_classes - 1} ({', '.join(config.class_names)})."
+        )
+    window = IntensityWindow.from_percentiles(
+        image.voxels, config.intensity_percentiles, config.intensity_range
+    )
+    axis = cast(Axis, config.axis)
+    image_stack = extract_slices(image, axis)
+    label_stack = extract_slices(labels, axis).slices.astype(np.int64)
+    keep = (label_stack > 0).mean(axis=(1, 2)) > min_foreground
+    rows, cols = image_stack.slices.shape[1:]
+    resizer = SliceResizer((rows, cols), image_stack.layout.pixel_spacing, config.image_size)
+    images = resizer.to_model(window.forward(image_stack.slices[keep]), background=config.intensity_range[0])
+    onehot = np.eye(config.num_classes, dtype=np.float32)[label_stack[keep]]  # (n, rows, cols, C)
+    channels = np.moveaxis(onehot, -1, 1).reshape(-1, rows, cols)
+    resized = resizer.to_model(channels, background=0.0).reshape(
+        -1, config.num_classes, config.image_size, config.image_size
+    )
+    resized[:, 0] += (resized.sum(axis=1) < 0.5) * 1.0  # padding is background
+    return images, resized.argmax(axis=1).astype(np.uint8)
+
+
+def load_training_slices(pairs: list[VolumePair], config: LDSegConfig) -> tuple[np.ndarray, np.ndarray]:
+    """All model-ready slices of ``pairs``, concatenated (see :func:`pair_slices`)."""
+    images, labels = [], []
+    for pair in pairs:
+        pair_images, pair_labels = pair_slices(read_volume(pair.image), read_volume(pair.label), config)
+        images.append(pair_images)
+        labels.append(pair_labels)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def split_by_subject(
+    pairs: list[VolumePair], validation_fraction: float, seed: int
+) -> tuple[list[VolumePair], list[VolumePair]]:
+    """Training and validation pairs, never splitting a subject (at least one subject each when possible)."""
+    subjects = sorted({p.subject for p in pairs})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(subjects)
+    count = (
+        max(1, round(len(subjects) * validation_fraction))
+        if len(subjects) > 1 and validation_fraction > 0
+        else 0
+    )
+    held_out = set(subjects[:count])
+    return [p for p in pairs if p.subject not in held_out], [p for p in pairs if p.subject in held_out]

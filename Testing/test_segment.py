@@ -1,0 +1,189 @@
+"""`latentdrift segment` and `train-ldseg` end to end with tiny models: real files, real scenes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import oblique_direction
+
+from latentdrift.cli import main
+from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+from latentdrift.scene import find_nodes, load_scene, node_to_volume
+from latentdrift.segmentation import intensity_statistics
+from latentdrift.segmentation_data import pair_slices
+from latentdrift.synthetic import SubjectSettings, synthetic_subject
+from latentdrift.volumes import Geometry, Volume, read_volume, write_volume
+
+TOL = 1e-6
+CLASSES = ("background", "CSF", "grey matter", "white matter")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny-ldseg"
+    save_ldseg_model(LDSegNetwork(tiny_config(CLASSES, image_size=32)), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory) -> Path:
+    """A small synthetic brain (4 mm voxels) re-oriented onto an oblique, permuted grid."""
+    image, _labels = synthetic_subject(3, SubjectSettings(spacing_mm=4.0))
+    oblique = Volume(image.voxels, Geometry((4.0, 4.0, 4.0), (10.0, -5.0, 2.0), oblique_direction()), "brain")
+    return write_volume(oblique, tmp_path_factory.mktemp("data") / "brain.nii.gz")
+
+
+def test_segment_writes_nodes_on_the_input_grid(tiny_model: Path, brain: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seg"
+    args = ["segment", str(brain), "--model", str(tiny_model), "--samples", "3", "--steps", "2"]
+    assert main([*args, "--probabilities", "--output", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    outputs = summary["outputs"]
+    assert {"scene", "scene_bundle", "segmentation", "uncertainty", "probability", "preview", "input"} <= set(
+        outputs
+    )
+    assert len(outputs["probability"]) == 3
+    assert (out / outputs["preview"]).stat().st_size > 10_000
+    source = read_volume(brain)
+    uncertainty = read_volume(out / outputs["uncertainty"])
+    assert uncertainty.geometry.is_close(source.geometry, TOL)
+    assert uncertainty.voxels.min() >= 0.0 and uncertainty.voxels.max() <= 1.0
+    assert uncertainty.voxels.std() > 0.01
+    session = load_scene(out / outputs["scene"])
+    segmentation = find_nodes(session, "vtkMRMLSegmentationNode")[0].GetSegmentation()
+    names = [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())]
+    assert names == list(CLASSES[1:])
+    for node in find_nodes(session, "vtkMRMLScalarVolumeNode"):
+        assert node_to_volume(node).geometry.is_close(source.geometry, TOL)
+    assert set(summary["figures"]["classes"]) == set(CLASSES[1:])
+
+
+def test_segment_is_deterministic_with_a_seed(tiny_model: Path, brain: Path, tmp_path: Path) -> None:
+    runs = []
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        out = tmp_path / name
+        args = [
+            "segment",
+            str(brain),
+            "--model",
+            str(tiny_model),
+            "--samples",
+            "2",
+            "--steps",
+            "2",
+            "--seed",
+            seed,
+        ]
+        assert main([*args, "--slices", "4:8", "-o", str(out), "--quiet"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        runs.append(read_volume(out / summary["outputs"]["uncertainty"]).voxels)
+    assert np.array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+
+
+def test_unusual_intensities_warn_but_do_not_fail(tmp_path: Path) -> None:
+    """A model that knows its training intensities warns on an inverted scan, not on a normal one."""
+    image, labels = synthetic_subject(5, SubjectSettings(spacing_mm=4.0))
+    config = tiny_config(CLASSES, image_size=32)
+    slices, _ = pair_slices(image, labels, config)
+    config = replace(config, intensity_reference=intensity_statistics(slices, config.intensity_range[0]))
+    model = save_ldseg_model(LDSegNetwork(config), tmp_path / "model")
+    normal = write_volume(image, tmp_path / "normal.nrrd")
+    inverted = write_volume(image.with_voxels(image.voxels.max() - image.voxels), tmp_path / "inverted.nrrd")
+    warnings = {}
+    for path in (normal, inverted):
+        out = tmp_path / path.stem
+        args = [
+            "segment",
+            str(path),
+            "--model",
+            str(model),
+            "--samples",
+            "1",
+            "--steps",
+            "1",
+            "--slices",
+            "8:12",
+        ]
+        assert main([*args, "-o", str(out), "--quiet"]) == 0
+        warnings[path.stem] = json.loads((out / "summary.json").read_text())["warnings"]
+    assert warnings["normal"] == []
+    assert (
+        len(warnings["inverted"]) == 1 and "far outside the training distribution" in warnings["inverted"][0]
+    )
+
+
+def _broken_models(tmp_path: Path, tiny_model: Path) -> dict[str, tuple[Path, str]]:
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_model / "config.json").read_text())
+    (no_weights / "pytorch_model.bin").write_bytes(b"pickle")
+    broken = tmp_path / "broken-config"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"format": "latentdrift-ldseg", "format_version": 1, "image_size": ')
+    (broken / "model.safetensors").write_bytes((tiny_model / "model.safetensors").read_bytes())
+    return {
+        "pickled weights only": (no_weights, "pickled weights are refused"),
+        "broken config": (broken, "config"),
+        "unknown name": (tmp_path / "no-such-model", "No model named"),
+    }
+
+
+@pytest.mark.parametrize("case", ["pickled weights only", "broken config", "unknown name"])
+def test_bad_models_fail_with_one_clear_line(
+    case: str, tiny_model: Path, brain: Path, tmp_path: Path, capsys
+) -> None:
+    model, words = _broken_models(tmp_path, tiny_model)[case]
+    out = tmp_path / "out"
+    assert main(["segment", str(brain), "--model", str(model), "-o", str(out)]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and words in error[0], error
+    assert not out.exists()
+
+
+def test_model_axis_mismatch_is_refused(tiny_model: Path, brain: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["segment", str(brain), "--model", str(tiny_model), "--axis", "coronal", "-o", str(out)]) != 0
+    assert "trained on axial slices" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_train_ldseg_makes_a_model_that_segments(tmp_path: Path) -> None:
+    data = tmp_path / "pairs"
+    for seed in range(3):
+        image, labels = synthetic_subject(seed, SubjectSettings(spacing_mm=6.0))
+        write_volume(image, data / f"s{seed}_image.nrrd")
+        write_volume(labels, data / f"s{seed}_label.nrrd")
+    model = tmp_path / "model"
+    args = ["train-ldseg", str(data), "--classes", ",".join(CLASSES), "--image-size", "32", "--steps", "3"]
+    assert main([*args, "--batch-size", "4", "--checkpoint-every", "2", "-o", str(model), "--quiet"]) == 0
+    assert {"config.json", "model.safetensors", "MODEL_CARD.md", "training.json"} <= {
+        p.name for p in model.iterdir()
+    }
+    card = (model / "MODEL_CARD.md").read_text()
+    assert "White matter" in card or "white matter" in card
+    assert (tmp_path / "model.checkpoints" / "checkpoint.json").exists()
+    out = tmp_path / "seg"
+    brain = data / "s0_image.nrrd"
+    assert (
+        main(
+            [
+                "segment",
+                str(brain),
+                "--model",
+                str(model),
+                "--samples",
+                "1",
+                "--steps",
+                "2",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )

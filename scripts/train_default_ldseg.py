@@ -1,0 +1,149 @@
+"""Retrain the bundled brain-tissue LDSeg model from scratch (the one command behind its model card).
+
+    .venv/bin/python scripts/train_default_ldseg.py [--steps 2500] [--subjects 30]
+
+1. Writes synthetic subjects made from the MNI152 template (``latentdrift.synthetic``: random smooth
+   deformations, tissue contrast, gamma, bias field, noise) as image/label NRRD pairs under
+   ``data/brain-tissue/`` with a CSV. Seeds 0…N-1 are used here; the benchmarks evaluate on seeds from
+   1000 on, which training never sees.
+2. Trains with ``latentdrift train-ldseg`` settings (augmentation on, validation Dice each epoch on
+   held-out subjects, resumable checkpoints in ``data/brain-tissue-ldseg.checkpoints``).
+3. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``.
+
+Runs on the CPU in about an hour on 2 cores; rerunning resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from latentdrift.ldseg import LabelClass, LDSegConfig, TrainSettings
+from latentdrift.progress import Progress
+from latentdrift.synthetic import TISSUE_NAMES, synthetic_subject
+from latentdrift.volumes import write_volume
+from latentdrift.workflows.segment import train_segmentation_model
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "brain-tissue"
+OUTPUT = ROOT / "LatentDriftSlicer" / "Logic" / "bundled_models" / "brain-tissue-ldseg"
+
+# Names, colours and codes follow 3D Slicer's GenericAnatomyColors / General Anatomy terminology
+# (coding scheme SRT, as DICOM SEG uses them).
+_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+_ANATOMY = "Anatomic codes - DICOM master list"
+CLASSES = (
+    LabelClass(TISSUE_NAMES[0], (0, 0, 0)),
+    LabelClass(
+        TISSUE_NAMES[1],
+        (85, 188, 255),
+        f"{_CONTEXT}~SRT^T-D000A^Anatomical Structure~SRT^T-A0109^Brain Cerebrospinal Fluid Pathway~^^~{_ANATOMY}~^^~^^",
+    ),
+    LabelClass(
+        TISSUE_NAMES[2],
+        (200, 200, 215),
+        f"{_CONTEXT}~SRT^T-D0050^Tissue~SRT^T-A2020^Cerebral Gray Matter~^^~{_ANATOMY}~^^~^^",
+    ),
+    LabelClass(
+        TISSUE_NAMES[3],
+        (250, 250, 225),
+        f"{_CONTEXT}~SRT^T-D000A^Anatomical Structure~SRT^T-A2032^Cerebral White Matter~^^~{_ANATOMY}~^^~^^",
+    ),
+)
+
+NOTES = """## Data and intended use
+
+Trained only on **synthetic** subjects derived from one real brain: the MNI ICBM152 2009c T1 template
+and its tissue maps as shipped in nilearn (see `docs/data.md`), under random smooth deformations,
+tissue-contrast, gamma, bias-field and noise variation, plus on-the-fly augmentation. It expects a
+skull-stripped T1-weighted brain MRI. It has never seen a real patient scan other than the template:
+treat it as a demonstration model, not a clinical tool.
+
+Labels: CSF = inside the brain mask where grey + white matter probability < 0.5; grey / white matter =
+the larger of the two template probabilities elsewhere.
+
+## Reproduce
+
+    .venv/bin/python scripts/train_default_ldseg.py
+
+Held-out accuracy, calibration, robustness and speed: `benchmarks/ldseg/` (`results.md`).
+"""
+
+
+def write_subjects(count: int) -> Path:
+    """Image/label NRRD pairs for seeds 0..count-1 and their CSV (existing files are reused)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in range(count):
+        image_path, label_path = (
+            DATA / f"subject{seed:04d}_image.nrrd",
+            DATA / f"subject{seed:04d}_label.nrrd",
+        )
+        if not (image_path.exists() and label_path.exists()):
+            image, labels = synthetic_subject(seed)
+            write_volume(image, image_path)
+            write_volume(labels, label_path)
+        rows.append({"subject": f"subject{seed:04d}", "image": image_path.name, "label": label_path.name})
+    csv_path = DATA / "pairs.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["subject", "image", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path
+
+
+def default_config() -> LDSegConfig:
+    """128×128 axial slices, a 32×32×1 latent (1,024 values, as in the LDSeg reference at 512²/16)."""
+    base = LDSegConfig()
+    downsampling = 4
+    levels = int(math.log2(downsampling)) + 1
+    return replace(
+        base,
+        classes=CLASSES,
+        image_size=128,
+        latent_downsampling=downsampling,
+        label_channels=base.label_channels[:levels],
+        image_channels=base.image_channels[:levels],
+        sampling_steps=15,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--subjects", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    pairs = write_subjects(args.subjects)
+    settings = TrainSettings(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=1e-3,
+        seed=0,
+        augment=True,
+        flip_left_right=True,
+        validation_steps=5,
+        checkpoint_dir=str(ROOT / "data" / "brain-tissue-ldseg.checkpoints"),
+        checkpoint_every=100,
+        device="auto",
+    )
+    summary = train_segmentation_model(
+        pairs,
+        args.output,
+        default_config(),
+        settings,
+        0.2,
+        Progress(json_lines=not sys.stderr.isatty()),
+        NOTES,
+    )
+    print(summary["figures"]["final"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
