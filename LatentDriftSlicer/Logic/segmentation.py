@@ -3,18 +3,25 @@
 ``segment_volume`` is the engine call behind ``latentdrift segment``, the Slicer panel and the console:
 a :class:`~.volumes.Volume` in, a :class:`VolumeSegmentation` (labels, entropy, class probabilities on
 the input's exact geometry) out. Slices outside the requested range get label 0 and entropy 0.
+
+3D models (``config.spatial_dims == 3``) take the same path with one difference: instead of resizing
+each slice, the whole slice stack (display-oriented along ``config.axis``) is padded to a cube field of
+view and resampled to ``image_size³`` (:class:`~.volumes.VolumeResizer`), sampled as one volume, and
+the results are resampled back onto the stack and reassembled on the input grid.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from .devices import resolve_device
 from .errors import ParameterError
-from .ldseg import LDSegNetwork, segment_slices
+from .ldseg import LDSegConfig, LDSegNetwork, segment_slices
 from .progress import ProgressCallback
 from .volumes import (
     AXES,
@@ -23,6 +30,7 @@ from .volumes import (
     SliceResizer,
     SliceStack,
     Volume,
+    VolumeResizer,
     check_image_volume,
     extract_slices,
     reassemble,
@@ -62,43 +70,89 @@ class VolumeSegmentation:
     warnings: list[str] = field(default_factory=list)
 
 
+SlicePredictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""Model-range slices ``(n, 1, S, S)`` → (class probabilities ``(n, C, S, S)``, entropy ``(n, S, S)`` in [0, 1]).
+
+For 3D configs the input is one volume ``(1, 1, S, S, S)`` and the outputs ``(1, C, S, S, S)``, ``(1, S, S, S)``.
+"""
+
+
 def segment_volume(
     volume: Volume, model: LDSegNetwork, settings: SegmentSettings, progress: ProgressCallback | None = None
 ) -> VolumeSegmentation:
-    """Segment ``volume`` slice by slice with ``model``; see the module docstring."""
+    """Segment ``volume`` slice by slice (3D models: as one volume) with an LDSeg ``model``; see the module docstring."""
+    axis = settings.axis or model.config.axis
+    if axis != model.config.axis:
+        raise ParameterError(
+            f"This model was trained on {model.config.axis} slices; segmenting {axis} slices would give wrong "
+            f"results. Use --axis {model.config.axis} (or a model trained on {axis} slices)."
+        )
+
+    def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = segment_slices(
+            model,
+            images,
+            samples=settings.samples,
+            steps=settings.steps,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            device=resolve_device(settings.device),
+            on_progress=(lambda done, total: progress(done, total, "segmenting")) if progress else None,
+        )
+        return result.probabilities, result.entropy
+
+    return segment_volume_with(volume, model.config, settings.slices, predict)
+
+
+def segment_volume_with(
+    volume: Volume, config: LDSegConfig, slices: str | None, predict: SlicePredictor
+) -> VolumeSegmentation:
+    """The volume pipeline around any slice predictor that follows ``config``'s input conventions.
+
+    Window (``config.intensity_percentiles`` → ``config.intensity_range``), cut along ``config.axis``,
+    pad and resize to ``config.image_size``, ``predict``, resize back, renormalise the probabilities and
+    reassemble onto the input grid. Used by LDSeg and by the benchmarks' deterministic baseline.
+    With ``config.spatial_dims == 3`` the whole stack is resampled to one ``image_size³`` volume.
+    """
     check_image_volume(volume)
-    config = model.config
-    axis = settings.axis or config.axis
+    axis = cast(Axis, config.axis)
     if axis not in AXES:
         raise ParameterError(f"Unknown slice axis '{axis}': use axial, coronal or sagittal.")
-    if axis != config.axis:
-        raise ParameterError(
-            f"This model was trained on {config.axis} slices; segmenting {axis} slices would give wrong "
-            f"results. Use --axis {config.axis} (or a model trained on {axis} slices)."
-        )
     window = IntensityWindow.from_percentiles(
         volume.voxels, config.intensity_percentiles, config.intensity_range
     )
-    stack = extract_slices(volume, axis, settings.slices)
-    rows, cols = stack.slices.shape[1:]
-    resizer = SliceResizer((rows, cols), stack.layout.pixel_spacing, config.image_size)
+    stack = extract_slices(volume, axis, slices)
+    to_model, from_model = stack_resampling(stack, config)
     background = config.intensity_range[0]
-    images = resizer.to_model(window.forward(stack.slices), background=background)[:, None]
+    images = to_model(window.forward(stack.slices), background)
     warnings = intensity_warnings(intensity_statistics(images, background), config.intensity_reference)
-    result = segment_slices(
-        model,
-        images,
-        samples=settings.samples,
-        steps=settings.steps,
-        seed=settings.seed,
-        batch_size=settings.batch_size,
-        device=resolve_device(settings.device),
-        on_progress=(lambda done, total: progress(done, total, "segmenting")) if progress else None,
-    )
-    probabilities = np.clip(resizer.from_model(result.probabilities), 0.0, 1.0)
+    model_probabilities, model_entropy = predict(images)
+    probabilities = np.clip(from_model(model_probabilities), 0.0, 1.0)
     probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
-    entropy = np.clip(resizer.from_model(result.entropy), 0.0, 1.0)
-    return _on_input_grid(volume, stack, probabilities, entropy, model, warnings)
+    entropy = np.clip(from_model(model_entropy), 0.0, 1.0)
+    return _on_input_grid(volume, stack, probabilities, entropy, config, warnings)
+
+
+def stack_resampling(
+    stack: SliceStack, config: LDSegConfig
+) -> tuple[Callable[[np.ndarray, float], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """(to model, from model) for a slice stack at ``config``'s resolution and dimensionality.
+
+    2D: ``to_model(slices [n, rows, cols], background)`` → images ``(n, 1, S, S)``; ``from_model`` maps
+    ``(n, [C,] S, S)`` → ``(n, [C,] rows, cols)``. 3D: the whole stack → one volume ``(1, 1, S, S, S)``
+    (:class:`~.volumes.VolumeResizer`); ``from_model`` maps ``(1, [C,] S, S, S)`` → ``(n, [C,] rows, cols)``,
+    the same stack-first layout as 2D.
+    """
+    if config.spatial_dims == 2:
+        resizer = SliceResizer(stack.slices.shape[1:], stack.layout.pixel_spacing, config.image_size)
+        return (lambda slices, background: resizer.to_model(slices, background)[:, None]), resizer.from_model
+    cube = VolumeResizer(stack.slices.shape, stack.layout.spacing, config.image_size)
+
+    def from_model(volumes: np.ndarray) -> np.ndarray:
+        resized = cube.from_model(volumes[0])  # ([C,] n, rows, cols)
+        return np.ascontiguousarray(np.moveaxis(resized, 0, 1)) if resized.ndim == 4 else resized
+
+    return (lambda slices, background: cube.to_model(slices, background)[None, None]), from_model
 
 
 def _on_input_grid(
@@ -106,7 +160,7 @@ def _on_input_grid(
     stack: SliceStack,
     probabilities: np.ndarray,
     entropy: np.ndarray,
-    model: LDSegNetwork,
+    config: LDSegConfig,
     warnings: list[str],
 ) -> VolumeSegmentation:
     """Slice-stack results (``[n, C, rows, cols]``, ``[n, rows, cols]``) → volumes on the input grid."""
@@ -128,7 +182,7 @@ def _on_input_grid(
                 "voxels": int((labels == index).sum()),
                 "volume_ml": round(float((labels == index).sum()) * voxel_ml, 3),
             }
-            for index, entry in enumerate(model.config.classes)
+            for index, entry in enumerate(config.classes)
             if index > 0
         },
     }

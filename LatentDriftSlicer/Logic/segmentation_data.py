@@ -5,12 +5,15 @@ Pairs come from a CSV (columns ``image`` and ``label``, paths relative to the CS
 ``<name>_image.<ext>`` / ``<name>_label.<ext>`` files. Each pair is checked (same grid, integer labels
 within the model's classes), windowed with the model's intensity percentiles, cut along the model's
 axis, padded to a square field of view and resized to the model size; labels are resized through
-their one-hot channels (bilinear, then argmax) so thin structures are not aliased.
+their one-hot channels (bilinear, then argmax) so thin structures are not aliased. For 3D models
+(``config.spatial_dims == 3``) each pair gives one volume instead: the whole slice stack padded to a cube
+field of view and resampled to ``image_size³`` (:func:`pair_volume`).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -19,7 +22,16 @@ import numpy as np
 
 from .errors import InputError, MissingFileError
 from .ldseg import LDSegConfig
-from .volumes import VOLUME_SUFFIXES, Axis, IntensityWindow, SliceResizer, Volume, extract_slices, read_volume
+from .volumes import (
+    VOLUME_SUFFIXES,
+    Axis,
+    IntensityWindow,
+    SliceResizer,
+    Volume,
+    VolumeResizer,
+    extract_slices,
+    read_volume,
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,55 @@ def pair_slices(
     Slices whose label foreground fraction is at most ``min_foreground`` are dropped (with the
     default 0, slices without any labelled voxel are dropped).
     """
+    window = _checked_window(image, labels, config)
+    axis = cast(Axis, config.axis)
+    image_stack = extract_slices(image, axis)
+    label_stack = extract_slices(labels, axis).slices.astype(np.int64)
+    keep = (label_stack > 0).mean(axis=(1, 2)) > min_foreground
+    rows, cols = image_stack.slices.shape[1:]
+    resizer = SliceResizer((rows, cols), image_stack.layout.pixel_spacing, config.image_size)
+    images = resizer.to_model(window.forward(image_stack.slices[keep]), background=config.intensity_range[0])
+    return images, _labels_to_model(label_stack[keep], config.num_classes, resizer.to_model, class_axis=1)
+
+
+def pair_volume(image: Volume, labels: Volume, config: LDSegConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One model-ready volume of a pair, for 3D models: images ``(1, S, S, S)`` float32, labels ``(1, S, S, S)`` uint8.
+
+    The whole volume, cut along ``config.axis`` into a display-oriented stack (the layout
+    :func:`latentdrift.segmentation.segment_volume` uses), padded to a cube field of view and resampled
+    to ``S = config.image_size`` (:class:`~.volumes.VolumeResizer`). Checks as :func:`pair_slices`.
+    """
+    window = _checked_window(image, labels, config)
+    axis = cast(Axis, config.axis)
+    image_stack = extract_slices(image, axis)
+    label_stack = extract_slices(labels, axis).slices.astype(np.int64)
+    resizer = VolumeResizer(image_stack.slices.shape, image_stack.layout.spacing, config.image_size)
+    images = resizer.to_model(window.forward(image_stack.slices), background=config.intensity_range[0])
+    volume_labels = _labels_to_model(label_stack, config.num_classes, resizer.to_model, class_axis=0)
+    return images[None], volume_labels[None]
+
+
+def _labels_to_model(
+    label_stack: np.ndarray,
+    num_classes: int,
+    to_model: Callable[..., np.ndarray],
+    class_axis: int,
+) -> np.ndarray:
+    """Integer labels resized through their one-hot channels (``to_model`` each, stacked on ``class_axis``).
+
+    Padding (no class) becomes background; returns the argmax over classes as uint8.
+    """
+    resized = np.stack(
+        [to_model((label_stack == c).astype(np.float32), background=0.0) for c in range(num_classes)],
+        axis=class_axis,
+    )
+    background = (slice(None),) * class_axis + (0,)
+    resized[background] += (resized.sum(axis=class_axis) < 0.5) * 1.0  # padding is background
+    return resized.argmax(axis=class_axis).astype(np.uint8)
+
+
+def _checked_window(image: Volume, labels: Volume, config: LDSegConfig) -> IntensityWindow:
+    """Refuse a pair on different grids or with labels outside the classes; the image's intensity window."""
     if not image.geometry.is_close(labels.geometry, 1e-4) or image.voxels.shape != labels.voxels.shape:
         raise InputError(
             f"'{image.name}' and '{labels.name}' are not on the same grid: resample the labels first."
@@ -97,30 +158,24 @@ def pair_slices(
             f"'{labels.name}' holds label values {label_values.tolist()[:10]}, but the model has classes "
             f"0..{config.num_classes - 1} ({', '.join(config.class_names)})."
         )
-    window = IntensityWindow.from_percentiles(
+    return IntensityWindow.from_percentiles(
         image.voxels, config.intensity_percentiles, config.intensity_range
     )
-    axis = cast(Axis, config.axis)
-    image_stack = extract_slices(image, axis)
-    label_stack = extract_slices(labels, axis).slices.astype(np.int64)
-    keep = (label_stack > 0).mean(axis=(1, 2)) > min_foreground
-    rows, cols = image_stack.slices.shape[1:]
-    resizer = SliceResizer((rows, cols), image_stack.layout.pixel_spacing, config.image_size)
-    images = resizer.to_model(window.forward(image_stack.slices[keep]), background=config.intensity_range[0])
-    onehot = np.eye(config.num_classes, dtype=np.float32)[label_stack[keep]]  # (n, rows, cols, C)
-    channels = np.moveaxis(onehot, -1, 1).reshape(-1, rows, cols)
-    resized = resizer.to_model(channels, background=0.0).reshape(
-        -1, config.num_classes, config.image_size, config.image_size
-    )
-    resized[:, 0] += (resized.sum(axis=1) < 0.5) * 1.0  # padding is background
-    return images, resized.argmax(axis=1).astype(np.uint8)
 
 
 def load_training_slices(pairs: list[VolumePair], config: LDSegConfig) -> tuple[np.ndarray, np.ndarray]:
-    """All model-ready slices of ``pairs``, concatenated (see :func:`pair_slices`)."""
+    """All model-ready slices of ``pairs``, concatenated (see :func:`pair_slices`).
+
+    For a 3D config: one volume per pair, ``(N, S, S, S)`` (see :func:`pair_volume`).
+    """
     images, labels = [], []
     for pair in pairs:
-        pair_images, pair_labels = pair_slices(read_volume(pair.image), read_volume(pair.label), config)
+        image, label = read_volume(pair.image), read_volume(pair.label)
+        pair_images, pair_labels = (
+            pair_volume(image, label, config)
+            if config.spatial_dims == 3
+            else pair_slices(image, label, config)
+        )
         images.append(pair_images)
         labels.append(pair_labels)
     return np.concatenate(images), np.concatenate(labels)

@@ -553,3 +553,69 @@ def _resize(slices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     shrinking = shape[0] < tensor.shape[-2] or shape[1] < tensor.shape[-1]
     out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=shrinking)
     return out.reshape(*lead, *shape).numpy()
+
+
+# --------------------------------------------------------------------------- whole-volume resampling
+
+
+@dataclass(frozen=True)
+class VolumeResizer:
+    """Pads a slice stack to a cube field of view (in mm) and resizes it to ``size × size × size``, and back.
+
+    The 3D counterpart of :class:`SliceResizer`: ``stack_shape`` is ``(n, rows, cols)`` with voxel
+    ``spacing`` (mm) along those axes (a :class:`SliceLayout`'s ``spacing``), so anisotropic voxels keep
+    the anatomy's proportions at the model's resolution. Resizing uses ``torch.nn.functional.interpolate``:
+    area averaging along the axes that shrink (antialiasing), then trilinear. :meth:`from_model` returns
+    exactly ``stack_shape``.
+    """
+
+    stack_shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    size: int
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        """Stack shape after padding to a cube field of view."""
+        field_mm = max(count * step for count, step in zip(self.stack_shape, self.spacing, strict=True))
+        padded = (
+            max(count, round(field_mm / step))
+            for count, step in zip(self.stack_shape, self.spacing, strict=True)
+        )
+        return tuple(padded)  # type: ignore[return-value]
+
+    @property
+    def _starts(self) -> tuple[int, int, int]:
+        return tuple(  # type: ignore[return-value]
+            (padded - count) // 2 for padded, count in zip(self.padded_shape, self.stack_shape, strict=True)
+        )
+
+    def to_model(self, stack: np.ndarray, background: float) -> np.ndarray:
+        """``[(c,) n, rows, cols]`` → ``[(c,) size, size, size]`` float32, padding with ``background``."""
+        pads = [
+            (start, padded - count - start)
+            for start, padded, count in zip(self._starts, self.padded_shape, self.stack_shape, strict=True)
+        ]
+        lead = [(0, 0)] * (stack.ndim - 3)
+        padded = np.pad(stack.astype(np.float32), lead + pads, constant_values=background)
+        return _resize_volume(padded, (self.size,) * 3)
+
+    def from_model(self, volumes: np.ndarray) -> np.ndarray:
+        """``[..., size, size, size]`` → ``[..., n, rows, cols]`` float32 (trilinear; crop the padding)."""
+        resized = _resize_volume(volumes.astype(np.float32), self.padded_shape)
+        (first, top, left), (count, rows, cols) = self._starts, self.stack_shape
+        return np.ascontiguousarray(resized[..., first : first + count, top : top + rows, left : left + cols])
+
+
+def _resize_volume(volumes: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Resize the last three axes of ``[..., d, h, w]`` to ``shape``: area along shrinking axes, then trilinear."""
+    if tuple(volumes.shape[-3:]) == tuple(shape):
+        return volumes.copy()
+    tensor = torch.from_numpy(np.ascontiguousarray(volumes))
+    lead = tensor.shape[:-3]
+    tensor = tensor.reshape(-1, 1, *tensor.shape[-3:])
+    reduced = tuple(min(now, wanted) for now, wanted in zip(tensor.shape[-3:], shape, strict=True))
+    if reduced != tuple(tensor.shape[-3:]):
+        tensor = F.interpolate(tensor, size=reduced, mode="area")
+    if reduced != tuple(shape):
+        tensor = F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)
+    return tensor.reshape(*lead, *shape).numpy()

@@ -1,10 +1,14 @@
-"""On-the-fly 2D augmentation of training batches, in torch, driven by one CPU generator.
+"""On-the-fly 2D and 3D augmentation of training batches, in torch, driven by one CPU generator.
 
 Spatial transforms (affine, elastic, optional left-right flip) act identically on image and label
 (bilinear for the image, nearest for the label; outside the slice: background). Intensity transforms
 (scale/shift, gamma, bias field, Gaussian noise) and resolution reduction act on the image only.
 Each transform is applied to a random subset of the batch. All random numbers come from the given
 generator, so a batch is reproducible from its seed.
+
+3D batches (volumes ``(B, 1, D, H, W)``, the stack axis first) get the same transforms with one more
+axis: the rotation stays in the (H, W) plane, scale is isotropic, translation and the elastic field
+are 3D, resolution reduction and fields use trilinear instead of bilinear/bicubic interpolation.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def augment_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment ``images`` ``(B, 1, H, W)`` in ``value_range`` and integer ``labels`` ``(B, H, W)``.
 
+    3D: ``images`` ``(B, 1, D, H, W)`` and ``labels`` ``(B, D, H, W)``.
+
     ``flip_left_right`` mirrors the column axis (left-right on axial and coronal slices); leave it off
     for sagittal slices and for classes that differ between left and right. Returns tensors of the
     same shapes, dtypes and device, images clipped to ``value_range``.
@@ -62,35 +68,54 @@ def _chosen(generator: torch.Generator, count: int, probability: float) -> torch
     return (torch.rand(count, generator=generator) < probability).float()
 
 
-def _smooth_field(
-    generator: torch.Generator, shape: tuple[int, int, int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Standard normal noise on a coarse ``shape`` grid, upsampled bicubically to ``size``."""
+def _smooth_field(generator: torch.Generator, shape: tuple[int, ...], size: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise on a coarse ``shape`` grid, upsampled to ``size`` (bicubic in 2D, trilinear in 3D)."""
     return F.interpolate(
-        torch.randn(shape, generator=generator), size=size, mode="bicubic", align_corners=True
+        torch.randn(shape, generator=generator),
+        size=size,
+        mode="bicubic" if len(size) == 2 else "trilinear",
+        align_corners=True,
     )
+
+
+def _per_sample_shape(count: int, ndim: int) -> tuple[int, ...]:
+    """``(count, 1, …, 1)`` broadcasting one value per sample over a tensor with ``ndim`` axes."""
+    return (count, *(1,) * (ndim - 1))
 
 
 def _spatial(
     unit: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, flip: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random affine + elastic (+ flip) warp of image ``(B, 1, H, W)`` in [0, 1] and labels ``(B, H, W)``."""
-    count, _, height, width = unit.shape
+    """Random affine + elastic (+ flip) warp of image ``(B, 1, H, W)`` in [0, 1] and labels ``(B, H, W)``.
+
+    3D ``(B, 1, D, H, W)``: rotation about the D axis, isotropic scale, 3D shift and elastic field.
+    """
+    count, _, *size = unit.shape
+    dims = len(size)
     affine = _chosen(generator, count, P_AFFINE)
     angle = _uniform(generator, count, -MAX_ROTATION, MAX_ROTATION) * affine
     scale = 1 + (_uniform(generator, count, *SCALE_RANGE) - 1) * affine
     shift = (
-        _uniform(generator, 2 * count, -MAX_TRANSLATION, MAX_TRANSLATION).view(count, 2) * 2 * affine[:, None]
+        _uniform(generator, dims * count, -MAX_TRANSLATION, MAX_TRANSLATION).view(count, dims)
+        * 2
+        * affine[:, None]
     )
     mirror = 1 - 2 * _chosen(generator, count, P_FLIP) if flip else torch.ones(count)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)],
-        1,
+    zero = [torch.zeros(count)] * (dims - 2)  # grid coordinates are (x = W, y = H[, z = D])
+    rows = [
+        torch.stack([cos * mirror, -sin, *zero, shift[:, 0]], 1),
+        torch.stack([sin * mirror, cos, *zero, shift[:, 1]], 1),
+    ]
+    if dims == 3:
+        rows.append(torch.stack([zero[0], zero[0], 1 / scale, shift[:, 2]], 1))
+    theta = torch.stack(rows, 1)
+    grid = F.affine_grid(theta, [count, 1, *size], align_corners=False)
+    elastic = (
+        _chosen(generator, count, P_ELASTIC).view(_per_sample_shape(count, dims + 2)) * ELASTIC_AMPLITUDE
     )
-    grid = F.affine_grid(theta, [count, 1, height, width], align_corners=False)
-    elastic = _chosen(generator, count, P_ELASTIC).view(count, 1, 1, 1) * ELASTIC_AMPLITUDE
-    grid = grid + (_smooth_field(generator, (count, 2, 5, 5), (height, width)) * elastic).permute(0, 2, 3, 1)
+    field_shape = (count, dims, *(5,) * dims)
+    grid = grid + (_smooth_field(generator, field_shape, tuple(size)) * elastic).movedim(1, -1)
     grid = grid.to(unit.device, unit.dtype)
     warped = F.grid_sample(unit, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     warped_labels = F.grid_sample(labels[:, None].to(unit.dtype), grid, mode="nearest", align_corners=False)
@@ -98,33 +123,37 @@ def _spatial(
 
 
 def _low_resolution(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Down-sample a random subset of images by 1.5–3× and back up (bilinear): blur of a coarser scan."""
-    count, _, height, width = unit.shape
+    """Down-sample a random subset of images by 1.5–3× and back up (bilinear): blur of a coarser scan.
+
+    3D volumes use trilinear interpolation (without antialiasing, which torch only offers in 2D).
+    """
+    count, _, *full = unit.shape
+    planar = len(full) == 2
+    mode = "bilinear" if planar else "trilinear"
     chosen = _chosen(generator, count, P_LOW_RESOLUTION)
     factors = _uniform(generator, count, *LOW_RESOLUTION_FACTOR)
     out = unit.clone()
     for index in torch.nonzero(chosen).flatten().tolist():
-        size = (max(2, round(height / float(factors[index]))), max(2, round(width / float(factors[index]))))
+        size = tuple(max(2, round(side / float(factors[index]))) for side in full)
         small = F.interpolate(
-            unit[index : index + 1], size=size, mode="bilinear", antialias=True, align_corners=False
+            unit[index : index + 1], size=size, mode=mode, antialias=planar, align_corners=False
         )
-        out[index : index + 1] = F.interpolate(
-            small, size=(height, width), mode="bilinear", align_corners=False
-        )
+        out[index : index + 1] = F.interpolate(small, size=tuple(full), mode=mode, align_corners=False)
     return out
 
 
 def _intensity(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Bias field, gamma, scale/shift and Gaussian noise on images ``(B, 1, H, W)`` in [0, 1]."""
-    count, _, height, width = unit.shape
+    """Bias field, gamma, scale/shift and Gaussian noise on images ``(B, 1, H, W)`` (or 3D) in [0, 1]."""
+    count, _, *size = unit.shape
     device = unit.device
+    broadcast = _per_sample_shape(count, unit.ndim)
 
     def per_sample(values: torch.Tensor) -> torch.Tensor:
-        return values.view(count, 1, 1, 1).to(device, unit.dtype)
+        return values.view(broadcast).to(device, unit.dtype)
 
     bias_amplitude = _chosen(generator, count, P_BIAS) * BIAS_AMPLITUDE
     bias = torch.exp(
-        _smooth_field(generator, (count, 1, 4, 4), (height, width)) * bias_amplitude.view(count, 1, 1, 1)
+        _smooth_field(generator, (count, 1, *(4,) * len(size)), tuple(size)) * bias_amplitude.view(broadcast)
     )
     gamma = torch.exp(
         _uniform(generator, count, -MAX_LOG_GAMMA, MAX_LOG_GAMMA) * _chosen(generator, count, P_GAMMA)

@@ -2,7 +2,7 @@
 
 ``config.json`` holds ``format``, ``format_version`` and every :class:`LDSegConfig` key (classes with
 names, colours and terminology codes; architecture; schedule; axis; intensity normalisation; training
-resolution). ``model.safetensors`` holds the state dict of :class:`LDSegNetwork`, the denoiser with its
+resolution; ``spatial_dims``, 2 when absent). ``model.safetensors`` holds the state dict of :class:`LDSegNetwork`, the denoiser with its
 EMA weights. Weights are only ever read from safetensors: pickled checkpoints are refused.
 """
 
@@ -77,12 +77,16 @@ def config_document(config: LDSegConfig) -> dict[str, Any]:
 def default_card(model: LDSegNetwork) -> str:
     """A minimal Markdown model card: classes, input conventions, size."""
     config = model.config
+    size = "×".join([str(config.image_size)] * config.spatial_dims)
+    what = (
+        f"{config.axis} slices" if config.spatial_dims == 2 else f"whole volumes ({config.axis} orientation)"
+    )
     classes = "\n".join(
         f"| {i} | {c.name} | {c.color} | {c.terminology or '—'} |" for i, c in enumerate(config.classes)
     )
     return (
         "# LDSeg model\n\n"
-        f"Latent-diffusion segmentation of {config.axis} slices at {config.image_size}×{config.image_size}, "
+        f"Latent-diffusion segmentation of {what} at {size}, "
         f"{model.parameter_counts()['total']:,} parameters, "
         f"{config.sampling_steps} DDIM steps by default.\n\n"
         f"Input: intensities windowed to percentiles {config.intensity_percentiles} and mapped to "
@@ -196,6 +200,7 @@ def model_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "classes": [{"value": i, **c} for i, c in enumerate(config.to_dict()["classes"])],
         "num_classes": config.num_classes,
         "image_size": config.image_size,
+        "spatial_dims": config.spatial_dims,
         "axis": config.axis,
         "intensity_percentiles": list(config.intensity_percentiles),
         "intensity_range": list(config.intensity_range),

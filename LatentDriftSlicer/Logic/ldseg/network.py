@@ -1,6 +1,6 @@
-"""LDSeg networks (2D): label autoencoder, image encoder and latent denoiser, with their config.
+"""LDSeg networks (2D slices or 3D volumes): label autoencoder, image encoder and latent denoiser, with their config.
 
-Shapes at the default config (``image_size=256``, ``latent_downsampling=16``):
+Shapes at the default 2D config (``image_size=256``, ``latent_downsampling=16``):
 
 * label encoder: one-hot mask ``(B, C, 256, 256)`` in {0, 1} → latent ``(B, 1, 16, 16)``, standardised
   per sample (LayerNorm over (1, h, w) without affine: mean 0, standard deviation 1);
@@ -10,6 +10,9 @@ Shapes at the default config (``image_size=256``, ``latent_downsampling=16``):
   timesteps ``(B,)`` in ``[0, T)`` → predicted noise ``(B, 1, 16, 16)``.
 
 About 1.8 M parameters in all at default widths (denoiser about 1.0 M).
+
+With ``spatial_dims=3`` every part is the same network with 3D convolutions (MONAI ``spatial_dims``):
+images ``(B, 1, S, S, S)``, one-hot masks ``(B, C, S, S, S)``, latents ``(B, 1, s, s, s)``.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ class LDSegConfig:
     ``intensity_reference`` (foreground fraction, mean, standard deviation of the training slices in
     that range; see :func:`latentdrift.segmentation.intensity_statistics`) lets inference warn about
     inputs unlike the training data; ``None`` when unknown.
+
+    ``spatial_dims`` is 2 (slices ``S × S`` cut along ``axis``) or 3 (the whole slice stack along
+    ``axis`` resampled to ``S × S × S`` over a cube field of view); config files without it are 2D.
     """
 
     classes: tuple[LabelClass, ...] = field(default_factory=lambda: default_classes(["background", "object"]))
@@ -98,6 +104,7 @@ class LDSegConfig:
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
     intensity_range: tuple[float, float] = (-1.0, 1.0)
     intensity_reference: tuple[float, float, float] | None = None
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
         for problem in _config_problems(self):
@@ -115,13 +122,23 @@ class LDSegConfig:
 
     @property
     def latent_size(self) -> int:
-        """Side of the square latent: ``image_size // latent_downsampling``."""
+        """Side of the square (cubic in 3D) latent: ``image_size // latent_downsampling``."""
         return self.image_size // self.latent_downsampling
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Spatial shape of one model input: ``(S, S)`` or ``(S, S, S)``."""
+        return (self.image_size,) * self.spatial_dims
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent, channel first: ``(1, s, s)`` or ``(1, s, s, s)``."""
+        return (1,) + (self.latent_size,) * self.spatial_dims
 
     @property
     def latent_bound(self) -> float:
         """No standardised latent of ``n`` values can exceed ``sqrt(n)`` in magnitude: the x̂₀ clip range."""
-        return float(self.latent_size)
+        return math.sqrt(self.latent_size**self.spatial_dims)
 
     def with_classes(self, names: Sequence[str]) -> LDSegConfig:
         """A copy with classes ``names`` (background first) and default colours."""
@@ -148,6 +165,8 @@ def _parse_field(name: str, data: dict[str, Any]) -> Any:
     """Read one config key from JSON data, with its Python type, or raise naming the key."""
     if name in _OPTIONAL_FIELDS and data.get(name) is None:
         return None
+    if name in _DEFAULT_WHEN_MISSING and name not in data:
+        return _DEFAULT_WHEN_MISSING[name]
     if name not in data:
         raise ParameterError(f"Invalid LDSeg config: missing key '{name}'.")
     value = data[name]
@@ -221,8 +240,10 @@ _FIELD_PARSERS: dict[str, Any] = {
     "intensity_percentiles": _pair,
     "intensity_range": _pair,
     "intensity_reference": lambda v: tuple(_float(x) for x in _list(v)),
+    "spatial_dims": _int,
 }
 _OPTIONAL_FIELDS = {"intensity_reference"}
+_DEFAULT_WHEN_MISSING: dict[str, Any] = {"spatial_dims": 2}  # keys added after format version 1
 
 
 def _config_problems(config: LDSegConfig) -> list[str]:
@@ -275,6 +296,8 @@ def _config_problems(config: LDSegConfig) -> list[str]:
         problems.append(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}")
     if config.axis not in AXES:
         problems.append(f"axis must be one of {', '.join(AXES)}")
+    if config.spatial_dims not in (2, 3):
+        problems.append("spatial_dims must be 2 (slices) or 3 (whole volumes)")
     if not 0 <= config.intensity_percentiles[0] < config.intensity_percentiles[1] <= 100:
         problems.append("intensity_percentiles must be increasing, within 0–100")
     if not config.intensity_range[0] < config.intensity_range[1]:
@@ -287,36 +310,36 @@ def _norm(channels: int, groups: int) -> tuple[str, dict[str, int]]:
     return ("group", {"num_groups": math.gcd(channels, groups)})
 
 
-def _residual(in_channels: int, out_channels: int, groups: int, strides: int = 1) -> ResidualUnit:
-    """Two 3×3 convolutions with GroupNorm and SiLU and a (projected) skip connection."""
+def _residual(dims: int, in_channels: int, out_channels: int, groups: int, strides: int = 1) -> ResidualUnit:
+    """Two 3×3 (3×3×3) convolutions with GroupNorm and SiLU and a (projected) skip connection."""
     return ResidualUnit(
-        2, in_channels, out_channels, strides=strides, norm=_norm(out_channels, groups), act=ACTIVATION
+        dims, in_channels, out_channels, strides=strides, norm=_norm(out_channels, groups), act=ACTIVATION
     )
 
 
-def _head(in_channels: int, out_channels: int) -> Convolution:
-    """Plain 1×1 convolution."""
-    return Convolution(2, in_channels, out_channels, kernel_size=1, conv_only=True)
+def _head(dims: int, in_channels: int, out_channels: int) -> Convolution:
+    """Plain 1×1 (1×1×1) convolution."""
+    return Convolution(dims, in_channels, out_channels, kernel_size=1, conv_only=True)
 
 
 class LabelEncoder(nn.Module):
-    """One-hot mask ``(B, C, H, W)`` in [0, 1] → standardised latent ``(B, 1, H/f, W/f)``.
+    """One-hot mask ``(B, C, H, W)`` in [0, 1] → standardised latent ``(B, 1, H/f, W/f)`` (or 3D).
 
     Residual blocks with max-pooling between levels (``log2 f`` poolings), a 1×1 convolution to one
     channel, then LayerNorm over (1, h, w) without affine parameters, so every latent has mean 0 and
     standard deviation 1 whatever the resolution.
     """
 
-    def __init__(self, num_classes: int, channels: Sequence[int], groups: int) -> None:
+    def __init__(self, num_classes: int, channels: Sequence[int], groups: int, dims: int = 2) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = num_classes
         for level, width in enumerate(channels):
             if level:
-                layers.append(nn.MaxPool2d(2))
-            layers.append(_residual(previous, width, groups))
+                layers.append(nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2))
+            layers.append(_residual(dims, previous, width, groups))
             previous = width
-        layers.append(_head(previous, 1))
+        layers.append(_head(dims, previous, 1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
@@ -325,16 +348,16 @@ class LabelEncoder(nn.Module):
 
 
 class LabelDecoder(nn.Module):
-    """Latent ``(B, 1, h, w)`` → class logits ``(B, C, h·f, w·f)`` (transposed convs, residual blocks)."""
+    """Latent ``(B, 1, h, w)`` → class logits ``(B, C, h·f, w·f)`` (or 3D; transposed convs, residual blocks)."""
 
-    def __init__(self, num_classes: int, channels: Sequence[int], groups: int) -> None:
+    def __init__(self, num_classes: int, channels: Sequence[int], groups: int, dims: int = 2) -> None:
         super().__init__()
         widths = list(reversed(channels))
-        layers: list[nn.Module] = [_residual(1, widths[0], groups)]
+        layers: list[nn.Module] = [_residual(dims, 1, widths[0], groups)]
         for previous, width in itertools.pairwise(widths):
             layers.append(
                 Convolution(
-                    2,
+                    dims,
                     previous,
                     width,
                     strides=2,
@@ -344,8 +367,8 @@ class LabelDecoder(nn.Module):
                     act=ACTIVATION,
                 )
             )
-            layers.append(_residual(width, width, groups))
-        layers.append(_head(widths[-1], num_classes))
+            layers.append(_residual(dims, width, width, groups))
+        layers.append(_head(dims, widths[-1], num_classes))
         self.body = nn.Sequential(*layers)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
@@ -353,26 +376,26 @@ class LabelDecoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Image ``(B, 1, H, W)`` in the model range → embedding ``(B, 1, H/f, W/f)``.
+    """Image ``(B, 1, H, W)`` in the model range → embedding ``(B, 1, H/f, W/f)`` (or 3D).
 
     A 3×3 stem, strided residual blocks (one per halving), self-attention at the lowest resolution,
     then a 1×1 convolution to one channel: the embedding has the label latent's shape.
     """
 
-    def __init__(self, channels: Sequence[int], groups: int, head_channels: int) -> None:
+    def __init__(self, channels: Sequence[int], groups: int, head_channels: int, dims: int = 2) -> None:
         super().__init__()
-        layers: list[nn.Module] = [_residual(1, channels[0], groups)]
-        layers += [_residual(a, b, groups, strides=2) for a, b in itertools.pairwise(channels)]
+        layers: list[nn.Module] = [_residual(dims, 1, channels[0], groups)]
+        layers += [_residual(dims, a, b, groups, strides=2) for a, b in itertools.pairwise(channels)]
         width = channels[-1]
         layers.append(
             SpatialAttentionBlock(
-                2,
+                dims,
                 width,
                 num_head_channels=math.gcd(width, head_channels),
                 norm_num_groups=math.gcd(width, groups),
             )
         )
-        layers.append(_head(width, 1))
+        layers.append(_head(dims, width, 1))
         self.body = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -388,12 +411,12 @@ class LDSegNetwork(nn.Module):
     def __init__(self, config: LDSegConfig) -> None:
         super().__init__()
         self.config = config
-        groups = config.norm_groups
-        self.label_encoder = LabelEncoder(config.num_classes, config.label_channels, groups)
-        self.label_decoder = LabelDecoder(config.num_classes, config.label_channels, groups)
-        self.image_encoder = ImageEncoder(config.image_channels, groups, config.denoiser_head_channels)
+        groups, dims = config.norm_groups, config.spatial_dims
+        self.label_encoder = LabelEncoder(config.num_classes, config.label_channels, groups, dims)
+        self.label_decoder = LabelDecoder(config.num_classes, config.label_channels, groups, dims)
+        self.image_encoder = ImageEncoder(config.image_channels, groups, config.denoiser_head_channels, dims)
         self.denoiser = DiffusionModelUNet(
-            spatial_dims=2,
+            spatial_dims=dims,
             in_channels=2,
             out_channels=1,
             channels=config.denoiser_channels,
@@ -409,14 +432,17 @@ class LDSegNetwork(nn.Module):
         return next(self.parameters()).device
 
     def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Integer labels ``(B, H, W)`` in ``[0, C)`` → standardised latent ``(B, 1, h, w)``."""
-        onehot = F.one_hot(labels.long(), self.config.num_classes).permute(0, 3, 1, 2).float()
+        """Integer labels ``(B, H, W)`` (``(B, D, H, W)`` in 3D) in ``[0, C)`` → standardised latent ``(B, 1, h, w)``."""
+        onehot = F.one_hot(labels.long(), self.config.num_classes).movedim(-1, 1).float()
         return self.label_encoder(onehot)
 
     def predict_noise(
         self, noisy: torch.Tensor, embedding: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """ε̂ ``(B, 1, h, w)`` from noisy latent and image embedding (both ``(B, 1, h, w)``), timesteps ``(B,)``."""
+        """ε̂ ``(B, 1, h, w)`` from noisy latent and image embedding (both ``(B, 1, h, w)``), timesteps ``(B,)``.
+
+        In 3D every latent is ``(B, 1, d, h, w)``.
+        """
         return self.denoiser(torch.cat([noisy, embedding], dim=1), timesteps)
 
     def parameter_counts(self) -> dict[str, int]:
@@ -429,8 +455,13 @@ class LDSegNetwork(nn.Module):
         return parts
 
 
-def tiny_config(class_names: Sequence[str] = ("background", "object"), image_size: int = 32) -> LDSegConfig:
-    """A very small config (about 66 k parameters, 8×8 latent at 32×32) for tests and self-tests."""
+def tiny_config(
+    class_names: Sequence[str] = ("background", "object"), image_size: int = 32, spatial_dims: int = 2
+) -> LDSegConfig:
+    """A very small config (about 66 k parameters in 2D, 8×8 latent at 32×32) for tests and self-tests.
+
+    ``spatial_dims=3`` gives the same widths with 3D convolutions (an 8×8×8 latent at 32³).
+    """
     return LDSegConfig(
         classes=default_classes(class_names),
         image_size=image_size,
@@ -443,4 +474,5 @@ def tiny_config(class_names: Sequence[str] = ("background", "object"), image_siz
         denoiser_head_channels=8,
         norm_groups=4,
         sampling_steps=5,
+        spatial_dims=spatial_dims,
     )

@@ -5,6 +5,9 @@ step moves from ``t`` to ``t - T // N``, which is exactly the next scheduled tim
 uses ᾱ of the timestep the sampler visits next (the last step goes to ᾱ = 1). MONAI's DDIMScheduler,
 and diffusers with ``"linspace"``/``"trailing"`` spacing, mismatch the two when ``T`` is not a
 multiple of ``N``. With T = 1000 and N = 15 the schedule is 924, 858, …, 66, 0.
+
+Shapes are written for 2D; 3D models (``config.spatial_dims == 3``) use the same functions with one
+more spatial axis everywhere (latents ``(B, 1, d, h, w)``, images ``(b, 1, D, H, W)``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def predict_original(
     noisy: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
 ) -> torch.Tensor:
     """Standard x̂₀ = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t for latents ``(B, 1, h, w)`` and timesteps ``(B,)``."""
-    alpha = alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, 1, 1, 1)
+    alpha = alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, *(1,) * (noisy.ndim - 1))
     return (noisy - (1 - alpha).sqrt() * noise) / alpha.sqrt()
 
 

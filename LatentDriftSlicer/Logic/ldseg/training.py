@@ -14,6 +14,9 @@ Checkpoints (``checkpoint_dir``): ``checkpoint-<step>.safetensors`` (model, EMA 
 flattened AdamW state) and ``checkpoint.json`` (step, history, optimizer hyper-parameters, the
 config), each written atomically; the JSON is written last and names the weights file, so it always
 points at a complete checkpoint. Nothing is unpickled on resume.
+
+3D models (``config.spatial_dims == 3``) train the same way on whole volumes: images ``(b, 1, S, S, S)``,
+labels ``(b, S, S, S)``, latents and noise ``(b, 1, s, s, s)``.
 """
 
 from __future__ import annotations
@@ -117,7 +120,8 @@ def train_ldseg(
 ) -> TrainResult:
     """Train an LDSeg model on slices ``images`` ``(N, S, S)`` float32 in the model range and ``labels``.
 
-    ``labels`` ``(N, S, S)`` integers in ``[0, C)``; ``S = config.image_size``. Validation arrays are
+    ``labels`` ``(N, S, S)`` integers in ``[0, C)``; ``S = config.image_size``. A 3D config takes
+    volumes ``(N, S, S, S)`` instead. Validation arrays are
     optional (same conventions). ``progress`` receives dicts: ``{"kind": "step", "step", "steps", "epoch",
     "loss", ...}`` every step, ``{"kind": "epoch", **history entry}`` and ``{"kind": "checkpoint",
     "path", "step"}``. Raise from ``progress`` to stop (the last checkpoint stays valid).
@@ -181,17 +185,21 @@ def _check_settings(settings: TrainSettings) -> None:
 def _as_tensors(
     images: np.ndarray, labels: np.ndarray, config: LDSegConfig, name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``(N, S, S)`` images and labels; return ``(N, 1, S, S)`` float32 and ``(N, S, S)`` int64."""
-    size = config.image_size
+    """Validate ``(N, S, S)`` images and labels; return ``(N, 1, S, S)`` float32 and ``(N, S, S)`` int64.
+
+    3D configs: ``(N, S, S, S)`` → ``(N, 1, S, S, S)`` and ``(N, S, S, S)``.
+    """
+    shape = config.image_shape
     if (
-        images.ndim != 3
-        or images.shape[1:] != (size, size)
+        images.ndim != 1 + len(shape)
+        or images.shape[1:] != shape
         or labels.shape != images.shape
         or len(images) == 0
     ):
+        kind = "slices" if len(shape) == 2 else "volumes"
         raise InputError(
-            f"The {name} slices must be arrays (N, {size}, {size}) for images and labels alike "
-            f"(the model's resolution), got {images.shape} and {labels.shape}."
+            f"The {name} {kind} must be arrays (N, {', '.join(map(str, shape))}) for images and labels "
+            f"alike (the model's resolution), got {images.shape} and {labels.shape}."
         )
     if not np.isfinite(images).all():
         raise InputError(f"The {name} images hold NaN or infinite values.")
@@ -261,7 +269,7 @@ def _train_step(
         flip = settings.flip_left_right and model.config.axis in ("axial", "coronal")
         x, y = augment_batch(x, y, generator, model.config.intensity_range, flip)
     timesteps = torch.randint(0, model.config.train_timesteps, (len(x),), generator=generator)
-    noise = torch.randn((len(x), 1, model.config.latent_size, model.config.latent_size), generator=generator)
+    noise = torch.randn((len(x), *model.config.latent_shape), generator=generator)
     x, y, timesteps, noise = x.to(device), y.to(device), timesteps.to(device), noise.to(device)
     segmentation_loss, noise_loss = _losses(model, x, y, timesteps, noise, scheduler, loss_function)
     loss = segmentation_loss + settings.noise_weight * noise_loss
@@ -285,7 +293,7 @@ def _losses(
     """Segmentation loss (CE + 2·(1 − Dice) on the decoded x̂₀) and MSE(ε̂, ε) for one batch.
 
     ``images`` ``(b, 1, S, S)``, ``labels`` ``(b, S, S)`` int64, ``timesteps`` ``(b,)``,
-    ``noise`` ``(b, 1, h, w)``.
+    ``noise`` ``(b, 1, h, w)`` (3D: one more spatial axis each).
     """
     clean = model.encode_labels(labels)
     noisy = scheduler.add_noise(clean, noise, timesteps)
@@ -345,10 +353,11 @@ def evaluate_dice(
 
     ``images`` ``(N, 1, S, S)`` (or ``(N, S, S)``) in the model range, ``labels`` ``(N, S, S)`` integers.
     Returns class name → Dice in [0, 1] over all slices together (MONAI ``DiceMetric``), ``None`` for a
-    class absent from both labels and prediction.
+    class absent from both labels and prediction. 3D models: volumes ``(N, 1, S, S, S)`` (or
+    ``(N, S, S, S)``) and labels ``(N, S, S, S)``.
     """
     images_t = torch.as_tensor(images).float()
-    images_t = images_t[:, None] if images_t.ndim == 3 else images_t
+    images_t = images_t[:, None] if images_t.ndim == 1 + model.config.spatial_dims else images_t
     labels_t = torch.as_tensor(labels).long()
     predicted = segment_slices(model, images_t, samples=1, steps=steps, seed=seed, batch_size=batch_size)
     classes = model.config.num_classes
@@ -356,8 +365,8 @@ def evaluate_dice(
     scores = cast(
         torch.Tensor,
         metric(
-            _onehot(torch.from_numpy(predicted.labels.astype(np.int64)), classes)[None].flatten(2, 3),
-            _onehot(labels_t, classes)[None].flatten(2, 3),
+            _onehot(torch.from_numpy(predicted.labels.astype(np.int64)), classes)[None].flatten(2, -2),
+            _onehot(labels_t, classes)[None].flatten(2, -2),
         ),
     )  # (1, C - 1) with reduction="none"
     present = [
@@ -372,8 +381,8 @@ def evaluate_dice(
 
 
 def _onehot(labels: torch.Tensor, classes: int) -> torch.Tensor:
-    """``(N, H, W)`` integers → ``(C, N, H, W)`` float one-hot (slices stacked as one image)."""
-    return F.one_hot(labels, classes).permute(3, 0, 1, 2).float()
+    """``(N, H, W)`` (or ``(N, D, H, W)``) integers → ``(C, N, H, W)`` (``(C, N, D, H, W)``) float one-hot."""
+    return F.one_hot(labels, classes).movedim(-1, 0).float()
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -421,7 +430,7 @@ def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -
     if not (folder / CHECKPOINT_JSON).is_file():
         return 0
     document = _read_checkpoint_document(folder)
-    if document.get("config") != config.to_dict():
+    if not _same_config(document.get("config"), config):
         raise JobError(
             f"The checkpoint in '{folder}' was made with a different model config: use another checkpoint "
             "folder, or resume=False to start over."
@@ -435,6 +444,16 @@ def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -
     _restore(state, tensors, document)
     LOG.info("Resuming LDSeg training from step %d (%s)", state.step, folder)
     return state.step
+
+
+def _same_config(saved: Any, config: LDSegConfig) -> bool:
+    """Whether a checkpoint's config dict describes ``config`` (keys added later take their defaults)."""
+    if saved == config.to_dict():
+        return True
+    try:
+        return LDSegConfig.from_dict(saved) == config
+    except ParameterError:
+        return False
 
 
 def _read_checkpoint_document(folder: Path) -> dict[str, Any]:

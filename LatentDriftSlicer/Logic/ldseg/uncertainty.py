@@ -1,7 +1,8 @@
 """Segment slices with N LDSeg samples each and summarise them: mean probabilities, entropy, variance.
 
 Empty slices (constant image, e.g. all background after windowing) are not sampled: they get label 0,
-probability 1 for the background and entropy 0.
+probability 1 for the background and entropy 0. 3D models take whole volumes ``(B, 1, S, S, S)``
+instead of slices; every result then has one more spatial axis.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class SliceSegmentation:
     * ``probabilities``: ``(B, C, H, W)`` float32 mean class probabilities (sum to 1 over C);
     * ``entropy``: ``(B, H, W)`` float32 predictive entropy of the mean divided by ``log C``, in [0, 1];
     * ``variance``: ``(B, C, H, W)`` float32 per-class variance over the samples (0 for one sample).
+
+    For 3D models ``B`` counts volumes and ``H, W`` become ``D, H, W``.
     """
 
     labels: np.ndarray
@@ -49,9 +52,14 @@ class SampleSummary:
 
 
 def summarise_samples(probabilities: torch.Tensor) -> SampleSummary:
-    """``(N, B, C, H, W)`` sample probabilities (N ≥ 1, C ≥ 2) → mean, normalised entropy, variance, labels."""
-    if probabilities.ndim != 5 or probabilities.shape[2] < 2:
-        raise ValueError(f"expected (N, B, C, H, W) with C >= 2, got {tuple(probabilities.shape)}")
+    """``(N, B, C, H, W)`` sample probabilities (N ≥ 1, C ≥ 2) → mean, normalised entropy, variance, labels.
+
+    3D ``(N, B, C, D, H, W)`` works the same way.
+    """
+    if probabilities.ndim not in (5, 6) or probabilities.shape[2] < 2:
+        raise ValueError(
+            f"expected (N, B, C, H, W) or (N, B, C, D, H, W) with C >= 2, got {tuple(probabilities.shape)}"
+        )
     probabilities = probabilities.float()
     mean = probabilities.mean(dim=0)
     entropy = torch.special.entr(mean).sum(dim=1) / math.log(mean.shape[1])
@@ -70,6 +78,8 @@ def segment_slices(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SliceSegmentation:
     """Segment ``images`` ``(B, 1, H, W)`` (model range, ``H = W = image_size``) with ``samples`` draws each.
+
+    For a 3D model ``images`` are volumes ``(B, 1, S, S, S)`` and the results have one more axis.
 
     ``steps`` DDIM steps (default ``config.sampling_steps``). Results depend only on ``seed``, not on
     ``batch_size`` or out-of-memory retries: the initial noise of every slice and sample is drawn up
@@ -112,13 +122,14 @@ def _as_device(device: torch.device | str) -> torch.device:
 
 
 def _check_images(model: LDSegNetwork, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Validate ``(B, 1, S, S)`` finite images and return them as a float32 CPU tensor."""
+    """Validate ``(B, 1, S, S)`` (3D: ``(B, 1, S, S, S)``) finite images; return a float32 CPU tensor."""
     tensor = torch.as_tensor(images).detach().cpu().float()
-    size = model.config.image_size
-    if tensor.ndim != 4 or tensor.shape[1] != 1 or tuple(tensor.shape[2:]) != (size, size):
+    shape = model.config.image_shape
+    if tensor.ndim != 2 + len(shape) or tensor.shape[1] != 1 or tuple(tensor.shape[2:]) != shape:
+        kind = "slices" if len(shape) == 2 else "volumes"
         raise ParameterError(
-            f"LDSeg expects slices of shape (B, 1, {size}, {size}) (the model's training resolution), "
-            f"got {tuple(tensor.shape)}."
+            f"LDSeg expects {kind} of shape (B, 1, {', '.join(map(str, shape))}) (the model's training "
+            f"resolution), got {tuple(tensor.shape)}."
         )
     if not torch.isfinite(tensor).all():
         raise ParameterError("The slices hold NaN or infinite values.")
@@ -128,8 +139,7 @@ def _check_images(model: LDSegNetwork, images: np.ndarray | torch.Tensor) -> tor
 def _initial_noise(model: LDSegNetwork, count: int, samples: int, seed: int) -> torch.Tensor:
     """Initial latents ``(samples, count, 1, h, w)`` from a fresh CPU generator seeded with ``seed``."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    side = model.config.latent_size
-    per_slice = torch.randn((count, samples, 1, side, side), generator=generator)
+    per_slice = torch.randn((count, samples, *model.config.latent_shape), generator=generator)
     return per_slice.transpose(0, 1)
 
 
@@ -142,14 +152,14 @@ def _nonempty_indices(images: torch.Tensor) -> list[int]:
 
 def _empty_result(model: LDSegNetwork, count: int) -> dict[str, np.ndarray]:
     """Arrays for ``count`` slices filled with the empty-slice answer (background, certain)."""
-    classes, size = model.config.num_classes, model.config.image_size
-    probabilities = np.zeros((count, classes, size, size), np.float32)
+    classes, shape = model.config.num_classes, model.config.image_shape
+    probabilities = np.zeros((count, classes, *shape), np.float32)
     probabilities[:, 0] = 1.0
     return {
-        "labels": np.zeros((count, size, size), np.uint8),
+        "labels": np.zeros((count, *shape), np.uint8),
         "probabilities": probabilities,
-        "entropy": np.zeros((count, size, size), np.float32),
-        "variance": np.zeros((count, classes, size, size), np.float32),
+        "entropy": np.zeros((count, *shape), np.float32),
+        "variance": np.zeros((count, classes, *shape), np.float32),
     }
 
 
