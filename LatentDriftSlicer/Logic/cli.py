@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(segment)
     _add_slicing(segment, default_axis=None)
     segment.set_defaults(handler=_run_segment)
+    _add_counterfactual_parser(commands, common)
+    _add_generate_parser(commands, common)
+    _add_training_parsers(commands, common)
 
     train = commands.add_parser(
         "train-ldseg", parents=[common], help="train an LDSeg model on image/label volume pairs"
@@ -103,13 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--axis", choices=AXES, default="axial", help="slice axis the model learns (default: axial)"
     )
     train.add_argument(
-        "--image-size", type=int, default=128, help="model resolution in pixels (default: 128)"
+        "--spatial-dims",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: slices along --axis; 3: whole volumes at --image-size³ (default: 2)",
+    )
+    train.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="model resolution in pixels (default: 128 for 2D, 64 for 3D)",
     )
     train.add_argument(
         "--latent-downsampling", type=int, default=4, help="image size / latent size (default: 4)"
     )
     train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
-    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument(
+        "--batch-size", type=int, default=None, help="slices (3D: volumes) per step (default: 16; 3D: 2)"
+    )
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--validation-fraction", type=float, default=0.2, help="share of subjects held out")
     train.add_argument("--no-augment", action="store_true", help="train without augmentation")
@@ -226,6 +241,158 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_counterfactual_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "counterfactual",
+        parents=[common],
+        help="Latent Drift counterfactual of a volume: every slice edited, plus the signed difference",
+    )
+    parser.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
+    parser.add_argument(
+        "--edit",
+        choices=("instruct", "img2img", "direction"),
+        default="instruct",
+        help="instruct: InstructPix2Pix model + instruction; img2img: SDEdit with a prompt; "
+        "direction: DDIM inversion + edit direction from --from to --to (default: instruct)",
+    )
+    parser.add_argument(
+        "--instruction", default=None, help="instruct: the instruction (default: from --from/--to)"
+    )
+    parser.add_argument(
+        "--from", dest="source", default=None, metavar="ATTRS", help="e.g. age=70,sex=F,dx=CN"
+    )
+    parser.add_argument(
+        "--to",
+        dest="target",
+        default=None,
+        metavar="ATTRS",
+        help="e.g. age=77,dx=MCI (unset keys: from --from)",
+    )
+    _add_diffusion_options(parser)
+    parser.add_argument("--strength", type=float, default=0.5, help="img2img: how far to noise, (0, 1]")
+    parser.add_argument("--image-guidance", type=float, default=1.5, help="instruct: image guidance scale")
+    parser.add_argument(
+        "--blend",
+        type=float,
+        default=0.0,
+        help="mix each slice's edit with its neighbours', [0, 1) (default: 0)",
+    )
+    _add_output(parser)
+    _add_slicing(parser)
+    parser.set_defaults(handler=_run_counterfactual)
+
+
+def _add_generate_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "generate", parents=[common], help="new slices from text with Latent Drift (PNGs and a volume stack)"
+    )
+    parser.add_argument(
+        "--attributes", default=None, metavar="ATTRS", help="describe the patient, e.g. age=77,sex=F,dx=AD"
+    )
+    parser.add_argument("--count", type=int, default=4, help="how many slices (sample i uses seed + i)")
+    _add_diffusion_options(parser)
+    _add_output(parser)
+    parser.set_defaults(handler=_run_generate)
+
+
+def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
+    """Options every Stable Diffusion command shares: model, prompt, drift, sampling, batching, precision."""
+    parser.add_argument("--model", required=True, help="diffusers-format Stable Diffusion folder")
+    parser.add_argument("--prompt", default=None, help="the text prompt (default: built from the attributes)")
+    parser.add_argument(
+        "--drift",
+        default="0",
+        help="Latent Drift δ: one number or one per latent channel, e.g. 0.05 or =-0.05,0,0,0.02 (default: 0)",
+    )
+    parser.add_argument("--drift-start", action="store_true", help="start sampling from N(δ, I)")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="text guidance scale (default: 7.5)")
+    parser.add_argument(
+        "--scheduler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default: ddim)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per batch (default: from free GPU memory; halved on OOM)",
+    )
+    parser.add_argument(
+        "--full-precision", action="store_true", help="float32 on CUDA (default there: float16)"
+    )
+
+
+def _edit_settings(args: argparse.Namespace, **specific: Any) -> Any:
+    """:class:`~latentdrift.edit.EditSettings` from the shared options plus the command's own."""
+    from .drift import parse_drift
+    from .edit import EditSettings
+
+    return EditSettings(
+        prompt=args.prompt,
+        drift=parse_drift(args.drift),
+        drift_start=args.drift_start,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        **specific,
+    )
+
+
+def _attributes(text: str | None, base: Any = None) -> Any:
+    from .prompts import Attributes
+
+    return Attributes.parse(text, base=base) if text else None
+
+
+def _run_counterfactual(args: argparse.Namespace) -> int:
+    from .sample_data import resolve_input
+    from .workflows.counterfactual import counterfactual_file
+
+    source = _attributes(args.source)
+    settings = _edit_settings(
+        args,
+        mode=args.edit,
+        instruction=args.instruction,
+        source=source,
+        target=_attributes(args.target, source),
+        strength=args.strength,
+        image_guidance=args.image_guidance,
+    )
+    summary = counterfactual_file(
+        resolve_input(args.input),
+        args.model,
+        args.output,
+        settings,
+        axis=args.axis,
+        slices=args.slices,
+        blend=args.blend,
+        batch_size=args.batch_size,
+        device=args.device,
+        full_precision=args.full_precision,
+        progress=args.progress,
+    )
+    _report(args, summary)
+    return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .workflows.counterfactual import generate_file
+
+    settings = _edit_settings(args, mode="generate", target=_attributes(args.attributes))
+    summary = generate_file(
+        args.model,
+        args.output,
+        settings,
+        args.count,
+        batch_size=args.batch_size,
+        device=args.device,
+        full_precision=args.full_precision,
+        progress=args.progress,
+    )
+    _report(args, summary)
+    return 0
+
+
 def _run_train_ldseg(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
@@ -240,14 +407,15 @@ def _run_train_ldseg(args: argparse.Namespace) -> int:
         base,
         classes=default_classes(names),
         axis=args.axis,
-        image_size=args.image_size,
+        image_size=args.image_size or (64 if args.spatial_dims == 3 else 128),
         latent_downsampling=args.latent_downsampling,
         label_channels=base.label_channels[:levels],
         image_channels=base.image_channels[:levels],
+        spatial_dims=args.spatial_dims,
     )
     settings = TrainSettings(
         steps=args.steps,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or (2 if args.spatial_dims == 3 else 16),
         learning_rate=args.learning_rate,
         seed=args.seed,
         augment=not args.no_augment,
@@ -262,6 +430,248 @@ def _run_train_ldseg(args: argparse.Namespace) -> int:
     )
     _report(args, summary)
     return 0
+
+
+# --------------------------------------------------------------------------- fine-tuning, jobs, batch
+
+
+def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``finetune``, ``jobs list|status|cancel|resume`` and ``batch segment|counterfactual``."""
+    from .train.config import SCHEMES
+
+    finetune = commands.add_parser(
+        "finetune", parents=[common], help="fine-tune on a local cohort in a job folder (resumable)"
+    )
+    finetune.add_argument(
+        "--cohort", required=True, metavar="CSV|DIR", help="cohort CSV or folder of volumes"
+    )
+    finetune.add_argument("--scheme", required=True, choices=SCHEMES)
+    finetune.add_argument("--job-dir", required=True, metavar="DIR", help="the job folder (created)")
+    finetune.add_argument("--model", default=None, help="base model folder or name (ldseg: not used)")
+    finetune.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
+    drift = finetune.add_mutually_exclusive_group()
+    drift.add_argument(
+        "--drift", default=None, help="train with Latent Drift δ (one number or one per channel)"
+    )
+    drift.add_argument("--search-drift", action="store_true", help="grid-search δ on the base model first")
+    options = {
+        "--batch-size": (int, 4, "items per process and micro-batch"),
+        "--gradient-accumulation": (int, 1, "micro-batches per optimizer step"),
+        "--learning-rate": (float, None, "default: the scheme's (as in the diffusers scripts)"),
+        "--lr-scheduler": (str, "constant", "diffusers scheduler name: constant, cosine, linear, ..."),
+        "--mixed-precision": (str, "auto", "auto (fp16 on CUDA), no, fp16, bf16"),
+        "--resolution": (int, 64, "slice size in pixels (multiple of 8)"),
+        "--axis": (str, "axial", "slice axis: axial, coronal, sagittal"),
+        "--prompt-style": (str, "diverse", "simple or diverse"),
+        "--age-format": (str, "numerical", "numerical, words or binned"),
+        "--validation-fraction": (float, 0.1, "share of subjects held out"),
+        "--checkpoint-every": (int, 100, "steps between checkpoints"),
+        "--sample-every": (int, 100, "steps between sample images (0: none)"),
+        "--sample-steps": (int, 20, "denoising steps of sample images"),
+        "--log-every": (int, 1, "steps between status lines"),
+        "--lora-rank": (int, 4, "lora: adapter rank"),
+        "--num-class-images": (int, 16, "dreambooth: class images generated by the base model"),
+        "--prior-loss-weight": (float, 1.0, "dreambooth: weight of the prior-preservation loss"),
+        "--modifier-token": (str, "<new1>", "custom-diffusion: the new token ('' for none)"),
+        "--search-samples": (int, 8, "δ search: samples per δ"),
+        "--search-steps": (int, 20, "δ search: denoising steps per sample"),
+        "--classes": (str, None, "ldseg: class names, background first (default: from the labels)"),
+        "--cache-dir": (str, None, "slice cache (default: ~/.cache/latentdrift/cohorts)"),
+    }
+    for flag, (kind, default, text) in options.items():
+        finetune.add_argument(flag, type=kind, default=default, help=text)
+    finetune.add_argument(
+        "--no-patient-info", action="store_true", help="prompts without age, sex, diagnosis"
+    )
+    finetune.add_argument("--no-merge-lora", action="store_true", help="lora: save the adapter only")
+    finetune.set_defaults(handler=_run_finetune)
+
+    jobs = commands.add_parser(
+        "jobs", parents=[common], help="list, inspect, cancel or resume fine-tuning jobs"
+    )
+    jobs.add_argument("action", choices=("list", "status", "cancel", "resume"))
+    jobs.add_argument(
+        "job_dir", nargs="?", default=".", metavar="JOB_DIR", help="job folder (list: a folder of jobs)"
+    )
+    jobs.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    jobs.add_argument("--keep-cancel", action="store_true", help=argparse.SUPPRESS)
+    jobs.set_defaults(handler=_run_jobs)
+
+    batch = commands.add_parser(
+        "batch", parents=[common], help="segment or edit every volume of a cohort (resumable, multi-process)"
+    )
+    batch.add_argument("task", choices=("segment", "counterfactual"))
+    batch.add_argument("cohort", metavar="COHORT", help="cohort CSV or folder of volumes")
+    batch.add_argument("--samples", type=int, default=8, help="segment: samples per slice")
+    batch.add_argument("--probabilities", action="store_true", help="segment: per-class probability volumes")
+    batch.add_argument("--edit", choices=("instruct", "img2img", "direction"), default="instruct")
+    batch.add_argument(
+        "--to", dest="target", default=None, metavar="ATTRS", help="counterfactual: target attributes"
+    )
+    batch.add_argument("--strength", type=float, default=0.5, help="counterfactual img2img strength")
+    batch.add_argument(
+        "--image-guidance", type=float, default=1.5, help="counterfactual instruct image guidance"
+    )
+    batch.add_argument("--model", required=True, help="LDSeg model (segment) or Stable Diffusion folder")
+    batch.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default: segment the model's, else 20)"
+    )
+    batch.add_argument(
+        "--prompt", default=None, help="counterfactual: the prompt (default: from the attributes)"
+    )
+    batch.add_argument("--drift", default="0", help="counterfactual: Latent Drift δ (default: 0)")
+    batch.add_argument("--drift-start", action="store_true", help="counterfactual: start from N(δ, I)")
+    batch.add_argument("--guidance", type=float, default=7.5, help="counterfactual: text guidance scale")
+    batch.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim")
+    batch.add_argument("--batch-size", type=int, default=None, help="slices per batch (halved on OOM)")
+    batch.add_argument("--full-precision", action="store_true", help="float32 on CUDA")
+    _add_output(batch)
+    _add_slicing(batch, default_axis=None)
+    batch.set_defaults(handler=_run_batch)
+
+
+def _finetune_config(args: argparse.Namespace) -> Any:
+    from .drift import parse_drift
+    from .train.config import FinetuneConfig
+
+    return FinetuneConfig(
+        cohort=args.cohort,
+        scheme=args.scheme,
+        model=args.model,
+        steps=args.steps,
+        drift=parse_drift(args.drift) if args.drift is not None else None,
+        search_drift=args.search_drift,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        learning_rate=args.learning_rate,
+        lr_scheduler=args.lr_scheduler,
+        mixed_precision=args.mixed_precision,
+        resolution=args.resolution,
+        axis=args.axis,
+        prompt_style=args.prompt_style,
+        patient_info=not args.no_patient_info,
+        age_format=args.age_format,
+        validation_fraction=args.validation_fraction,
+        checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every,
+        sample_steps=args.sample_steps,
+        log_every=args.log_every,
+        seed=args.seed,
+        device=args.device,
+        lora_rank=args.lora_rank,
+        merge_lora=not args.no_merge_lora,
+        num_class_images=args.num_class_images,
+        prior_loss_weight=args.prior_loss_weight,
+        modifier_token=args.modifier_token,
+        search_samples=args.search_samples,
+        search_steps=args.search_steps,
+        classes=args.classes,
+        cache_dir=args.cache_dir,
+    )
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from .train.jobs import create_job, run_job
+
+    config = _finetune_config(args)
+    if PartialState().is_main_process:
+        create_job(args.job_dir, config)
+    PartialState().wait_for_everyone()
+    summary = run_job(args.job_dir, args.progress, clear_cancel=False)
+    _report_job(args, args.job_dir, summary)
+    return 0
+
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    from .train import jobs
+
+    if args.action == "resume":
+        _report_job(args, args.job_dir, jobs.run_job(args.job_dir, args.progress, not args.keep_cancel))
+        return 0
+    if args.action == "cancel":
+        signalled = jobs.cancel(args.job_dir)
+        if not args.quiet:
+            print("cancel requested" + (" (process signalled)" if signalled else " (no running process)"))
+        return 0
+    found = jobs.list_jobs(args.job_dir) if args.action == "list" else [jobs.status(args.job_dir)]
+    if args.json:
+        print(json.dumps(found if args.action == "list" else found[0], indent=2))
+        return 0
+    for job in found:
+        loss = job["latest"].get("loss")
+        text = f"  loss {loss:.4f}" if isinstance(loss, float) else ""
+        print(f"{job['job_dir']}  {job['scheme']}  {job['state']}  step {job['step']}/{job['steps']}{text}")
+    return 0
+
+
+def _report_job(args: argparse.Namespace, job_dir: str, summary: dict[str, Any]) -> None:
+    """Report the model folder of a finished job (the main process only; others return no summary)."""
+    if summary:
+        from pathlib import Path
+
+        args.output = str(Path(job_dir).absolute() / "model")
+        _report(args, summary)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .train.batch import run_batch
+
+    if args.task == "segment":
+        from .segmentation import SegmentSettings
+        from .workflows.segment import segment_file
+
+        settings = SegmentSettings(
+            samples=args.samples,
+            steps=args.steps,
+            axis=args.axis,
+            slices=args.slices,
+            seed=args.seed,
+            device=args.device,
+            batch_size=args.batch_size or 8,
+        )
+
+        def process(row: Any, folder: Path) -> dict:
+            return segment_file(row.image, args.model, folder, settings, args.probabilities)
+
+    else:
+        from .workflows.counterfactual import counterfactual_file
+
+        args.steps = args.steps or 20
+
+        def process(row: Any, folder: Path) -> dict:
+            settings = _edit_settings(
+                args,
+                mode=args.edit,
+                source=row.attributes,
+                target=_attributes(args.target, row.attributes),
+                strength=args.strength,
+                image_guidance=args.image_guidance,
+            )
+            return counterfactual_file(
+                row.image,
+                args.model,
+                folder,
+                settings,
+                axis=args.axis or "axial",
+                slices=args.slices,
+                batch_size=args.batch_size,
+                device=args.device,
+                full_precision=args.full_precision,
+            )
+
+    merged = run_batch(args.cohort, args.output, process, args.progress)
+    if args.progress_json:
+        emit_event("result", output=str(args.output), summary=merged)
+    elif not args.quiet:
+        print(
+            f"{args.output}: {len(merged['done'])} done, {len(merged['already_done'])} already done, "
+            f"{len(merged['failed'])} failed, {len(merged['bad_rows'])} bad rows"
+        )
+    return 1 if merged["failed"] else 0
 
 
 def _report(args: argparse.Namespace, summary: dict[str, Any]) -> None:

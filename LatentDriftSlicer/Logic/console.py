@@ -39,6 +39,7 @@ from .scene import (
     UNCERTAINTY_COLORMAP,
     SceneSession,
     add_map_node,
+    match_display,
     node_to_volume,
     show_in_slice_views,
     volume_to_node,
@@ -102,19 +103,9 @@ class CounterfactualResult:
 # --------------------------------------------------------------------------- loading outputs by role
 
 
-def _display_like(node: Any, reference: Any) -> None:
-    """Give ``node`` the window/level of ``reference`` so both show with the same contrast."""
-    source, target = reference.GetDisplayNode(), node.GetDisplayNode()
-    if source is None or target is None:
-        return
-    target.AutoWindowLevelOff()
-    target.SetWindowLevel(source.GetWindow(), source.GetLevel())
-    target.SetAndObserveColorNodeID(source.GetColorNodeID())
-
-
 def _load_image(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
     node = volume_to_node(session, template.with_voxels(_voxels_on_grid(path, template)), name)
-    _display_like(node, reference)
+    match_display(node, reference)
     return node
 
 
@@ -552,7 +543,7 @@ def prepare_counterfactual(
         arguments += ["--prompt", prompt]
     if source is not None or target is not None:
         arguments += ["--from", source or "", "--to", target or ""]
-    arguments += ["--drift", str(drift), "--strength", str(strength), "--steps", str(steps)]
+    arguments += [f"--drift={drift}", "--strength", str(strength), "--steps", str(steps)]
     arguments += ["--guidance", str(guidance)]
     if image_guidance is not None:
         arguments += ["--image-guidance", str(image_guidance)]
@@ -872,7 +863,7 @@ def start_finetune(
     if search_drift:
         arguments.append("--search-drift")
     elif drift is not None:
-        arguments += ["--drift", str(drift)]
+        arguments += [f"--drift={drift}"]
     if model is not None:
         arguments += ["--model", str(model)]
     arguments += ["--job-dir", str(job_dir), "--device", device, "--seed", str(seed)]

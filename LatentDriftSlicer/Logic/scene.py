@@ -209,6 +209,19 @@ def add_map_node(
     return node
 
 
+def match_display(node: Any, reference: Any) -> None:
+    """Show ``node`` with the window/level and colour table of ``reference`` (e.g. a result over its input).
+
+    Fading between the two then compares like with like.
+    """
+    source, target = reference.GetDisplayNode(), node.GetDisplayNode()
+    if source is None or target is None:
+        return
+    target.AutoWindowLevelOff()
+    target.SetWindowLevel(source.GetWindow(), source.GetLevel())
+    target.SetAndObserveColorNodeID(source.GetColorNodeID())
+
+
 # --------------------------------------------------------------------------- segmentations
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 from ..devices import inference_dtype, resolve_device
 from ..errors import ModelError
@@ -97,6 +98,7 @@ def load_bundle(
     key = (str(folder), str(device), dtype)
     if key not in _CACHE:
         check_model_folder(folder)
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar is not the run's progress
         _CACHE[key] = _load(folder, device, dtype)
     return _CACHE[key]
 

@@ -79,7 +79,7 @@ def edit_slices(
     """Edit ``slices`` (B, H, W) float32 in [-1, 1] with mode img2img, instruct or direction; same shape out."""
     if settings.mode == "generate":
         raise ParameterError("Mode generate makes new slices: call generate_slices instead of edit_slices.")
-    _check_model_fits(bundle, settings)
+    check_model_fits(bundle, settings)
     pixels = slices_to_pixels(slices)
     inputs = _Inputs(pixels, [settings.seed] * len(slices), slices.shape[1], slices.shape[2])
     return _run(_PLANNERS[settings.mode](bundle, settings, inputs), len(slices), settings, on_batch_done)
@@ -99,7 +99,7 @@ def generate_slices(
     if count < 1:
         raise ParameterError(f"count={count}: ask for at least one slice.")
     _check_size(height, width)
-    _check_model_fits(bundle, settings)
+    check_model_fits(bundle, settings)
     inputs = _Inputs(None, [settings.seed + index for index in range(count)], height, width)
     return _run(_plan_generate(bundle, settings, inputs), count, settings, on_batch_done)
 
@@ -238,7 +238,7 @@ def call_pipeline(pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
     return pixels_to_slices(images)
 
 
-def _check_model_fits(bundle: PipelineBundle, settings: EditSettings) -> None:
+def check_model_fits(bundle: PipelineBundle, settings: EditSettings) -> None:
     validate_drift(settings.drift, bundle.latent_channels)
     if settings.mode == "instruct" and not bundle.instruct:
         raise ModelError(

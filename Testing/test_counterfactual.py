@@ -1,0 +1,153 @@
+"""Whole-volume counterfactuals (engine): geometry, determinism, drift, ranges, empty slices, blending, OOM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import oblique_direction
+
+import latentdrift.counterfactual as counterfactual_module
+import latentdrift.edit.run as run_module
+from latentdrift.counterfactual import blend_neighbours, counterfactual_volume, model_resolution
+from latentdrift.edit import EditSettings, PipelineBundle, load_bundle
+from latentdrift.errors import ParameterError
+from latentdrift.prompts import Attributes
+from latentdrift.scene import load_volume_node, node_to_volume
+from latentdrift.tiny_models import build_tiny_sd
+from latentdrift.volumes import Geometry, Volume, extract_slices, reassemble
+
+SOURCE = Attributes.parse("age=70,sex=F,dx=CN")
+TARGET = Attributes.parse("age=77,dx=MCI", base=SOURCE)
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"sd": build_tiny_sd(root / "sd"), "instruct": build_tiny_sd(root / "ip2p", instruct=True)}
+
+
+@pytest.fixture(scope="module")
+def sd(folders: dict[str, Path]) -> PipelineBundle:
+    return load_bundle(folders["sd"], "cpu")
+
+
+@pytest.fixture(scope="module")
+def brain() -> Volume:
+    """An oblique, anisotropic int16 'head': a blob whose axial slices 0, 1 and the last are empty."""
+    k, j, i = np.meshgrid(np.arange(9), np.arange(11), np.arange(13), indexing="ij")
+    blob = 900 * np.exp(-((k - 4) ** 2 / 6 + (j - 5) ** 2 / 10 + (i - 6) ** 2 / 12))
+    voxels = np.where(blob > 40, blob + 3 * np.sin(i + j), 0).astype(np.int16)
+    volume = Volume(voxels, Geometry((0.7, 1.3, 2.5), (12.5, -30.25, 7.0), oblique_direction()), "brain")
+    stack = extract_slices(volume, "axial")
+    stack.slices[[0, 1, -1]] = 0  # empty slices at both ends, one of them inside the range 1:8
+    return volume.with_voxels(reassemble(stack.slices, stack, volume))
+
+
+def settings(**changes: Any) -> EditSettings:
+    defaults: dict[str, Any] = {
+        "mode": "img2img",
+        "target": TARGET,
+        "steps": 2,
+        "strength": 0.5,
+        "drift": 0.05,
+    }
+    return EditSettings(**{**defaults, **changes})
+
+
+def test_model_resolution_is_unet_size_times_vae_factor(sd: PipelineBundle) -> None:
+    assert model_resolution(sd) == 32
+
+
+@pytest.mark.parametrize("mode", ["img2img", "direction", "instruct"])
+def test_every_mode_gives_volumes_on_the_input_grid(
+    mode: str, folders: dict[str, Path], brain: Volume
+) -> None:
+    bundle = load_bundle(folders["instruct" if mode == "instruct" else "sd"], "cpu")
+    before = brain.voxels.copy()
+    result = counterfactual_volume(brain, bundle, settings(mode=mode, source=SOURCE), "coronal")
+    for volume in (result.counterfactual, result.difference):
+        assert volume.voxels.shape == brain.voxels.shape and volume.voxels.dtype == np.float32
+        assert volume.geometry.is_close(brain.geometry, TOL)
+    np.testing.assert_array_equal(brain.voxels, before)  # the input is never modified
+    edited = result.counterfactual.voxels
+    assert brain.voxels.min() <= edited.min() and edited.max() <= brain.voxels.max()
+    np.testing.assert_array_equal(result.difference.voxels, edited - brain.voxels.astype(np.float32))
+    assert np.abs(result.difference.voxels).max() > 1.0
+    assert result.figures["drift"] == 0.05 and result.figures["adjacent_difference_ratio"] > 0
+
+
+def test_same_seed_same_volume_other_seed_and_drift_differ(sd: PipelineBundle, brain: Volume) -> None:
+    first = counterfactual_volume(brain, sd, settings(seed=3)).counterfactual.voxels
+    again = counterfactual_volume(brain, sd, settings(seed=3)).counterfactual.voxels
+    other_seed = counterfactual_volume(brain, sd, settings(seed=4)).counterfactual.voxels
+    no_drift = counterfactual_volume(brain, sd, settings(seed=3, drift=0.0)).counterfactual.voxels
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - other_seed).max() > 1.0
+    assert np.abs(first - no_drift).max() > 1.0
+
+
+def test_slices_outside_the_range_and_empty_slices_are_the_input(sd: PipelineBundle, brain: Volume) -> None:
+    result = counterfactual_volume(brain, sd, settings(), "axial", slices="1:8")
+    full = extract_slices(brain, "axial").slices
+    out = extract_slices(result.counterfactual, "axial").slices
+    empty = [n for n in range(len(full)) if not full[n].any()]
+    untouched = sorted({*empty, *(n for n in range(len(full)) if not 1 <= n < 8)})
+    assert empty and result.figures["copied_empty_slices"] == len([n for n in empty if 1 <= n < 8])
+    np.testing.assert_array_equal(out[untouched], full[untouched].astype(np.float32))
+    assert result.indices == tuple(range(1, 8))
+    assert np.abs(extract_slices(result.difference, "axial").slices[untouched]).max() == 0.0
+
+
+def test_node_is_not_modified(session, sd: PipelineBundle, oblique_nifti: Path) -> None:
+    import slicer
+
+    node = load_volume_node(session, oblique_nifti)
+    before = slicer.util.arrayFromVolume(node).copy()
+    counterfactual_volume(node_to_volume(node), sd, settings(), "sagittal", slices="2:5")
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
+
+
+def test_blend_mixes_neighbouring_edits(sd: PipelineBundle, brain: Volume) -> None:
+    changes = np.arange(3, dtype=np.float32)[:, None, None] * np.ones((3, 2, 2), np.float32)
+    np.testing.assert_allclose(blend_neighbours(changes, 0.5)[:, 0, 0], [0.25, 1.0, 1.75])
+    assert blend_neighbours(changes, 0.0) is changes
+    sharp = counterfactual_volume(brain, sd, settings(), "axial")
+    blended = counterfactual_volume(brain, sd, settings(), "axial", blend=0.6)
+    assert not np.allclose(sharp.counterfactual.voxels, blended.counterfactual.voxels)
+    ratio = "adjacent_difference_ratio"
+    assert blended.figures[ratio] <= sharp.figures[ratio] * 1.05
+    with pytest.raises(ParameterError, match="blend"):
+        counterfactual_volume(brain, sd, settings(), blend=1.0)
+
+
+def test_out_of_memory_halves_the_suggested_batch_and_gives_the_same_volume(
+    sd: PipelineBundle, brain: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = counterfactual_volume(brain, sd, settings(), "coronal", batch_size=11).counterfactual.voxels
+    calls: list[int] = []
+    original = run_module.call_pipeline
+
+    def flaky(pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
+        calls.append(len(kwargs["prompt"]))
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return original(pipeline, kwargs)
+
+    monkeypatch.setattr(counterfactual_module, "suggest_batch_size", lambda device, per_item, ceiling: 4)
+    monkeypatch.setattr(run_module, "call_pipeline", flaky)
+    result = counterfactual_volume(brain, sd, settings(), "coronal")
+    assert calls[:3] == [4, 2, 2] and set(calls[1:]) <= {1, 2} and result.figures["batch_size"] == 4
+    units = float(np.ptp(brain.voxels)) / 2
+    np.testing.assert_allclose(result.counterfactual.voxels, expected, atol=1e-5 * units)
+
+
+def test_batch_size_estimate_grows_with_resolution_and_guidance(sd: PipelineBundle) -> None:
+    small = counterfactual_module.bytes_per_slice(sd, settings(guidance=1.0), 32)
+    assert counterfactual_module.bytes_per_slice(sd, settings(), 32) == 2 * small
+    assert counterfactual_module.bytes_per_slice(sd, settings(), 64) == 8 * small
+    assert counterfactual_module.choose_batch_size(sd, settings(), 32) == 8  # the CPU default

@@ -1,0 +1,160 @@
+"""`latentdrift counterfactual` and `generate` end to end with tiny models: files, scenes, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentdrift.cli import main
+from latentdrift.console import COUNTERFACTUAL_ROLES
+from latentdrift.scene import DIFFERENCE_COLORMAP, find_nodes, load_scene
+from latentdrift.tiny_models import build_tiny_sd
+from latentdrift.volumes import extract_slices, read_volume
+
+TOL = 1e-6
+EDIT = ["--steps", "2", "--drift", "0.05", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"sd": build_tiny_sd(root / "sd"), "instruct": build_tiny_sd(root / "ip2p", instruct=True)}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_counterfactual_writes_the_console_roles_on_the_input_grid(
+    models: dict[str, Path], oblique_nifti: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cf"
+    before = _digest(oblique_nifti)
+    args = ["counterfactual", str(oblique_nifti), "--model", str(models["instruct"]), *EDIT]
+    args += ["--from", "age=70,sex=F,dx=CN", "--to", "age=77,dx=MCI", "--axis", "coronal", "--slices", "2:7"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert _digest(oblique_nifti) == before
+    summary = json.loads((out / "summary.json").read_text())
+    outputs = summary["outputs"]
+    assert {"scene", "scene_bundle", "input", "preview", *COUNTERFACTUAL_ROLES} <= set(outputs)
+    assert outputs["counterfactual"].endswith(".nrrd") and outputs["difference"].endswith(".nrrd")
+    assert summary["settings"]["text"].startswith("Age this CN 70 years old female")
+    assert {"adjacent_difference_ratio", "mean_abs_difference", "drift"} <= set(summary["figures"])
+    source = read_volume(oblique_nifti)
+    edited, difference = (read_volume(out / outputs[role]) for role in COUNTERFACTUAL_ROLES)
+    for volume in (edited, difference):
+        assert volume.geometry.is_close(source.geometry, TOL) and volume.voxels.shape == source.voxels.shape
+    np.testing.assert_allclose(difference.voxels, edited.voxels - source.voxels, atol=1e-4)
+    outside = [n for n in range(extract_slices(source, "coronal").count) if not 2 <= n < 7]
+    np.testing.assert_array_equal(
+        extract_slices(edited, "coronal").slices[outside], extract_slices(source, "coronal").slices[outside]
+    )
+    assert (out / outputs["preview"]).stat().st_size > 10_000
+    _check_scene(out / outputs["scene"])
+
+
+def _check_scene(path: Path) -> None:
+    session = load_scene(path)
+    names = {node.GetName(): node for node in find_nodes(session, "vtkMRMLScalarVolumeNode")}
+    assert set(names) == {"oblique", "oblique counterfactual", "oblique difference"}
+    composite = find_nodes(session, "vtkMRMLSliceCompositeNode")[0]
+    assert composite.GetBackgroundVolumeID() == names["oblique"].GetID()
+    assert composite.GetForegroundVolumeID() == names["oblique counterfactual"].GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.5)
+    display = names["oblique difference"].GetDisplayNode()
+    assert display.GetColorNode().GetName() in DIFFERENCE_COLORMAP
+    assert display.GetWindowLevelMin() == pytest.approx(-display.GetWindowLevelMax())
+
+
+def test_generate_writes_pngs_and_a_stack(models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    args = ["generate", "--model", str(models["sd"]), "--attributes", "age=77,sex=F,dx=AD", "--count", "3"]
+    assert main([*args, *EDIT, "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["outputs"]["image"]) == 3
+    stack = read_volume(out / summary["outputs"]["volume"])
+    assert stack.voxels.shape == (3, 32, 32) and stack.geometry.spacing == (1.0, 1.0, 1.0)
+    assert stack.voxels.min() >= -1.0 and stack.voxels.max() <= 1.0
+    from PIL import Image
+
+    first = np.asarray(Image.open(out / "slice_000.png"), dtype=np.float32) / 127.5 - 1
+    np.testing.assert_allclose(first, stack.voxels[0], atol=1 / 127)
+    assert not np.allclose(stack.voxels[0], stack.voxels[1])  # sample i uses seed + i
+
+
+def _without(model: Path, tmp_path: Path, component: str) -> Path:
+    broken = shutil.copytree(model, tmp_path / f"no-{component}")
+    shutil.rmtree(broken / component)
+    return broken
+
+
+def _pickled(model: Path, tmp_path: Path) -> Path:
+    broken = shutil.copytree(model, tmp_path / "pickled")
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.rename(weights.with_name("diffusion_pytorch_model.bin"))
+    return broken
+
+
+def _relabelled(model: Path, tmp_path: Path) -> Path:
+    """An InstructPix2Pix folder whose model_index.json claims a plain SD pipeline (8-channel UNet)."""
+    broken = shutil.copytree(model, tmp_path / "relabelled")
+    index = broken / "model_index.json"
+    index.write_text(
+        index.read_text().replace("StableDiffusionInstructPix2PixPipeline", "StableDiffusionPipeline")
+    )
+    return broken
+
+
+BAD_RUNS = {
+    "missing component": (
+        lambda m, t: _without(m["sd"], t, "vae"),
+        ["--edit", "img2img"],
+        "no 'vae' subfolder",
+    ),
+    "pickled weights": (lambda m, t: _pickled(m["sd"], t), ["--edit", "img2img"], "pickled weights"),
+    "instruct on SD": (
+        lambda m, t: m["sd"],
+        ["--edit", "instruct", "--instruction", "age it"],
+        "instruct-pix2pix",
+    ),
+    "img2img on IP2P": (lambda m, t: m["instruct"], ["--edit", "img2img"], "stable-diffusion"),
+    "8-channel UNet": (lambda m, t: _relabelled(m["instruct"], t), ["--edit", "img2img"], "8 UNet input"),
+    "steps x strength": (
+        lambda m, t: m["sd"],
+        ["--edit", "img2img", "--strength", "0.2"],
+        "steps × strength",
+    ),
+    "unknown attribute": (lambda m, t: m["sd"], ["--edit", "img2img", "--to", "height=180"], "height=180"),
+    "bad drift": (lambda m, t: m["sd"], ["--edit", "img2img", "--drift", "a,b"], "Cannot read drift"),
+    "channel count": (lambda m, t: m["sd"], ["--edit", "img2img", "--drift", "0.1,0.2"], "4 channels"),
+    "blend": (lambda m, t: m["sd"], ["--edit", "img2img", "--blend", "1.5"], "blend=1.5"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RUNS))
+def test_bad_runs_fail_with_one_line_and_write_nothing(
+    case: str, models: dict[str, Path], oblique_nifti: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    make_model, extra, message = BAD_RUNS[case]
+    model = make_model(models, tmp_path)
+    out = tmp_path / "results" / "cf"
+    args = [
+        "counterfactual",
+        str(oblique_nifti),
+        "--model",
+        str(model),
+        *EDIT,
+        "--prompt",
+        "older",
+        "--to",
+        "age=77",
+    ]
+    assert main([*args, *extra, "--output", str(out)]) != 0
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("latentdrift: error:") and "\n" not in error and message in error
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # no result, no partial folder

@@ -1,0 +1,371 @@
+"""Latent Drift benchmark: drift overhead, whole-volume batching, distance to the UNet limit, peak memory.
+
+    .venv/bin/python benchmarks/drift/run.py [--quick]
+
+Writes ``benchmarks/drift/results.json`` and ``results.md``. Every ratio is measured in this one run,
+on random-weight models built here (timing does not depend on the weights):
+
+* (a) drift overhead: the stock ``StableDiffusionImg2ImgPipeline`` on a batch of slices, without a
+  callback, against the same call with ``DriftCallback(0.05)``, and against the engine's
+  ``edit_slices`` (δ = 0.05) at the same model, batch, steps and strength;
+* (b) a whole volume edited by ``counterfactual_volume`` (batched, engine default batch size) against
+  a loop that calls the stock pipeline once per slice (same windowing and resizing), tiny model;
+* (c) the same with a ≈5 M-parameter UNet, plus the limit: the UNet's own forward time per
+  slice-step (both guidance copies) at its best batch size;
+* (d) peak resident memory of ``latentdrift counterfactual`` on a 256³ int16 volume (tiny model,
+  32×32 model resolution), in a fresh process: everything from reading the file to the saved scene.
+
+Timings interleave the compared variants and report medians, because the machine is shared. Torch
+runs on one thread by default: on the 2-core development machine, busy with a training run (load
+average 6–7), two OpenMP threads made the same UNet call 2–8× slower and unstable (oversubscription),
+one thread was steady. ``--threads N`` measures with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+
+from latentdrift.counterfactual import counterfactual_volume
+from latentdrift.drift import DriftCallback
+from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, load_bundle
+from latentdrift.tiny_models import TEXT_WIDTH, build_tiny_sd
+from latentdrift.volumes import Geometry, IntensityWindow, SliceResizer, Volume, extract_slices, write_volume
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+PROMPT = "a brain MRI of a 77 year old female with MCI"
+STEPS, STRENGTH, GUIDANCE, DRIFT = 20, 0.5, 7.5, 0.05
+
+
+def settings(drift: float = DRIFT, batch_size: int = 8) -> EditSettings:
+    return EditSettings(
+        mode="img2img",
+        prompt=PROMPT,
+        steps=STEPS,
+        strength=STRENGTH,
+        guidance=GUIDANCE,
+        drift=drift,
+        batch_size=batch_size,
+    )
+
+
+# --------------------------------------------------------------------------- models and data
+
+
+def build_medium_sd(folder: Path) -> Path:
+    """The tiny SD folder with its UNet replaced by a ≈5 M-parameter one (3 levels, 64/96/128 wide)."""
+    build_tiny_sd(folder)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(64, 96, 128),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    shutil.rmtree(folder / "unet")
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    return folder
+
+
+def head(slices: int, size: int, dtype: type = np.float32) -> Volume:
+    """An ellipsoid 'head' with texture, ``[slices, size, size]``, 1 mm, every axial slice non-empty."""
+    k, j, i = np.meshgrid(
+        np.linspace(-0.8, 0.8, slices), np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij"
+    )
+    inside = (j**2 + i**2 + 0.5 * k**2) < 0.8
+    texture = 600 + 200 * np.sin(9 * i) * np.cos(7 * j) + 100 * np.sin(5 * k)
+    return Volume(
+        np.where(inside, texture, 0).astype(dtype), Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), "head"
+    )
+
+
+def stock_pipeline(folder: Path) -> Any:
+    pipeline = StableDiffusionImg2ImgPipeline.from_pretrained(
+        folder, local_files_only=True, safety_checker=None
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def stock_call(pipeline: Any, images: np.ndarray, callback: Any = None) -> np.ndarray:
+    """One stock img2img call on slices ``[B, S, S]`` in [-1, 1]; returns ``[B, S, S]`` in [-1, 1]."""
+    pixels = torch.from_numpy((images[:, None].repeat(3, axis=1) + 1) / 2)
+    out = pipeline(
+        prompt=[PROMPT] * len(images),
+        image=pixels,
+        strength=STRENGTH,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        generator=[torch.Generator().manual_seed(0) for _ in images],
+        callback_on_step_end=callback,
+        output_type="pt",
+    ).images
+    return (out.mean(dim=1) * 2 - 1).numpy()
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each variant, run in turn ``repeats`` times after one warm-up each."""
+    for run in variants.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def drift_overhead(bundle: PipelineBundle, folder: Path, batch: int, repeats: int) -> dict[str, Any]:
+    """(a): stock call, stock call + DriftCallback, engine edit_slices — same batch, steps, strength."""
+    pipeline = stock_pipeline(folder)
+    voxels = head(batch, 32).voxels
+    images = IntensityWindow.from_percentiles(voxels).forward(voxels)
+    times = interleaved(
+        {
+            "stock": lambda: stock_call(pipeline, images),
+            "stock_with_drift_callback": lambda: stock_call(pipeline, images, DriftCallback(DRIFT)),
+            "engine_edit_slices": lambda: edit_slices(bundle, images, settings(batch_size=batch)),
+        },
+        repeats,
+    )
+    return {
+        "batch": batch,
+        "seconds": times,
+        "callback_overhead_pct": 100 * (times["stock_with_drift_callback"] / times["stock"] - 1),
+        "engine_overhead_pct": 100 * (times["engine_edit_slices"] / times["stock"] - 1),
+    }
+
+
+def slice_loop(pipeline: Any, volume: Volume) -> np.ndarray:
+    """The reference: same windowing and resizing as the engine, then one stock call per slice."""
+    window = IntensityWindow.from_percentiles(volume.voxels)
+    stack = extract_slices(volume, "axial")
+    resizer = SliceResizer(stack.slices.shape[1:], stack.layout.pixel_spacing, 32)  # type: ignore[arg-type]
+    images = resizer.to_model(window.forward(stack.slices), background=-1.0)
+    edited = np.concatenate([stock_call(pipeline, images[n : n + 1]) for n in range(len(images))])
+    return window.inverse(resizer.from_model(edited))
+
+
+def volume_speedup(bundle: PipelineBundle, folder: Path, volume: Volume, repeats: int) -> dict[str, Any]:
+    """(b)/(c): batched ``counterfactual_volume`` against the per-slice stock loop."""
+    pipeline = stock_pipeline(folder)
+    used: dict[str, Any] = {}
+
+    def batched() -> None:
+        used.update(counterfactual_volume(volume, bundle, settings(), "axial").figures)
+
+    times = interleaved(
+        {"batched_engine": batched, "stock_slice_loop": lambda: slice_loop(pipeline, volume)}, repeats
+    )
+    slice_steps = volume.voxels.shape[0] * int(STEPS * STRENGTH)
+    return {
+        "slices": volume.voxels.shape[0],
+        "slice_size": list(volume.voxels.shape[1:]),
+        "denoising_steps": int(STEPS * STRENGTH),
+        "engine_batch_size": used["batch_size"],
+        "seconds": times,
+        "speedup": times["stock_slice_loop"] / times["batched_engine"],
+        "engine_ms_per_slice_step": 1000 * times["batched_engine"] / slice_steps,
+    }
+
+
+def unet_limit(bundle: PipelineBundle, batches: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    """The UNet alone: ms per slice-step (2 guidance copies per slice) at each batch size, and the best."""
+    unet, latent = bundle.unet, int(bundle.unet.config.sample_size)
+    per_batch = {}
+    with torch.no_grad():
+        for batch in batches:
+            sample = torch.randn(2 * batch, 4, latent, latent)
+            text = torch.randn(2 * batch, 77, TEXT_WIDTH)
+            seconds = interleaved({"unet": lambda s=sample, t=text: unet(s, 500, t)}, repeats)["unet"]
+            per_batch[batch] = 1000 * seconds / batch
+    best = min(per_batch, key=lambda b: per_batch[b])
+    return {"ms_per_slice_step": per_batch, "best_batch": best, "best_ms_per_slice_step": per_batch[best]}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def peak_memory(folder: Path, work: Path, size: int) -> dict[str, Any]:
+    """(d): ``latentdrift counterfactual`` on a ``size``³ int16 volume in a child process; its peak RSS."""
+    path = write_volume(head(size, size, np.int16), work / f"head{size}.nrrd")
+    command = [
+        sys.executable, "-m", "latentdrift.cli", "counterfactual", str(path), "--model", str(folder),
+        "--edit", "img2img", "--prompt", PROMPT, "--steps", "4", "--strength", "0.5", "--drift", str(DRIFT),
+        "--device", "cpu", "--quiet", "--output", str(work / "memory-result"),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    summary = json.loads((work / "memory-result" / "summary.json").read_text())
+    return {
+        "volume": f"{size}³ int16 ({path.stat().st_size / 2**20:.1f} MiB on disk, compressed)",
+        "command": " ".join(["latentdrift", *command[3:]]).replace(str(work), "$WORK"),
+        "peak_rss_gib": peak_kib / 2**20,
+        "seconds": seconds,
+        "figures": summary["figures"],
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    import diffusers
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "device": "cpu (float32)",
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """``results.md``: the command, the machine and one table of the measures against their targets."""
+    a_tiny, a_medium = results["a_drift_overhead"]["tiny"], results["a_drift_overhead"]["medium"]
+    b, c, d = results["b_volume_tiny"], results["c_volume_medium"], results["d_peak_memory"]
+    limit = c["unet_limit"]
+    lines = [
+        "# Latent Drift benchmark",
+        "",
+        f"Command: `{results['command']}` — {results['finished']}, {results['total_seconds']:.0f} s in all.",
+        "",
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['torch_threads']} torch thread(s), load average at start "
+        f"{results['machine']['load_average_at_start'][0]:.1f} (shared with other jobs); torch "
+        f"{results['machine']['torch']}, diffusers {results['machine']['diffusers']}; CPU, float32.",
+        "",
+        f"Settings: img2img, {STEPS} steps × strength {STRENGTH} = {int(STEPS * STRENGTH)} denoising steps, "
+        f"guidance {GUIDANCE} (2 UNet copies per slice), δ = {DRIFT}, 32×32 model resolution; medians of "
+        f"{results['repeats']} interleaved repeats after a warm-up. UNets: tiny {results['unet_parameters']['tiny']:,} "
+        f"parameters, medium {results['unet_parameters']['medium']:,}.",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+        f"| (a) drift callback vs stock pipeline, tiny UNet, batch {a_tiny['batch']} | "
+        f"{a_tiny['callback_overhead_pct']:+.1f} % | ≤ 3 % |",
+        f"| (a) drift callback vs stock pipeline, medium UNet, batch {a_medium['batch']} | "
+        f"{a_medium['callback_overhead_pct']:+.1f} % | ≤ 3 % |",
+        f"| (a) engine `edit_slices` (δ = {DRIFT}) vs stock pipeline, tiny / medium | "
+        f"{a_tiny['engine_overhead_pct']:+.1f} % / {a_medium['engine_overhead_pct']:+.1f} % | ≤ 3 % |",
+        f"| (b) whole volume ({b['slices']} slices) batched vs per-slice stock loop, tiny UNet | "
+        f"{b['speedup']:.2f}× ({b['seconds']['batched_engine']:.1f} s vs {b['seconds']['stock_slice_loop']:.1f} s) | ≥ 3× |",
+        f"| (c) the same, medium UNet ({c['slices']} slices) | {c['speedup']:.2f}× "
+        f"({c['seconds']['batched_engine']:.1f} s vs {c['seconds']['stock_slice_loop']:.1f} s) | — |",
+        f"| (c) medium: engine ms per slice-step vs UNet alone at its best batch ({limit['best_batch']}) | "
+        f"{c['engine_ms_per_slice_step']:.1f} vs {limit['best_ms_per_slice_step']:.1f} ms "
+        f"({c['engine_ms_per_slice_step'] / limit['best_ms_per_slice_step']:.2f}× the limit) | — |",
+        f"| (d) peak RSS of `latentdrift counterfactual` on {d['volume']} | {d['peak_rss_gib']:.2f} GiB "
+        f"({d['seconds']:.0f} s) | < 4 GB |",
+        "",
+        "UNet alone, medium, ms per slice-step by batch size: "
+        + ", ".join(f"{batch}: {ms:.1f}" for batch, ms in limit["ms_per_slice_step"].items())
+        + ".",
+        "",
+        f"(d) command: `{d['command']}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: see the module docstring)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer slices and repeats; prints, writes no results (a smoke test)",
+    )
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the child process of (d)
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="drift-bench-"))
+    try:
+        results = run_all(work, repeats, args.quick)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results.update(
+        command=" ".join(["python", "benchmarks/drift/run.py", *sys.argv[1:]]),
+        finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        total_seconds=time.perf_counter() - started,
+        repeats=repeats,
+    )
+    report = markdown(results)
+    if not args.quick:  # --quick is a smoke test: it prints and keeps the committed results
+        (HERE / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        (HERE / "results.md").write_text(report)
+    print(report)
+
+
+def run_all(work: Path, repeats: int, quick: bool) -> dict[str, Any]:
+    info = machine()
+    tiny_folder, medium_folder = build_tiny_sd(work / "tiny"), build_medium_sd(work / "medium")
+    tiny, medium = load_bundle(tiny_folder, "cpu"), load_bundle(medium_folder, "cpu")
+    parameters = {
+        name: sum(p.numel() for p in b.unet.parameters()) for name, b in (("tiny", tiny), ("medium", medium))
+    }
+    overhead = {
+        "tiny": drift_overhead(tiny, tiny_folder, 8, repeats),
+        "medium": drift_overhead(medium, medium_folder, 4, repeats),
+    }
+    volume_tiny = volume_speedup(tiny, tiny_folder, head(16 if quick else 64, 48), repeats)
+    volume_medium = volume_speedup(medium, medium_folder, head(8 if quick else 16, 48), repeats)
+    volume_medium["unet_limit"] = unet_limit(medium, (1, 2, 4, 8, 16, 32), repeats)
+    memory = peak_memory(tiny_folder, work, 64 if quick else 256)
+    return {
+        "machine": info,
+        "unet_parameters": parameters,
+        "a_drift_overhead": overhead,
+        "b_volume_tiny": volume_tiny,
+        "c_volume_medium": volume_medium,
+        "d_peak_memory": memory,
+    }
+
+
+if __name__ == "__main__":
+    main()
