@@ -1,4 +1,4 @@
-"""Every ```python block marked <!-- test --> in docs/slicer-module.md runs against slicer-core.
+"""Every ```python block marked <!-- test --> in README.md and docs/slicer-module.md runs against slicer-core.
 
 Blocks marked ``<!-- test: requires COMMAND -->`` run once the CLI has that command (skipped before),
 with tiny models prepared for them.
@@ -14,7 +14,10 @@ import pytest
 from latentdrift.cli import build_parser
 from latentdrift.scene import load_volume_node
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "slicer-module.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "docs" / "slicer-module.md", ROOT / "README.md"]
+PRINTED = {"slicer-module.md": ("failed as expected", "slice "), "README.md": ("segments:",)}
+"""What each document's examples print when they really ran."""
 BLOCK = re.compile(r"<!-- test(?:: requires (?P<command>[\w-]+))? -->\s*```python\n(?P<code>.*?)```", re.S)
 
 
@@ -23,15 +26,17 @@ def _commands() -> set[str]:
     return {name for action in parser._subparsers._group_actions for name in action.choices}  # type: ignore[union-attr]
 
 
-def test_doc_has_tested_examples() -> None:
-    assert len(BLOCK.findall(DOC.read_text())) >= 3
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_doc_has_tested_examples(doc: Path) -> None:
+    assert len(BLOCK.findall(doc.read_text())) >= 3
 
 
-def test_doc_examples_run(session, oblique_nifti: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_doc_examples_run(doc: Path, session, oblique_nifti: Path, tmp_path: Path, capsys) -> None:
     namespace = {"volume_node": load_volume_node(session, oblique_nifti), "session": session}
     commands = _commands()
     skipped = []
-    for match in BLOCK.finditer(DOC.read_text()):
+    for match in BLOCK.finditer(doc.read_text()):
         command = match.group("command")
         if command and command not in commands:
             skipped.append(command)
@@ -41,10 +46,11 @@ def test_doc_examples_run(session, oblique_nifti: Path, tmp_path: Path, capsys) 
 
             namespace["edit_model"] = build_tiny_sd(tmp_path / "tiny-ip2p", instruct=True)
         if command == "segment" and "ldseg_model" not in namespace:
-            skipped.append("segment (needs a tiny LDSeg model fixture)")
-            continue
-        exec(compile(match.group("code"), f"{DOC.name} block at {match.start()}", "exec"), namespace)
+            from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+
+            namespace["ldseg_model"] = save_ldseg_model(LDSegNetwork(tiny_config()), tmp_path / "tiny-ldseg")
+        exec(compile(match.group("code"), f"{doc.name} block at {match.start()}", "exec"), namespace)
     printed = capsys.readouterr().out
-    assert "failed as expected" in printed and "slice " in printed
+    assert all(marker in printed for marker in PRINTED[doc.name]), printed
     if skipped:
         pytest.skip(f"examples not run: {', '.join(skipped)}")
