@@ -40,29 +40,31 @@ class Progress:
         self.min_interval = 1.0 / max_rate
         self._bar: Any = None
         self._task: tuple[str, int] | None = None
+        self._first_done = 0
         self._started = time.monotonic()
         self._last_emit = 0.0
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if (message, total) != self._task:
-            self._restart(total, message)
+            self._restart(total, message, done)
         if self._bar is not None:
             self._bar.n = done
             self._bar.refresh()
         now = time.monotonic()
         if self.json_lines and (done >= total or now - self._last_emit >= self.min_interval):
             self._last_emit = now
-            elapsed = now - self._started
-            eta = elapsed / done * (total - done) if done else None
+            progressed = done - self._first_done  # a resumed run starts part-way: time only what this run did
+            eta = (now - self._started) / progressed * (total - done) if progressed > 0 else None
             fraction = round(done / total, 4) if total else 0.0
             emit_event(PROGRESS_EVENT, done=done, total=total, fraction=fraction, message=message, eta_s=eta)
         if done >= total:
             self.close()
             self._task = None
 
-    def _restart(self, total: int, message: str) -> None:
+    def _restart(self, total: int, message: str, done: int) -> None:
         self.close()
         self._task = (message, total)
+        self._first_done = done
         self._started = time.monotonic()
         if not self.quiet and not self.json_lines:
             self._bar = tqdm(total=total, desc=message or None, leave=False, dynamic_ncols=True)

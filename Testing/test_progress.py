@@ -1,0 +1,29 @@
+"""Progress lines for GUIs: parseable, throttled, with an ETA that suits resumed runs."""
+
+from __future__ import annotations
+
+import json
+
+from latentdrift.progress import Progress
+
+
+def test_json_lines_count_from_where_the_run_started(capsys, monkeypatch) -> None:
+    clock = iter([0.0, 0.0, 0.0, 10.0, 20.0, 30.0])  # created, restarted, then one reading per update
+    monkeypatch.setattr("latentdrift.progress.time.monotonic", lambda: next(clock))
+    progress = Progress(json_lines=True, max_rate=1000)
+    for done in (600, 601, 602, 1000):
+        progress(done, 1000, "training")
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["done"] for e in events] == [600, 601, 602, 1000]
+    assert events[0]["eta_s"] is None
+    assert events[1]["eta_s"] == 10.0 * 399  # 10 s for the one step this run made
+    assert events[-1]["fraction"] == 1.0 and events[-1]["eta_s"] == 0.0
+
+
+def test_updates_are_throttled_but_the_last_one_is_kept(capsys, monkeypatch) -> None:
+    monkeypatch.setattr("latentdrift.progress.time.monotonic", lambda: 5.0)
+    progress = Progress(json_lines=True, max_rate=1.0)
+    for done in range(1, 11):
+        progress(done, 10, "segmenting")
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["done"] for line in lines] == [1, 10]
