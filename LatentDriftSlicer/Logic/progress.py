@@ -42,7 +42,7 @@ class Progress:
         self._task: tuple[str, int] | None = None
         self._first_done = 0
         self._started = time.monotonic()
-        self._last_emit = 0.0
+        self._last_emit = -float("inf")  # the first update is always printed
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if (message, total) != self._task:
