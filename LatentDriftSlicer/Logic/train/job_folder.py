@@ -1,0 +1,157 @@
+"""The job folder: the one place a fine-tuning job's files are named, written and read.
+
+::
+
+    JOB_DIR/
+      config.json          the job's settings (FinetuneConfig), written once at the start
+      state.json           {"state": running|finished|failed|cancelled, "pid", "step", "message", "updated"}
+      status.jsonl         one JSON line per logged step: step, epoch, loss, lr, eta_s, sample_image
+      log.txt              the job's log
+      cohort_report.json   rows used and skipped (and why); cohort_report.md the same as a table
+      checkpoints/         step-NNNNNNNN folders (the newest two), written atomically
+      samples/             step-NNNNNNNN.png sample images (paths in status.jsonl are relative to JOB_DIR)
+      model/               the result: a diffusers folder (or an LDSeg model folder) with MODEL_CARD.md
+      cancel-requested     present when a cancel was asked for (the job checkpoints and stops)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+STATES = ("running", "finished", "failed", "cancelled")
+
+
+class JobFolder:
+    """Paths and small file operations of one job folder (see the module docstring)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().absolute()
+        self._signalled = False
+
+    @property
+    def config(self) -> Path:
+        """``config.json``: the job's settings."""
+        return self.path / "config.json"
+
+    @property
+    def state_file(self) -> Path:
+        """``state.json``: the job's state."""
+        return self.path / "state.json"
+
+    @property
+    def status_file(self) -> Path:
+        """``status.jsonl``: the status lines."""
+        return self.path / "status.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        """``log.txt``: the job's log."""
+        return self.path / "log.txt"
+
+    @property
+    def checkpoints(self) -> Path:
+        """``checkpoints``: the checkpoint folders."""
+        return self.path / "checkpoints"
+
+    @property
+    def samples(self) -> Path:
+        """``samples``: the sample images."""
+        return self.path / "samples"
+
+    @property
+    def model(self) -> Path:
+        """``model``: the resulting model folder."""
+        return self.path / "model"
+
+    @property
+    def cancel_file(self) -> Path:
+        """``cancel-requested``: the cancel request marker."""
+        return self.path / "cancel-requested"
+
+    # ----------------------------------------------------------------- state
+
+    def read_state(self) -> dict[str, Any]:
+        """The content of ``state.json`` (empty when there is none)."""
+        try:
+            return dict(json.loads(self.state_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return {}
+
+    def write_state(self, state: str, **fields: Any) -> None:
+        """Replace ``state.json`` atomically; fields of the previous state are kept unless overridden."""
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        record = {**self.read_state(), **fields, "state": state, "updated": now}
+        write_json_atomic(self.state_file, record)
+
+    # ----------------------------------------------------------------- status lines
+
+    def append_status(self, record: dict[str, Any]) -> None:
+        """Append one status line (flushed, so readers see whole lines)."""
+        with self.status_file.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def status_records(self) -> list[dict[str, Any]]:
+        """Every complete status line (a line being written is skipped)."""
+        if not self.status_file.is_file():
+            return []
+        records = []
+        for line in self.status_file.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def truncate_status(self, last_step: int) -> None:
+        """Drop status lines after ``last_step`` (steps lost since the checkpoint a job resumes from)."""
+        kept = [r for r in self.status_records() if int(r.get("step", 0)) <= last_step]
+        text = "".join(json.dumps(r) + "\n" for r in kept)
+        write_text_atomic(self.status_file, text)
+
+    # ----------------------------------------------------------------- cancel
+
+    def request_cancel(self) -> None:
+        """Ask the job to checkpoint and stop (it checks after every step)."""
+        self.cancel_file.touch()
+
+    def cancel_requested(self) -> bool:
+        """True after :meth:`request_cancel` or a SIGTERM/SIGINT caught by :meth:`catch_signals`."""
+        return self._signalled or self.cancel_file.exists()
+
+    def catch_signals(self) -> None:
+        """Turn SIGTERM and SIGINT into a cancel request (checkpoint, then stop) for this process."""
+
+        def handler(signum: int, frame: Any) -> None:
+            self._signalled = True
+
+        for kind in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(kind, handler)
+
+    def clear_cancel(self) -> None:
+        """Forget an earlier cancel request (before resuming)."""
+        self.cancel_file.unlink(missing_ok=True)
+        self._signalled = False
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and a rename."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")

@@ -1,0 +1,266 @@
+"""Fine-tuning jobs as real processes: kill -9 and resume, cancel, status, 2 processes, LDSeg, batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from train_support import ONE_THREAD, quick_config, tiny_base, write_blob, write_cohort
+
+from latentdrift.cli import main
+from latentdrift.errors import CancelledError, JobError
+from latentdrift.train import jobs
+from latentdrift.train.checkpoints import checkpoint_step, checkpoints, is_complete
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("jobs")
+    return {
+        "root": root,
+        "cohort": write_cohort(root / "cohort"),
+        "base": tiny_base(root / "base"),
+        "cache": root / "cache",
+    }
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch) -> None:
+    for name, value in ONE_THREAD.items():
+        monkeypatch.setenv(name, value)
+
+
+def _wait(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def _steps(job: Path) -> list[int]:
+    path = job / "status.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
+
+
+def _at_least(job: Path, step: int) -> bool:
+    return (_steps(job) or [0])[-1] >= step
+
+
+def test_kill_9_then_resume_continues_from_the_last_checkpoint(setup) -> None:
+    job = setup["root"] / "killed"
+    config = quick_config(
+        setup["cohort"], setup["base"], "basic", setup["cache"], steps=30, checkpoint_every=3, sample_every=0
+    )
+    jobs.create_job(job, config)
+    process = jobs.start(job)
+    _wait(lambda: _at_least(job, 8))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _steps(job)[-1]
+    state = jobs.status(job)
+    assert state["state"] == "interrupted" and state["checkpoints"]
+    assert all(is_complete(p) for p in checkpoints(job / "checkpoints"))
+    assert len(checkpoints(job / "checkpoints")) <= 2
+    last_good = max(state["checkpoints"])
+    assert killed_at - last_good <= 3
+    jobs.resume(job).wait(timeout=300)
+    assert jobs.status(job)["state"] == "finished"
+    assert _steps(job) == list(range(1, 31))  # lost steps were redone, not duplicated
+    assert f"Resuming from step {last_good}" in (job / "log.txt").read_text(encoding="utf-8")
+    assert (job / "model" / "model_index.json").is_file()
+
+
+def test_cancel_checkpoints_and_stops_then_resume_finishes(setup) -> None:
+    job = setup["root"] / "cancelled"
+    jobs.create_job(
+        job,
+        quick_config(
+            setup["cohort"],
+            setup["base"],
+            "basic",
+            setup["cache"],
+            steps=400,
+            checkpoint_every=100,
+            sample_every=0,
+        ),
+    )
+    process = jobs.start(job)
+    _wait(lambda: _at_least(job, 3))
+    assert jobs.cancel(job)
+    assert process.wait(timeout=120) == CancelledError.exit_code
+    state = jobs.status(job)
+    assert state["state"] == "cancelled" and "Cancelled at step" in state["message"]
+    stopped = _steps(job)[-1]
+    assert state["checkpoints"] == [stopped]  # checkpointed where it stopped, not at the last interval
+    config = json.loads((job / "config.json").read_text(encoding="utf-8"))
+    (job / "config.json").write_text(json.dumps({**config, "steps": stopped + 1}), encoding="utf-8")
+    assert main(["jobs", "resume", str(job), "--quiet"]) == 0
+    assert jobs.status(job)["state"] == "finished" and _steps(job)[-1] == stopped + 1
+
+
+def test_resumed_training_draws_exactly_what_an_uninterrupted_run_draws(setup) -> None:
+    straight, split = setup["root"] / "straight", setup["root"] / "split"
+    config = quick_config(
+        setup["cohort"], setup["base"], "lora", setup["cache"], steps=4, sample_every=0, drift=0.1
+    )
+    jobs.create_job(straight, config)
+    jobs.run_job(straight)
+    jobs.create_job(split, replace(config, steps=2))
+    jobs.run_job(split)
+    (split / "config.json").write_text(json.dumps(config.to_json()), encoding="utf-8")
+    jobs.run_job(split)
+    losses = [
+        [json.loads(line)["loss"] for line in (j / "status.jsonl").read_text(encoding="utf-8").splitlines()]
+        for j in (straight, split)
+    ]
+    assert losses[0] == losses[1]
+
+
+def test_cli_status_list_and_refusals(setup, capsys) -> None:
+    job = setup["root"] / "cli"
+    args = ["finetune", "--cohort", str(setup["cohort"]), "--scheme", "basic", "--model", str(setup["base"])]
+    args += [
+        "--steps",
+        "1",
+        "--resolution",
+        "16",
+        "--batch-size",
+        "2",
+        "--sample-every",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    args += ["--cache-dir", str(setup["cache"]), "--drift", "0.05", "--job-dir", str(job), "--quiet"]
+    assert main(args) == 0
+    assert main(["jobs", "status", str(job), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "finished" and status["step"] == 1 and status["model"]
+    assert main(["jobs", "list", str(setup["root"])]) == 0
+    assert "cli  basic  finished  step 1/1" in capsys.readouterr().out
+    assert main(args) == JobError.exit_code  # the folder already holds a job
+    assert "already holds a job" in capsys.readouterr().err
+    assert main(["jobs", "status", str(setup["root"] / "nothing")]) == JobError.exit_code
+
+
+def test_two_processes_with_accelerate_launch(setup) -> None:
+    job = setup["root"] / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+    ]
+    command += [
+        "--cpu",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "latentdrift.cli",
+        "finetune",
+    ]
+    command += [
+        "--cohort",
+        str(setup["cohort"]),
+        "--scheme",
+        "basic",
+        "--model",
+        str(setup["base"]),
+        "--steps",
+        "2",
+    ]
+    command += ["--resolution", "16", "--batch-size", "1", "--checkpoint-every", "1", "--sample-every", "2"]
+    command += [
+        "--sample-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(setup["cache"]),
+        "--job-dir",
+        str(job),
+        "--quiet",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, **ONE_THREAD}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _steps(job) == [1, 2]
+    assert json.loads((job / "state.json").read_text(encoding="utf-8"))["state"] == "finished"
+    assert [checkpoint_step(p) for p in checkpoints(job / "checkpoints")] == [2, 1]
+    assert (job / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
+    from latentdrift.ldseg import load_ldseg_model
+    from latentdrift.synthetic import SubjectSettings, synthetic_subject
+    from latentdrift.volumes import write_volume
+
+    lines = ["subject,path,label"]
+    for seed in range(2):
+        image, labels = synthetic_subject(seed, SubjectSettings(spacing_mm=8.0))
+        write_volume(image, tmp_path / f"s{seed}.nrrd")
+        write_volume(labels, tmp_path / f"s{seed}_label.nrrd")
+        lines.append(f"s{seed},s{seed}.nrrd,s{seed}_label.nrrd")
+    lines.append("bad,s0.nrrd,missing_label.nrrd")
+    (tmp_path / "seg.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = quick_config(
+        tmp_path / "seg.csv", None, "ldseg", tmp_path / "cache", resolution=32, validation_fraction=0.5
+    )
+    job = jobs.create_job(tmp_path / "job", config)
+    summary = jobs.run_job(job)
+    assert summary["command"] == "train-ldseg"
+    model = load_ldseg_model(job / "model", "cpu")
+    assert model.config.num_classes == 4
+    report = json.loads((job / "cohort_report.json").read_text(encoding="utf-8"))
+    assert (
+        report["rows_used"] == 2
+        and "missing_label" in report["problems"][0]["reason"] + report["problems"][0]["path"]
+    )
+    assert _steps(job)[-1] == 2 and jobs.status(job)["state"] == "finished"
+
+
+def test_batch_segment_skips_bad_rows_and_finished_subjects(tmp_path: Path, capsys) -> None:
+    from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+
+    model = tmp_path / "ldseg"
+    save_ldseg_model(LDSegNetwork(tiny_config(["background", "object"], image_size=32)), model)
+    for name in ("a", "b"):
+        write_blob(tmp_path / f"{name}.nrrd", 3, shape=(4, 20, 20))
+    (tmp_path / "c.csv").write_text(
+        "subject,session,path\na,1,a.nrrd\nb,1,b.nrrd\nc,1,missing.nrrd\nd,1\n", encoding="utf-8"
+    )
+    args = [
+        "batch",
+        "segment",
+        str(tmp_path / "c.csv"),
+        "--model",
+        str(model),
+        "--samples",
+        "1",
+        "--steps",
+        "1",
+    ]
+    args += ["--device", "cpu", "-o", str(tmp_path / "out")]
+    assert main(args) == 1  # the missing file fails its row, the others are done
+    first = json.loads((tmp_path / "out" / "batch.json").read_text(encoding="utf-8"))
+    assert sorted(first["done"]) == ["a_1", "b_1"] and first["failed"][0]["folder"] == "c_1"
+    assert first["bad_rows"][0]["line"] == 5
+    assert (tmp_path / "out" / "a_1" / "summary.json").is_file()
+    main(args)
+    again = json.loads((tmp_path / "out" / "batch.json").read_text(encoding="utf-8"))
+    assert sorted(again["already_done"]) == ["a_1", "b_1"] and again["done"] == []
