@@ -16,7 +16,10 @@ from latentdrift.scene import load_volume_node
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "docs" / "slicer-module.md", ROOT / "README.md"]
-PRINTED = {"slicer-module.md": ("failed as expected", "slice "), "README.md": ("segments:",)}
+PRINTED = {
+    "slicer-module.md": ("failed as expected", "slice ", "fine-tuned to step 2"),
+    "README.md": ("segments:", "counterfactual:"),
+}
 """What each document's examples print when they really ran."""
 BLOCK = re.compile(r"<!-- test(?:: requires (?P<command>[\w-]+))? -->\s*```python\n(?P<code>.*?)```", re.S)
 
@@ -45,6 +48,12 @@ def test_doc_examples_run(doc: Path, session, oblique_nifti: Path, tmp_path: Pat
             from latentdrift.tiny_models import build_tiny_sd
 
             namespace["edit_model"] = build_tiny_sd(tmp_path / "tiny-ip2p", instruct=True)
+        if command == "finetune" and "cohort_csv" not in namespace:
+            from train_support import tiny_base, write_cohort
+
+            namespace["cohort_csv"] = write_cohort(tmp_path / "cohort")
+            namespace["base_model"] = tiny_base(tmp_path / "tiny-sd")
+            namespace["job_dir"] = tmp_path / "job"
         if command == "segment" and "ldseg_model" not in namespace:
             from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
 
