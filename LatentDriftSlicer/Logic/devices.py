@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import psutil
 import torch
 
 from .errors import DeviceError, OutOfMemoryError
@@ -143,11 +144,17 @@ def _release_cached_memory() -> None:
 
 
 def suggest_batch_size(device: torch.device, bytes_per_item: int, ceiling: int = 64) -> int:
-    """A first batch size: what fits in 70 % of free CUDA memory, or ``min(ceiling, 8)`` elsewhere.
+    """A first batch size: what fits in 70 % of free CUDA memory or 50 % of available RAM (CPU), at most ``ceiling``.
 
-    ``bytes_per_item`` is the caller's estimate of peak memory for one item of the batch.
+    ``bytes_per_item`` is the caller's estimate of peak memory for one item of the batch. MPS, whose
+    free memory torch does not report, starts at ``min(ceiling, 8)``. Out-of-memory errors still halve
+    the batch (:func:`run_in_batches`).
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(max(1, min(ceiling, (0.7 * free) // max(1, bytes_per_item))))
-    return max(1, min(ceiling, 8))
+        budget = 0.7 * free
+    elif device.type == "cpu":
+        budget = 0.5 * psutil.virtual_memory().available
+    else:
+        return max(1, min(ceiling, 8))
+    return int(max(1, min(ceiling, budget // max(1, bytes_per_item))))

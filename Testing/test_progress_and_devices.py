@@ -1,4 +1,4 @@
-"""Progress lines for GUIs: parseable, throttled, with an ETA that suits resumed runs."""
+"""Progress lines for GUIs (parseable, throttled, resumed-run ETA) and first batch sizes per device."""
 
 from __future__ import annotations
 
@@ -27,3 +27,18 @@ def test_updates_are_throttled_but_the_last_one_is_kept(capsys, monkeypatch) -> 
         progress(done, 10, "segmenting")
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["done"] for line in lines] == [1, 10]
+
+
+def test_cpu_batch_size_follows_available_memory(monkeypatch) -> None:
+    import torch
+
+    from latentdrift import devices
+
+    class Memory:
+        available = 8 * 2**30
+
+    monkeypatch.setattr(devices.psutil, "virtual_memory", lambda: Memory)
+    cpu = torch.device("cpu")
+    assert devices.suggest_batch_size(cpu, bytes_per_item=2**30, ceiling=64) == 4  # half of 8 GiB
+    assert devices.suggest_batch_size(cpu, bytes_per_item=2**20, ceiling=64) == 64
+    assert devices.suggest_batch_size(cpu, bytes_per_item=2**40, ceiling=64) == 1
