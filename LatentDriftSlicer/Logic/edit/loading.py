@@ -61,18 +61,7 @@ class PipelineBundle:
 
     def pipeline(self, kind: type, scheduler: Any) -> Any:
         """A stock Stable Diffusion pipeline of class ``kind`` over these modules, progress bar off."""
-        pipeline = kind(
-            unet=self.unet,
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
+        return stock_pipeline(kind, self.unet, self.vae, self.text_encoder, self.tokenizer, scheduler)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` on this bundle's device, in its dtype."""
@@ -86,6 +75,22 @@ class PipelineBundle:
         with torch.no_grad():
             latents = self.vae.encode(self.to_device(pixels)).latent_dist.mode()
         return latents * self.vae.config.scaling_factor
+
+
+def stock_pipeline(kind: type, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any) -> Any:
+    """A stock diffusers pipeline of class ``kind`` over existing modules: no safety checker, no progress bar."""
+    pipeline = kind(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def load_bundle(

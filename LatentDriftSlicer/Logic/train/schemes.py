@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..edit.loading import stock_pipeline
 from ..errors import InputError, ModelError
 from ..prompts import DEFAULT_MODALITY, Attributes, PromptOptions, describe, instruct
 from .cohorts import CohortData, longitudinal_pairs
@@ -186,18 +187,9 @@ class Scheme:
 
     def pipeline(self, parts: Parts, scheduler: Any) -> Any:
         """A stock pipeline over the current modules (for samples and saving)."""
-        pipeline = self.pipeline_class(
-            unet=parts.unet,
-            vae=parts.vae,
-            text_encoder=parts.text_encoder,
-            tokenizer=parts.tokenizer,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+        return stock_pipeline(
+            self.pipeline_class, parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler
         )
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
 
 
 class LoraScheme(Scheme):
