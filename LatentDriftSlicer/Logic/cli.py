@@ -531,43 +531,20 @@ def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> Non
 
 
 def _finetune_config(args: argparse.Namespace) -> Any:
+    """The job's FinetuneConfig: every option named like a config field, plus the negated flags."""
+    from dataclasses import fields
+
     from .drift import parse_drift
     from .train.config import FinetuneConfig
 
-    return FinetuneConfig(
-        cohort=args.cohort,
-        scheme=args.scheme,
-        model=args.model,
-        steps=args.steps,
+    names = {field.name for field in fields(FinetuneConfig)}
+    values = {name: value for name, value in vars(args).items() if name in names}
+    values.update(
         drift=parse_drift(args.drift) if args.drift is not None else None,
-        search_drift=args.search_drift,
-        batch_size=args.batch_size,
-        gradient_accumulation=args.gradient_accumulation,
-        learning_rate=args.learning_rate,
-        lr_scheduler=args.lr_scheduler,
-        mixed_precision=args.mixed_precision,
-        resolution=args.resolution,
-        axis=args.axis,
-        prompt_style=args.prompt_style,
         patient_info=not args.no_patient_info,
-        age_format=args.age_format,
-        validation_fraction=args.validation_fraction,
-        checkpoint_every=args.checkpoint_every,
-        sample_every=args.sample_every,
-        sample_steps=args.sample_steps,
-        log_every=args.log_every,
-        seed=args.seed,
-        device=args.device,
-        lora_rank=args.lora_rank,
         merge_lora=not args.no_merge_lora,
-        num_class_images=args.num_class_images,
-        prior_loss_weight=args.prior_loss_weight,
-        modifier_token=args.modifier_token,
-        search_samples=args.search_samples,
-        search_steps=args.search_steps,
-        classes=args.classes,
-        cache_dir=args.cache_dir,
     )
+    return FinetuneConfig(**values)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
