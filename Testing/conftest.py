@@ -69,3 +69,20 @@ def session():
     from latentdrift.scene import SceneSession
 
     return SceneSession.headless()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight Stable Diffusion and InstructPix2Pix folders, built in code (no hub)."""
+    from latentdrift.tiny_models import build_tiny_sd
+
+    root = tmp_path_factory.mktemp("models")
+    return {"sd": build_tiny_sd(root / "sd"), "instruct": build_tiny_sd(root / "ip2p", instruct=True)}
+
+
+@pytest.fixture(scope="module")
+def sd(folders: dict[str, Path]):
+    """The tiny Stable Diffusion folder loaded on the CPU."""
+    from latentdrift.edit import load_bundle
+
+    return load_bundle(folders["sd"], "cpu")

@@ -17,23 +17,11 @@ from latentdrift.edit import EditSettings, PipelineBundle, load_bundle
 from latentdrift.errors import ParameterError
 from latentdrift.prompts import Attributes
 from latentdrift.scene import load_volume_node, node_to_volume
-from latentdrift.tiny_models import build_tiny_sd
 from latentdrift.volumes import Geometry, Volume, extract_slices, reassemble
 
 SOURCE = Attributes.parse("age=70,sex=F,dx=CN")
 TARGET = Attributes.parse("age=77,dx=MCI", base=SOURCE)
 TOL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {"sd": build_tiny_sd(root / "sd"), "instruct": build_tiny_sd(root / "ip2p", instruct=True)}
-
-
-@pytest.fixture(scope="module")
-def sd(folders: dict[str, Path]) -> PipelineBundle:
-    return load_bundle(folders["sd"], "cpu")
 
 
 @pytest.fixture(scope="module")

@@ -21,23 +21,11 @@ from latentdrift.drift import DriftCallback
 from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, generate_slices, load_bundle
 from latentdrift.errors import InputError, ModelError, OutOfMemoryError, ParameterError
 from latentdrift.prompts import Attributes
-from latentdrift.tiny_models import build_tiny_sd
 
 SIZE = 32
 STEPS = 4
 SOURCE = Attributes.parse("age=70,sex=F,dx=CN")
 TARGET = Attributes.parse("age=77,dx=MCI", base=SOURCE)
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {"sd": build_tiny_sd(root / "sd"), "instruct": build_tiny_sd(root / "ip2p", instruct=True)}
-
-
-@pytest.fixture(scope="module")
-def sd(folders: dict[str, Path]) -> PipelineBundle:
-    return load_bundle(folders["sd"], "cpu")
 
 
 @pytest.fixture(scope="module")
