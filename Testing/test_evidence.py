@@ -1,0 +1,75 @@
+"""The evidence pipeline (benchmarks/evidence/run.py --quick) end to end, and its resume from the cache."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "evidence" / "run.py"
+SECTIONS = ("section1_drift", "section2_counterfactual", "section3_classifier", "section4_prompts")
+
+
+def numbers(value: Any) -> list[float]:
+    """Every number inside a JSON value."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers(v)]
+    return []
+
+
+def run_quick(tmp_path: Path) -> dict[str, Any]:
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--work",
+        str(tmp_path / "work"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / "out" / "results.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_quick_evidence_runs_every_section_and_resumes_from_its_cache(tmp_path: Path) -> None:
+    results = run_quick(tmp_path)
+    assert "--quick" in results["command"] and "benchmarks/evidence/run.py" in results["command"]
+    for name in SECTIONS:
+        values = numbers(results[name])
+        assert values and all(math.isfinite(v) for v in values), name
+    section1 = results["section1_drift"]
+    assert {(r["scheme"], r["drift"]) for r in section1["rows"]} == {
+        (s, d)
+        for s in ("basic", "lora", "textual-inversion", "dreambooth", "custom-diffusion")
+        for d in (False, True)
+    }
+    for row in section1["rows"]:
+        assert row["fid"] >= -1e-6 and row["samples"] == results["sizes"]["samples"]
+        assert math.isfinite(row["kid"]) and row["mean_image_l1"] > 0
+    summary = results["section2_counterfactual"]["summary"]
+    assert [r["delta"] for r in summary["rows"]] == results["sizes"]["deltas"]
+    assert all(-1 <= r["ssim"] <= 1 and -1 <= r["ssim_outside"] <= 1 for r in summary["rows"])
+    assert all(0 <= r["auc"] <= 1 for r in results["section3_classifier"]["rows"])
+    assert len(results["section4_prompts"]["styles"]) == 4 and len(results["section4_prompts"]["ages"]) == 3
+    out = tmp_path / "out"
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert results["command"] in markdown and "Inception weights are unavailable offline" in markdown
+    for png in results["figures"]:
+        assert (out / png).stat().st_size > 1000
+    again = run_quick(tmp_path)
+    assert all(stage["cached"] for stage in again["stage_seconds"].values())
+    assert again["section1_drift"] == section1
