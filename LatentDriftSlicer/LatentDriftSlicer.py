@@ -191,6 +191,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.modeTabWidget.connect("currentChanged(int)", self.populateModels)
+        self.ui.editModeComboBox.connect("currentIndexChanged(int)", self.populateModels)
         self._timer.connect("timeout()", self.onTimer)
 
         self.populateDevices()
@@ -289,24 +290,28 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         value = qt.QSettings().value(f"{SETTINGS_GROUP}/modelFolders", [])
         return [value] if isinstance(value, str) else list(value or [])
 
-    def populateModels(self, tabIndex: int = -1) -> None:
-        """Fill the model selector with the models that fit the current tab."""
+    def populateModels(self, index: int = -1) -> None:
+        """Fill the model selector with the models that fit the current tab.
+
+        Preselects the model last chosen for the task, else the task's default model, else the first.
+        """
         assert self.logic is not None
         kinds = self.logic.modelKinds(self.currentMode())
-        saved = qt.QSettings().value(f"{SETTINGS_GROUP}/model/{self.currentMode()}", "")
+        saved = qt.QSettings().value(f"{SETTINGS_GROUP}/model/{self.currentTask()}", "")
         self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         for label, folder in self.logic.modelChoices(kinds, self.modelFolders()):
             self.ui.modelComboBox.addItem(label, str(folder))
         if self.ui.modelComboBox.count == 0:
             self.ui.modelComboBox.addItem("(no model found: add a model folder)", "")
-        index = self.ui.modelComboBox.findData(saved)
-        self.ui.modelComboBox.setCurrentIndex(max(index, 0))
+        preferred = (saved, self.logic.defaultModel(self.currentTask()))
+        found = (self.ui.modelComboBox.findData(folder) for folder in preferred if folder)
+        self.ui.modelComboBox.setCurrentIndex(next((position for position in found if position >= 0), 0))
         self.ui.modelComboBox.blockSignals(False)
 
     def onModelChanged(self, index: int) -> None:
-        """Remember the model chosen for this tab."""
-        qt.QSettings().setValue(f"{SETTINGS_GROUP}/model/{self.currentMode()}", self.currentModel())
+        """Remember the model chosen for this task."""
+        qt.QSettings().setValue(f"{SETTINGS_GROUP}/model/{self.currentTask()}", self.currentModel())
 
     def currentModel(self) -> str:
         """The chosen model folder ('' for none)."""
@@ -315,6 +320,11 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def currentMode(self) -> str:
         """``counterfactual``, ``segment`` or ``finetune``, from the selected tab."""
         return ("counterfactual", "segment", "finetune")[max(self.ui.modeTabWidget.currentIndex, 0)]
+
+    def currentTask(self) -> str:
+        """The engine task of the tab: its edit mode on the Counterfactual tab, else ``segment``/``finetune``."""
+        mode = self.currentMode()
+        return str(self.ui.editModeComboBox.currentText or "instruct") if mode == "counterfactual" else mode
 
     def onAddModelFolder(self) -> None:
         """Ask for a model folder (or a folder of models) and remember it."""
@@ -611,6 +621,13 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     def modelKinds(mode: str) -> tuple[str, ...]:
         """Model kinds that fit a tab."""
         return ("ldseg",) if mode == "segment" else ("instruct-pix2pix", "stable-diffusion")
+
+    @staticmethod
+    def defaultModel(task: str) -> str:
+        """The folder of ``task``'s default model ('' when it is not installed; no heavy imports)."""
+        from latentdrift.console import default_model_folder
+
+        return str(default_model_folder(task) or "")
 
     @staticmethod
     def modelChoices(kinds: tuple[str, ...], folders: list[str]) -> list[tuple[str, Path]]:

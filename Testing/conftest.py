@@ -86,3 +86,46 @@ def sd(folders: dict[str, Path]):
     from latentdrift.edit import load_bundle
 
     return load_bundle(folders["sd"], "cpu")
+
+
+@pytest.fixture(scope="module")
+def default_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of tiny models under the default models' names, for ``LATENTDRIFT_DEFAULT_MODELS``.
+
+    The instruct editor records δ = 0.05 with a drifted start in its ``latentdrift.json``, as a model
+    fine-tuned with drift does. Tests that set the variable to this folder get these models whether
+    or not the real defaults are bundled.
+    """
+    from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+    from latentdrift.tiny_models import build_tiny_sd
+    from latentdrift.train.metadata import update_metadata
+
+    root = tmp_path_factory.mktemp("defaults")
+    build_tiny_sd(root / "brain-mri-sd")
+    update_metadata(build_tiny_sd(root / "brain-mri-instruct", instruct=True), drift=0.05, drift_start=True)
+    (root / "mini-sd-natural").symlink_to(root / "brain-mri-sd")
+    save_ldseg_model(LDSegNetwork(tiny_config(("background", "tissue"))), root / "brain-tissue-ldseg")
+    return root
+
+
+@pytest.fixture
+def tiny_defaults(default_models: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny default models in front of the registry (see :func:`default_models`)."""
+    from latentdrift.models import DEFAULT_MODELS_ENV
+
+    monkeypatch.setenv(DEFAULT_MODELS_ENV, str(default_models))
+    return default_models
+
+
+@pytest.fixture
+def no_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A registry with no model at all: empty bundled and user folders, no model variables."""
+    from latentdrift import models
+
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    for name in ("BUNDLED_MODELS", "USER_MODELS"):
+        monkeypatch.setattr(models, name, empty)
+    for variable in ("LATENTDRIFT_MODELS", models.DEFAULT_MODELS_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    return empty

@@ -158,3 +158,39 @@ def test_bad_runs_fail_with_one_line_and_write_nothing(
     error = capsys.readouterr().err.strip()
     assert error.startswith("latentdrift: error:") and "\n" not in error and message in error
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no result, no partial folder
+
+
+def test_without_a_model_the_default_of_the_mode_is_used(
+    tiny_defaults: Path, oblique_nifti: Path, tmp_path: Path
+) -> None:
+    edit = [
+        "counterfactual",
+        str(oblique_nifti),
+        *EDIT,
+        "--from",
+        "age=70",
+        "--to",
+        "age=75",
+        "--slices",
+        "2:4",
+    ]
+    runs = [
+        ("brain-mri-instruct", [*edit, "--edit", "instruct"]),
+        ("brain-mri-sd", [*edit, "--edit", "img2img"]),
+        ("brain-mri-sd", ["generate", "--attributes", "age=75", "--count", "1", *EDIT]),
+    ]
+    for index, (name, args) in enumerate(runs):
+        out = tmp_path / f"run{index}"
+        assert main([*args, "--output", str(out)]) == 0
+        assert json.loads((out / "summary.json").read_text())["inputs"]["model"] == str(tiny_defaults / name)
+
+
+def test_a_missing_default_model_is_one_line_and_no_output(
+    no_models: Path, oblique_nifti: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "results" / "cf"
+    args = ["counterfactual", str(oblique_nifti), *EDIT, "--from", "age=70", "--to", "age=77"]
+    assert main([*args, "--output", str(out)]) == 4
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("latentdrift: error: The default instruct model 'brain-mri-instruct'")
+    assert "\n" not in error and not out.parent.exists()

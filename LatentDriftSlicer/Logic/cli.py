@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
     segment.add_argument(
-        "--model", default=DEFAULT_SEGMENTATION_MODEL, help="model name or folder (see `info`)"
+        "--model",
+        default=None,
+        help=f"model name or folder (see `info`; default: {_default_name('segment')})",
     )
     segment.add_argument("--samples", type=int, default=8, help="samples per slice (uncertainty); 1 allowed")
     segment.add_argument(
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.set_defaults(handler=_run_segment)
     _add_counterfactual_parser(commands, common)
     _add_generate_parser(commands, common)
+    _add_demo_parser(commands, common)
     _add_training_parsers(commands, common)
 
     train = commands.add_parser(
@@ -138,10 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEFAULT_SEGMENTATION_MODEL = "brain-tissue-ldseg"
 _INPUT_HELP = (
     "volume file (NRRD, NIfTI, MHA/MHD), DICOM series folder, or sample:mni152-t1 (the bundled sample)"
 )
+
+
+def _default_name(task: str) -> str:
+    """The name of ``task``'s default model, for help texts."""
+    from .models import DEFAULT_MODELS
+
+    return DEFAULT_MODELS[task].name
 
 
 def _add_output(parser: argparse.ArgumentParser) -> None:
@@ -297,7 +306,12 @@ def _add_generate_parser(commands: Any, common: argparse.ArgumentParser) -> None
 
 def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
     """Options every Stable Diffusion command shares: model, prompt, drift, sampling, batching, precision."""
-    parser.add_argument("--model", required=True, help="diffusers-format Stable Diffusion folder")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="diffusers-format Stable Diffusion folder or name (default: "
+        f"{_default_name('instruct')} for --edit instruct, else {_default_name('generate')})",
+    )
     parser.add_argument("--prompt", default=None, help="the text prompt (default: built from the attributes)")
     parser.add_argument(
         "--drift",
@@ -319,6 +333,39 @@ def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--full-precision", action="store_true", help="float32 on CUDA (default there: float16)"
     )
+
+
+DEMO_SOURCE = "age=70,dx=CN"
+DEMO_TARGET = "age=75,dx=AD"
+DEMO_STEPS = 20
+
+
+def _add_demo_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="the main job with the default models: LDSeg segmentation + uncertainty and a CN→AD "
+        "counterfactual of one volume, each with its scene and preview",
+    )
+    parser.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
+    parser.add_argument(
+        "--from", dest="source", default=DEMO_SOURCE, metavar="ATTRS", help=f"default: {DEMO_SOURCE}"
+    )
+    parser.add_argument(
+        "--to", dest="target", default=DEMO_TARGET, metavar="ATTRS", help=f"default: {DEMO_TARGET}"
+    )
+    parser.add_argument(
+        "--drift", default=None, help="Latent Drift δ (default: the δ recorded with the editor, else 0)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=DEMO_STEPS,
+        help=f"counterfactual denoising steps (default: {DEMO_STEPS})",
+    )
+    _add_output(parser)
+    _add_slicing(parser)
+    parser.set_defaults(handler=_run_demo)
 
 
 def _edit_settings(args: argparse.Namespace, **specific: Any) -> Any:
@@ -389,6 +436,27 @@ def _run_generate(args: argparse.Namespace) -> int:
         full_precision=args.full_precision,
         progress=args.progress,
     )
+    _report(args, summary)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .drift import parse_drift
+    from .sample_data import resolve_input
+    from .workflows.demo import DemoSettings, demo_file
+
+    source = _attributes(args.source)
+    settings = DemoSettings(
+        source=source,
+        target=_attributes(args.target, source),
+        drift=parse_drift(args.drift) if args.drift is not None else None,
+        steps=args.steps,
+        axis=args.axis,
+        slices=args.slices,
+        seed=args.seed,
+        device=args.device,
+    )
+    summary = demo_file(resolve_input(args.input), args.output, settings, args.progress)
     _report(args, summary)
     return 0
 
@@ -512,7 +580,9 @@ def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> Non
     batch.add_argument(
         "--image-guidance", type=float, default=1.5, help="counterfactual instruct image guidance"
     )
-    batch.add_argument("--model", required=True, help="LDSeg model (segment) or Stable Diffusion folder")
+    batch.add_argument(
+        "--model", default=None, help="LDSeg model (segment) or Stable Diffusion folder (default: the task's)"
+    )
     batch.add_argument(
         "--steps", type=int, default=None, help="sampling steps (default: segment the model's, else 20)"
     )

@@ -423,10 +423,15 @@ def _slicing_arguments(axis: Axis, slices: str | None) -> list[str]:
     return ["--axis", axis, *(["--slices", slices] if slices else [])]
 
 
+def _model_arguments(model: str | Path | None) -> list[str]:
+    """``--model MODEL``, or nothing for the command's default model."""
+    return ["--model", str(model)] if model is not None else []
+
+
 def prepare_segment(
     volume_node: Any,
     *,
-    model: str | Path,
+    model: str | Path | None = None,
     samples: int = 8,
     steps: int = 15,
     axis: Axis = "axial",
@@ -439,8 +444,7 @@ def prepare_segment(
 ) -> PreparedRun:
     """The ``latentdrift segment`` run of :func:`segment`, not started (for a GUI that launches it itself)."""
     arguments = [
-        "--model",
-        str(model),
+        *_model_arguments(model),
         "--samples",
         str(samples),
         "--steps",
@@ -464,7 +468,7 @@ def prepare_segment(
 def segment(
     volume_node: Any,
     *,
-    model: str | Path,
+    model: str | Path | None = None,
     samples: int = 8,
     steps: int = 15,
     axis: Axis = "axial",
@@ -480,7 +484,7 @@ def segment(
 
     ``samples`` diffusion samples of ``steps`` steps each are combined per slice; ``slices`` is a
     range ``"a:b"`` along ``axis`` (default: all). ``probabilities=True`` also loads one
-    probability map per class.
+    probability map per class. ``model`` None uses the default segmentation model.
     """
     run = prepare_segment(
         volume_node,
@@ -536,7 +540,7 @@ def prepare_counterfactual(
     """The ``latentdrift counterfactual`` run of :func:`counterfactual`, not started."""
     if edit not in EDIT_MODES:
         raise errors.ParameterError(f"Unknown edit mode '{edit}': use {', '.join(EDIT_MODES)}.")
-    arguments = ["--edit", edit, *(["--model", str(model)] if model is not None else [])]
+    arguments = ["--edit", edit, *_model_arguments(model)]
     if instruction:
         arguments += ["--instruction", instruction]
     if prompt:
@@ -589,7 +593,8 @@ def counterfactual(
     ``edit`` is ``instruct`` (give ``instruction``, or ``source``/``target`` attributes such as
     ``"age=70,sex=F,dx=CN"`` → ``"age=77,dx=MCI"``), ``img2img`` (give ``prompt``) or ``direction``
     (give ``source`` and ``target``). ``drift`` is the Latent Drift δ; ``fade`` the opacity of the
-    counterfactual over the input in the slice views.
+    counterfactual over the input in the slice views. ``model`` None uses the edit mode's default
+    model (``brain-mri-instruct`` for instruct, else ``brain-mri-sd``).
     """
     run = prepare_counterfactual(
         volume_node,
@@ -711,6 +716,21 @@ CPU_WARNING = (
     "Running on the CPU: expect minutes per volume. Use fewer slices, samples or steps to try settings, "
     "and a GPU for full volumes."
 )
+
+
+def default_model_folder(task: str) -> Path | None:
+    """The folder of ``task``'s default model (a selector preselects it), or None when none fits.
+
+    ``task``: an edit mode (``instruct``, ``img2img``, ``direction``, ``generate``), ``segment`` or
+    ``finetune``. A default that is missing or of the wrong kind gives None (a run says why).
+    """
+    from .models import find_default
+
+    try:
+        entry = find_default(task)
+    except errors.ModelError:
+        return None
+    return entry.path if entry is not None else None
 
 
 def model_choices(kinds: Iterable[str], extra_folders: Iterable[str | Path] = ()) -> list[tuple[str, Path]]:
@@ -856,6 +876,7 @@ def start_finetune(
     """Start fine-tuning in the background; returns its :class:`TrainingJob` at once.
 
     ``drift`` trains with Latent Drift δ (``search_drift=True`` searches δ instead; neither: none).
+    ``model`` None starts from the default base model (``mini-sd-natural``) when it is installed.
     """
     if scheme not in FINETUNE_SCHEMES:
         raise errors.ParameterError(f"Unknown scheme '{scheme}': use {', '.join(FINETUNE_SCHEMES)}.")
@@ -864,8 +885,7 @@ def start_finetune(
         arguments.append("--search-drift")
     elif drift is not None:
         arguments += [f"--drift={drift}"]
-    if model is not None:
-        arguments += ["--model", str(model)]
+    arguments += _model_arguments(model)
     arguments += ["--job-dir", str(job_dir), "--device", device, "--seed", str(seed)]
     return TrainingJob(job_dir, EngineProcess.start_command("finetune", arguments))
 

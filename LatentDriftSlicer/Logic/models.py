@@ -8,6 +8,11 @@ A model is a folder. Two kinds are recognised without loading any weights:
 Folders are searched in: the bundled ``bundled_models/`` inside the engine, every folder listed in the
 ``LATENTDRIFT_MODELS`` environment variable (``os.pathsep``-separated), and ``~/.latentdrift/models``.
 Each search folder may be a model itself or hold model folders one level down.
+
+Each task has a default model (:data:`DEFAULT_MODELS`), used when no model is given:
+:func:`choose_model` resolves a given model or the task's default. A folder named in
+``LATENTDRIFT_DEFAULT_MODELS`` is searched for the default models before the registry, so a site (or a
+test) can put its own copies of ``brain-mri-instruct`` and the others in front of the bundled ones.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, ParameterError
 
 LDSEG_FORMAT = "latentdrift-ldseg"
 """The ``format`` value of an LDSeg model's config.json (written by :mod:`latentdrift.ldseg.model_io`)."""
 BUNDLED_MODELS = Path(__file__).resolve().parent / "bundled_models"
 USER_MODELS = Path.home() / ".latentdrift" / "models"
+DEFAULT_MODELS_ENV = "LATENTDRIFT_DEFAULT_MODELS"
+"""Environment variable naming a folder searched first for the default models (by their names)."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,87 @@ def resolve_model(name_or_path: str | Path, kinds: tuple[str, ...]) -> ModelEntr
                 f"No model named '{name_or_path}'. Available: {names}. Or give a model folder path."
             )
         entry = matches[0]
+    return _checked(entry, kinds)
+
+
+def _checked(entry: ModelEntry, kinds: tuple[str, ...]) -> ModelEntry:
+    """``entry`` when it is one of ``kinds``; else :class:`ModelError`."""
     if entry.kind not in kinds:
         raise ModelError(
             f"Model '{entry.name}' is a {entry.kind} model; this task needs: {', '.join(kinds)}."
         )
     return entry
+
+
+# --------------------------------------------------------------------------- default models
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    """The model a task uses when none is given: its name, the kinds that fit, how to get it."""
+
+    name: str
+    kinds: tuple[str, ...]
+    remedy: str
+
+
+_GENERATIVE_REMEDY = "train it with `python scripts/train_default_generative.py`"
+_TEXT_TO_IMAGE = DefaultModel("brain-mri-sd", ("stable-diffusion",), _GENERATIVE_REMEDY)
+DEFAULT_MODELS: dict[str, DefaultModel] = {
+    "generate": _TEXT_TO_IMAGE,
+    "img2img": _TEXT_TO_IMAGE,
+    "direction": _TEXT_TO_IMAGE,
+    "instruct": DefaultModel("brain-mri-instruct", ("instruct-pix2pix",), _GENERATIVE_REMEDY),
+    "segment": DefaultModel(
+        "brain-tissue-ldseg", ("ldseg",), "train it with `python scripts/train_default_ldseg.py`"
+    ),
+    "finetune": DefaultModel("mini-sd-natural", ("stable-diffusion", "instruct-pix2pix"), _GENERATIVE_REMEDY),
+}
+"""The default model per task: the edit modes (``generate`` is text-to-image), ``segment``, ``finetune``
+(the base model fine-tuning starts from)."""
+
+
+def _default_for(task: str) -> DefaultModel:
+    if task not in DEFAULT_MODELS:
+        raise ParameterError(
+            f"Unknown task '{task}': the tasks with a default model are {', '.join(DEFAULT_MODELS)}."
+        )
+    return DEFAULT_MODELS[task]
+
+
+def find_default(task: str) -> ModelEntry | None:
+    """The default model of ``task`` if it is installed, else None (see :func:`default_model`).
+
+    Looked for in the ``LATENTDRIFT_DEFAULT_MODELS`` folder first, then in the registry; a model of
+    that name that does not fit the task raises :class:`ModelError`.
+    """
+    default = _default_for(task)
+    for folder in _override_folders():
+        if model_kind(folder / default.name) is not None:
+            return resolve_model(folder / default.name, default.kinds)
+    found = next((m for m in list_models() if m.name == default.name), None)
+    return None if found is None else _checked(found, default.kinds)
+
+
+def default_model(task: str) -> ModelEntry:
+    """The default model of ``task``; raises :class:`ModelError` saying how to get it when it is missing."""
+    entry = find_default(task)
+    if entry is None:
+        default = _default_for(task)
+        raise ModelError(
+            f"The default {task} model '{default.name}' is not installed (searched "
+            f"{', '.join(str(p) for p in [*_override_folders(), *search_folders()])}): {default.remedy}, "
+            "or pass --model NAME|DIR."
+        )
+    return entry
+
+
+def _override_folders() -> list[Path]:
+    """The ``LATENTDRIFT_DEFAULT_MODELS`` folder, when set."""
+    override = os.environ.get(DEFAULT_MODELS_ENV)
+    return [Path(override).expanduser()] if override else []
+
+
+def choose_model(model: str | Path | None, task: str) -> ModelEntry:
+    """``model`` (registry name or folder) checked to fit ``task``, or the task's default when None."""
+    return default_model(task) if model is None else resolve_model(model, _default_for(task).kinds)

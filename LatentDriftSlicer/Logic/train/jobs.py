@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from ..errors import CancelledError, InputError, JobError, ModelError
-from ..models import list_models, resolve_model
+from ..models import find_default, list_models, resolve_model
 from ..progress import ProgressCallback
 from ..results import ResultFolder
 from .checkpoints import checkpoint_step, checkpoints, is_complete
@@ -204,12 +204,19 @@ def _log_to(job: JobFolder) -> logging.Handler:
 
 
 def base_model(config: FinetuneConfig) -> Path:
-    """The base model folder: ``config.model`` (folder or registry name) or the first one registered."""
+    """The base model folder: ``config.model`` (folder or name), else the default (``mini-sd-natural``), else any.
+
+    Without ``config.model`` the default base model is used when installed, else the first diffusion
+    model registered (an InstructPix2Pix one first for the instruct-pix2pix scheme).
+    """
     wanted = (
         ("instruct-pix2pix", "stable-diffusion") if config.scheme == "instruct-pix2pix" else DIFFUSION_KINDS
     )
     if config.model is not None:
         return resolve_model(config.model, DIFFUSION_KINDS).path
+    default = find_default("finetune")
+    if default is not None:
+        return default.path
     found = sorted((m for m in list_models() if m.kind in wanted), key=lambda m: wanted.index(m.kind))
     if not found:
         raise ModelError("No base model: give --model with a diffusers Stable Diffusion folder.")

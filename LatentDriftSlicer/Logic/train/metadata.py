@@ -26,6 +26,19 @@ def read_metadata(folder: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
 
 
+def recorded_drift(folder: Path) -> tuple[float | tuple[float, ...], bool]:
+    """The δ to sample a model with and whether to start from N(δ, I), from its ``latentdrift.json``.
+
+    ``(0.0, False)`` when the folder records no δ.
+    """
+    metadata = read_metadata(folder)
+    drift = metadata.get("drift")
+    if drift is None:
+        return 0.0, False
+    value = tuple(float(v) for v in drift) if isinstance(drift, list) else float(drift)
+    return value, bool(metadata.get("drift_start", False))
+
+
 def update_metadata(folder: Path, **fields: Any) -> Path:
     """Merge ``fields`` into ``latentdrift.json`` (created when absent)."""
     path = folder / METADATA

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..counterfactual import VolumeCounterfactual, choose_batch_size, counterfactual_volume, model_resolution
 from ..edit import EditSettings, PipelineBundle, generate_slices, load_bundle
-from ..models import resolve_model
+from ..models import choose_model
 from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
@@ -32,16 +32,18 @@ FADE = 0.5
 
 
 def open_model(
-    model: str | Path, settings: EditSettings, device: str = "auto", full_precision: bool = False
+    model: str | Path | None, settings: EditSettings, device: str = "auto", full_precision: bool = False
 ) -> PipelineBundle:
-    """Resolve and load a Stable Diffusion folder that fits ``settings.mode`` (checked before any weights load)."""
-    kinds = ("instruct-pix2pix",) if settings.mode == "instruct" else ("stable-diffusion",)
-    return load_bundle(resolve_model(model, kinds).path, device, full_precision)
+    """Resolve and load a Stable Diffusion folder that fits ``settings.mode`` (checked before any weights load).
+
+    ``model`` None means the mode's default model (:data:`latentdrift.models.DEFAULT_MODELS`).
+    """
+    return load_bundle(choose_model(model, settings.mode).path, device, full_precision)
 
 
 def counterfactual_file(
     input_path: str | Path,
-    model: str | Path,
+    model: str | Path | None,
     output: str | Path,
     settings: EditSettings,
     axis: Axis = "axial",
@@ -58,6 +60,7 @@ def counterfactual_file(
     0.5, the difference as a map with a diverging colour table and a symmetric window) with NRRD
     data recorded by role (``input``, ``counterfactual``, ``difference``), ``scene.mrb``,
     ``preview.png`` (input | counterfactual | difference) and ``summary.json``; returns the summary.
+    ``model`` None means the edit mode's default model (its folder is the ``model`` input recorded).
     """
     bundle = open_model(model, settings, device, full_precision)
     session = SceneSession.headless()
@@ -112,7 +115,7 @@ def _preview(volume: Volume, edit: VolumeCounterfactual, slices: str | None, pat
 
 
 def generate_file(
-    model: str | Path,
+    model: str | Path | None,
     output: str | Path,
     settings: EditSettings,
     count: int,
@@ -126,7 +129,7 @@ def generate_file(
     Writes ``slice_000.png`` … (role ``image``, grey, [-1, 1] mapped to 0–255), ``generated.nrrd``
     (role ``volume``: float32 in the model range [-1, 1], slices stacked along k, 1 mm spacing,
     identity direction, so its axial slices are the generated images as shown) and ``summary.json``.
-    Sample *i* uses seed ``settings.seed + i``.
+    Sample *i* uses seed ``settings.seed + i``; ``model`` None means the default text-to-image model.
     """
     bundle = open_model(model, settings, device, full_precision)
     size = model_resolution(bundle)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..devices import resolve_device
 from ..ldseg import LDSegConfig, TrainSettings, load_ldseg_model, save_ldseg_model, train_ldseg
 from ..model_cards import ldseg_training_card
-from ..models import resolve_model
+from ..models import choose_model
 from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
@@ -33,7 +33,7 @@ from .common import write_scene
 
 def segment_file(
     input_path: Path,
-    model_name: str | Path,
+    model_name: str | Path | None,
     output: str | Path,
     settings: SegmentSettings,
     probability_maps: bool = False,
@@ -43,8 +43,9 @@ def segment_file(
 
     Writes ``scene.mrml`` (input, segmentation ``.seg.nrrd``, uncertainty, optional per-class
     probability volumes, display set up), ``scene.mrb``, ``preview.png`` and ``summary.json``.
+    ``model_name`` None means the default segmentation model.
     """
-    entry = resolve_model(model_name, ("ldseg",))
+    entry = choose_model(model_name, "segment")
     model = load_ldseg_model(entry.path, resolve_device(settings.device))
     session = SceneSession.headless()
     inputs = {"volume": str(input_path), "model": str(entry.path)}

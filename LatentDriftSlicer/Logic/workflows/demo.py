@@ -1,0 +1,110 @@
+"""``latentdrift demo``: the main job in one command, with the default models.
+
+On one volume: the LDSeg segmentation with its uncertainty (``latentdrift segment`` with its default
+settings) and a counterfactual with the default InstructPix2Pix editor (``latentdrift counterfactual
+--edit instruct``), each in its own result folder (scene, preview, summary) under one result folder
+whose ``summary.json`` points to both. The whole appears at once or not at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..drift import Drift
+from ..edit import EditSettings
+from ..models import default_model
+from ..progress import ProgressCallback
+from ..prompts import Attributes
+from ..results import ResultFolder
+from ..segmentation import SegmentSettings
+from ..train.metadata import recorded_drift
+from ..volumes import Axis
+from .counterfactual import counterfactual_file
+from .segment import segment_file
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The counterfactual's attributes, δ (None: the editor's recorded δ, else 0) and steps; shared slicing."""
+
+    source: Attributes
+    target: Attributes
+    drift: Drift | None
+    steps: int
+    axis: Axis = "axial"
+    slices: str | None = None
+    seed: int = 0
+    device: str = "auto"
+
+
+def demo_file(
+    input_path: str | Path,
+    output: str | Path,
+    settings: DemoSettings,
+    progress: ProgressCallback | None = None,
+) -> dict:
+    """A volume file → ``segmentation/`` and ``counterfactual/`` result folders and a summary of both.
+
+    Both default models are resolved before any work. The top-level ``summary.json`` lists every
+    file of both parts by role (paths relative to the result folder), their figures under the part's
+    name, and ``results``: each part's own ``summary.json``.
+    """
+    segmenter, editor = default_model("segment"), default_model("instruct")
+    edit = _edit_settings(settings, editor.path)
+    inputs = {"volume": str(input_path), "segmentation_model": str(segmenter.path), "model": str(editor.path)}
+    record = {
+        "source": asdict(settings.source),
+        "target": asdict(settings.target),
+        **{name: getattr(edit, name) for name in ("drift", "drift_start", "steps")},
+    }
+    slicing = {"axis": settings.axis, "slices": settings.slices, "device": settings.device}
+    with ResultFolder(output, "demo", inputs, settings=record, **slicing, results={}, warnings=[]) as result:
+        segment_settings = SegmentSettings(
+            axis=settings.axis, slices=settings.slices, seed=settings.seed, device=settings.device
+        )
+        segmentation = segment_file(
+            Path(input_path),
+            segmenter.path,
+            result.staging / "segmentation",
+            segment_settings,
+            progress=progress,
+        )
+        _adopt(result, "segmentation", segmentation)
+        edited = counterfactual_file(
+            input_path,
+            editor.path,
+            result.staging / "counterfactual",
+            edit,
+            axis=settings.axis,
+            slices=settings.slices,
+            device=settings.device,
+            progress=progress,
+        )
+        _adopt(result, "counterfactual", edited)
+    return result.summary()
+
+
+def _edit_settings(settings: DemoSettings, editor: Path) -> EditSettings:
+    """Instruct-mode settings; without a δ, the one recorded with the editor (and its drifted start)."""
+    drift, drift_start = (settings.drift, False) if settings.drift is not None else recorded_drift(editor)
+    return EditSettings(
+        mode="instruct",
+        source=settings.source,
+        target=settings.target,
+        drift=drift,
+        drift_start=drift_start,
+        steps=settings.steps,
+        seed=settings.seed,
+    )
+
+
+def _adopt(result: ResultFolder, part: str, summary: dict[str, Any]) -> None:
+    """Record a part's files by role (as ``part/name``), its figures, warnings and summary."""
+    for role, names in summary["outputs"].items():
+        for name in [names] if isinstance(names, str) else names:
+            result.record(role, f"{part}/{name}")
+    result.figures[part] = summary["figures"]
+    result.metadata["warnings"] += [f"{part}: {warning}" for warning in summary.get("warnings", [])]
+    result.metadata["results"][part] = f"{part}/summary.json"

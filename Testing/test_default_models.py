@@ -1,0 +1,97 @@
+"""Default models: one per task, found in front of the registry or in it, refused with how to get them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latentdrift import console
+from latentdrift.errors import ModelError, ParameterError
+from latentdrift.models import DEFAULT_MODELS, choose_model, default_model, find_default
+from latentdrift.train.config import FinetuneConfig
+from latentdrift.train.jobs import base_model
+
+
+def test_every_task_has_its_default_in_front_of_the_registry(tiny_defaults: Path) -> None:
+    expected = {
+        "generate": "brain-mri-sd",
+        "img2img": "brain-mri-sd",
+        "direction": "brain-mri-sd",
+        "instruct": "brain-mri-instruct",
+        "segment": "brain-tissue-ldseg",
+        "finetune": "mini-sd-natural",
+    }
+    assert {task: default.name for task, default in DEFAULT_MODELS.items()} == expected
+    for task, name in expected.items():
+        entry = default_model(task)
+        assert entry.path == tiny_defaults / name and entry.kind in DEFAULT_MODELS[task].kinds
+        assert choose_model(None, task) == entry == find_default(task)
+        assert console.default_model_folder(task) == tiny_defaults / name
+    assert choose_model(tiny_defaults / "brain-mri-sd", "img2img").name == "brain-mri-sd"
+    with pytest.raises(ModelError, match="this task needs: instruct-pix2pix"):
+        choose_model(tiny_defaults / "brain-mri-sd", "instruct")
+
+
+def test_missing_defaults_are_refused_with_how_to_get_them(no_models: Path) -> None:
+    for task in DEFAULT_MODELS:
+        assert find_default(task) is None and console.default_model_folder(task) is None
+    with pytest.raises(ModelError) as caught:
+        default_model("instruct")
+    message = str(caught.value)
+    assert "'brain-mri-instruct' is not installed" in message and str(no_models) in message
+    assert "scripts/train_default_generative.py" in message and "--model" in message and "\n" not in message
+    with pytest.raises(ModelError, match=r"train_default_ldseg\.py"):
+        choose_model(None, "segment")
+    with pytest.raises(ParameterError, match="Unknown task 'paint'"):
+        default_model("paint")
+
+
+def _fake_model(folder: Path, pipeline: str) -> Path:
+    """A folder the registry recognises by its model_index.json (no weights: nothing loads them here)."""
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    return folder
+
+
+def test_registry_copies_count_and_a_wrong_kind_is_refused(
+    no_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shelf = tmp_path / "shelf"
+    found = _fake_model(shelf / "brain-mri-sd", "StableDiffusionPipeline")
+    _fake_model(shelf / "brain-mri-instruct", "StableDiffusionPipeline")  # not an InstructPix2Pix model
+    monkeypatch.setenv("LATENTDRIFT_MODELS", str(shelf))
+    assert default_model("generate").path == found
+    with pytest.raises(ModelError, match="'brain-mri-instruct' is a stable-diffusion model"):
+        default_model("instruct")
+    assert console.default_model_folder("instruct") is None  # a selector simply preselects nothing
+
+
+def test_fine_tuning_starts_from_the_default_base_model_first(
+    no_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shelf = tmp_path / "shelf"
+    other = _fake_model(shelf / "a-brain-editor", "StableDiffusionInstructPix2PixPipeline")
+    monkeypatch.setenv("LATENTDRIFT_MODELS", str(shelf))
+    assert base_model(FinetuneConfig(cohort="c.csv", scheme="lora")) == other  # no default: the first found
+    natural = _fake_model(shelf / "mini-sd-natural", "StableDiffusionPipeline")
+    for scheme in ("lora", "instruct-pix2pix"):
+        assert base_model(FinetuneConfig(cohort="c.csv", scheme=scheme)) == natural
+    assert base_model(FinetuneConfig(cohort="c.csv", scheme="lora", model=str(other))) == other
+
+
+def test_console_runs_leave_the_model_to_the_command_when_none_is_given(session, oblique_nifti: Path) -> None:
+    from latentdrift.scene import load_volume_node
+
+    node = load_volume_node(session, oblique_nifti)
+    runs = [
+        console.prepare_segment(node, session=session),
+        console.prepare_counterfactual(node, source="age=70", target="age=75", session=session),
+        console.prepare_segment(node, model="mine", session=session),
+    ]
+    try:
+        assert ["--model" in run.argv for run in runs] == [False, False, True]
+    finally:
+        for run in runs:
+            run.cleanup()
