@@ -18,6 +18,7 @@ the words the prompt builder uses, so its prompts take few tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,17 @@ def build_tiny_sd(folder: str | Path, instruct: bool = False, seed: int = 0) -> 
     return folder
 
 
-def tiny_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over all 256 byte symbols plus merges for the prompt builder's words."""
+def tiny_tokenizer(extra_words: Iterable[str] = ()) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over all 256 byte symbols plus merges for the prompt builder's words.
+
+    ``extra_words`` (lower-case ASCII) get merges too, so they take one token each.
+    """
     symbols = list(_byte_symbols())
     vocab: dict[str, int] = {BOS: 0, EOS: 1}
     for symbol in symbols + [s + "</w>" for s in symbols]:
         vocab.setdefault(symbol, len(vocab))
     merges: list[Any] = []
-    for word in sorted(prompt_words()):
+    for word in sorted(prompt_words() | set(extra_words)):
         for left, right in _word_merges(word):
             if (left, right) not in merges:
                 merges.append((left, right))

@@ -1,0 +1,149 @@
+"""Retrain the bundled generative models from scratch (the one command behind their model cards).
+
+    .venv/bin/python scripts/train_default_generative.py [--quick]
+
+1. ``mini-sd-natural``: a miniature Stable Diffusion pre-trained from random weights on scikit-image's
+   sample images (:mod:`latentdrift.train.pretrain`).
+2. A synthetic longitudinal brain cohort (:func:`latentdrift.synthetic_cohort.make_cohort`: 48
+   subjects at baseline and follow-up, seed 0) in ``data/generative/cohort``.
+3. ``brain-mri-sd``: text-to-image fine-tuning of ``mini-sd-natural`` on the cohort's axial slices
+   with the project's own job (scheme ``basic``), with Latent Drift at the δ searched on the base model.
+4. ``brain-mri-instruct``: an InstructPix2Pix editor fine-tuned (scheme ``instruct-pix2pix``) from
+   ``brain-mri-sd`` on the cohort's baseline → follow-up pairs, with the same δ.
+
+Every stage is resumable (checkpoints under ``data/generative/``): rerun the command after an
+interruption. The models are written to ``LatentDriftSlicer/Logic/bundled_models/`` (``--output``
+elsewhere). ``--quick`` runs every stage at toy size into ``data/generative-quick`` (a smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from latentdrift.progress import Progress
+from latentdrift.synthetic_cohort import make_cohort
+from latentdrift.train.config import FinetuneConfig
+from latentdrift.train.jobs import create_job, run_job
+from latentdrift.train.metadata import read_metadata
+from latentdrift.train.pretrain import PretrainSettings, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "LatentDriftSlicer" / "Logic" / "bundled_models"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of each stage to run."""
+
+    pretrain: PretrainSettings
+    subjects: int
+    spacing_mm: float
+    text_steps: int
+    instruct_steps: int
+    batch_size: int
+    search_samples: int
+
+
+FULL = Budget(PretrainSettings(vae_steps=800, unet_steps=1500), 48, 2.0, 800, 1200, 16, 8)
+QUICK = Budget(
+    PretrainSettings(
+        resolution=32, vae_resolution=16, vae_steps=4, unet_steps=4, batch_size=2, checkpoint_every=2
+    ),
+    2,
+    4.0,
+    3,
+    3,
+    2,
+    2,
+)
+
+
+def finetune(job_dir: Path, config: FinetuneConfig) -> Path:
+    """Run (or resume) one fine-tuning job; the finished model folder."""
+    if not (job_dir / "config.json").is_file():
+        create_job(job_dir, config)
+    state = json.loads((job_dir / "state.json").read_text()) if (job_dir / "state.json").is_file() else {}
+    if state.get("state") != "finished":
+        run_job(job_dir, Progress(f"fine-tuning {config.scheme}"))
+    return job_dir / "model"
+
+
+def publish(model: Path, destination: Path) -> Path:
+    """Copy a job's model folder to ``destination``, with paths inside this repository made relative."""
+    staging = destination.with_name(f".partial-{destination.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model, staging, ignore=shutil.ignore_patterns("summary.json"))
+    for name in ("latentdrift.json", "MODEL_CARD.md", "drift_curve.json"):
+        path = staging / name
+        if path.is_file():
+            path.write_text(path.read_text(encoding="utf-8").replace(f"{ROOT}/", ""), encoding="utf-8")
+    if destination.exists():
+        shutil.rmtree(destination)
+    staging.rename(destination)
+    return destination
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="toy sizes, into data/generative-quick")
+    parser.add_argument("--output", type=Path, default=None, help="where the model folders go")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    work = ROOT / "data" / ("generative-quick" if args.quick else "generative")
+    output = args.output or (work / "models" if args.quick else BUNDLED)
+    output.mkdir(parents=True, exist_ok=True)
+    settings = replace(budget.pretrain, device=args.device)
+
+    base = output / "mini-sd-natural"
+    if not (base / "model_index.json").is_file():
+        pretrain(base, work / "pretrain", settings, Progress("pre-training"))
+    cohort = work / "cohort" / "cohort.csv"
+    if not cohort.is_file():
+        make_cohort(cohort.parent, subjects=budget.subjects, seed=0, spacing_mm=budget.spacing_mm)
+
+    common = {
+        "cohort": str(cohort),
+        "resolution": settings.resolution,
+        "batch_size": budget.batch_size,
+        "learning_rate": 2e-4,
+        "checkpoint_every": 100,
+        "sample_every": 0,
+        "device": args.device,
+        "cache_dir": str(work / "cache"),
+    }
+    text_model = finetune(
+        work / "jobs" / "brain-mri-sd",
+        FinetuneConfig(
+            scheme="basic",
+            model=str(base),
+            steps=budget.text_steps,
+            search_drift=True,
+            search_samples=budget.search_samples,
+            **common,
+        ),
+    )
+    text_model = publish(text_model, output / "brain-mri-sd")
+    delta = read_metadata(text_model)["drift"]
+    instruct_model = finetune(
+        work / "jobs" / "brain-mri-instruct",
+        FinetuneConfig(
+            scheme="instruct-pix2pix",
+            model=str(text_model),
+            steps=budget.instruct_steps,
+            drift=delta,
+            **common,
+        ),
+    )
+    publish(instruct_model, output / "brain-mri-instruct")
+    print(f"Models in {output}: mini-sd-natural, brain-mri-sd, brain-mri-instruct (δ = {delta})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
