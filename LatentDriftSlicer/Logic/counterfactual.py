@@ -13,14 +13,16 @@ How a volume is edited:
 2. Slices whose windowed pixels are all background (at the window's low end) are not edited: they
    are copied unchanged. The others go through :func:`latentdrift.edit.edit_slices` in batches
    (the same start noise for every slice, set by the seed; the batch halves on out-of-memory).
-3. The edit is taken as a *change* at the model's resolution, ``edited − model input``. With
+3. The edit is taken as a *change* at the model's resolution, ``edited − reconstruction``, where the
+   reconstruction is the model input through the VAE and back: an edit that changes nothing then
+   changes nothing, instead of adding the VAE's reconstruction error everywhere. With
    ``blend`` = w > 0 each slice's change is mixed with its neighbours' (pixel space, along the slice
    axis): ``c'_n = (1 − w)·c_n + w·(c_{n−1} + c_{n+1}) / 2``, the ends of the range repeating their
    own change; this smooths the edit from slice to slice without blurring the anatomy.
 4. The change is resized back to the slice size, scaled into the input's intensity units by the
-   window, added to the input slice and clipped to the input's intensity range. When the model's
-   resolution equals the slice size this is exactly the edited slice through the inverse window;
-   below it, the input keeps its finer detail and only the edit is upsampled.
+   window, added to the input slice and clipped to the input's intensity range: the input keeps its
+   own detail (finer than the model's resolution, and what the VAE cannot reproduce) and only the
+   edit is added.
 5. Slices are reassembled onto the input grid; voxels outside the range are the input's own.
 """
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .devices import suggest_batch_size
-from .edit import EditSettings, PipelineBundle, edit_slices
+from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
 from .errors import ModelError, ParameterError
 from .progress import ProgressCallback
 from .volumes import (
@@ -187,12 +189,13 @@ def _edit_changes(
     resizer: SliceResizer,
     progress: ProgressCallback | None,
 ) -> np.ndarray:
-    """``edited − model input`` ``[n, S, S]`` at the model's resolution (0 on slices not ``edited``)."""
+    """``edited − reconstruction`` ``[n, S, S]`` at the model's resolution (0 on slices not ``edited``)."""
     changes = np.zeros((len(windowed), resizer.size, resizer.size), np.float32)
     if edited.any():
         images = resizer.to_model(windowed[edited], background=BACKGROUND)
         report = (lambda done, total: progress(done, total, "editing")) if progress else None
-        changes[edited] = edit_slices(bundle, images, settings, report) - images
+        reference = reconstruct_slices(bundle, images, settings.batch_size)
+        changes[edited] = edit_slices(bundle, images, settings, report) - reference
     return changes
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .direction import edit_direction, encode_prompts, invert
 from .loading import PipelineBundle, check_model_folder, clear_bundle_cache, load_bundle
-from .run import edit_slices, generate_slices, pixels_to_slices, slices_to_pixels
+from .run import edit_slices, generate_slices, pixels_to_slices, reconstruct_slices, slices_to_pixels
 from .settings import MODES, SCHEDULERS, EditSettings
 
 __all__ = [
@@ -28,5 +28,6 @@ __all__ = [
     "invert",
     "load_bundle",
     "pixels_to_slices",
+    "reconstruct_slices",
     "slices_to_pixels",
 ]

@@ -104,6 +104,23 @@ def generate_slices(
     return _run(_plan_generate(bundle, settings, inputs), count, settings, on_batch_done)
 
 
+def reconstruct_slices(bundle: PipelineBundle, slices: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """``slices`` (B, H, W) in [-1, 1] through the VAE and back (latent mode, no noise); same shape.
+
+    An edit that changes nothing returns about this, not the input: the VAE's own reconstruction
+    error. Comparing an edit with it (not with the input) isolates what the edit changed.
+    """
+    pixels = slices_to_pixels(slices)
+
+    def run_batch(items: Sequence[int]) -> list[np.ndarray]:
+        with torch.no_grad():
+            latents = bundle.encode(pixels[list(items)]) / bundle.vae.config.scaling_factor
+            decoded = bundle.vae.decode(latents).sample
+        return list(pixels_to_slices((decoded.clamp(-1, 1) + 1) / 2))
+
+    return np.stack(run_in_batches(run_batch, list(range(len(slices))), batch_size))
+
+
 def slices_to_pixels(slices: np.ndarray) -> torch.Tensor:
     """(B, H, W) in [-1, 1] → a CPU float32 view (B, 3, H, W); raises :class:`InputError`.
 
