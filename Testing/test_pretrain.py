@@ -77,6 +77,8 @@ def test_tiny_run_loads_in_stock_diffusers_and_resumes_exactly(tmp_path: Path) -
     b = load_file(split / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list(whole.rglob("*.bin")) and not list(whole.rglob("*.pt"))
+    card = (whole / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "| unet | 4 |" in card and "astronaut" in card
 
     pipeline = StableDiffusionPipeline.from_pretrained(whole, local_files_only=True)
     assert pipeline.vae.config.scaling_factor != pytest.approx(0.18215)

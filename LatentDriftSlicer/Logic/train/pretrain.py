@@ -436,7 +436,38 @@ def _write_pipeline(pipeline: Any, output: Path, record: dict[str, Any]) -> Path
     def write(folder: Path) -> None:
         pipeline.save_pretrained(folder, safe_serialization=True)
         (folder / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (folder / "MODEL_CARD.md").write_text(pretraining_card(record), encoding="utf-8")
 
     output.parent.mkdir(parents=True, exist_ok=True)
     _save_atomic(output, write)
     return output
+
+
+def pretraining_card(record: dict[str, Any]) -> str:
+    """``MODEL_CARD.md`` of a pre-trained model: sizes, data, settings and the measured loss curves."""
+    settings = record["settings"]
+    size = settings["resolution"] // 2 ** (len(settings["vae_channels"]) - 1)
+    counts = ", ".join(f"{name} {count:,}" for name, count in record["parameters"].items())
+    lines = [
+        "# Miniature Stable Diffusion, pre-trained on natural images",
+        "",
+        "A diffusers `StableDiffusionPipeline` trained from random weights by `latentdrift.train.pretrain` "
+        "(LatentDriftSlicer) as a stand-in for Stable Diffusion v1.4: a general image model to fine-tune "
+        "on medical images. It makes rough, blurry images; it is not a medical model.",
+        "",
+        f"* {settings['resolution']}×{settings['resolution']} pixels, latents 4×{size}×{size}; parameters: {counts}.",
+        f"* Data: random crops (grey and colour, several scales) of scikit-image's sample images "
+        f"({', '.join(record['images'])}), captioned `a <tone> <scale> photo of <subject>`.",
+        f"* VAE: {settings['vae_steps']} steps on {settings['vae_resolution']}² crops; UNet + text encoder: "
+        f"{settings['unet_steps']} steps; batch {settings['batch_size']}, seed {settings['seed']}.",
+        "",
+        "Training losses (mean over each interval):",
+        "",
+        "| stage | step | loss |",
+        "|---|---|---|",
+    ]
+    for stage in ("vae", "unet"):
+        lines += [
+            f"| {stage} | {entry['step']} | {entry['loss']:.4f} |" for entry in record[f"{stage}_losses"]
+        ]
+    return "\n".join(lines) + "\n"
