@@ -25,6 +25,9 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from latentdrift.progress import Progress
 from latentdrift.synthetic_cohort import make_cohort
 from latentdrift.train.config import FinetuneConfig
@@ -61,7 +64,7 @@ class Budget:
     search_samples: int
 
 
-FULL = Budget(PretrainSettings(vae_steps=500, unet_steps=800), 48, 2.0, 400, 600, 16, 8)
+FULL = Budget(PretrainSettings(vae_steps=500, unet_steps=1000), 48, 2.0, 1000, 4000, 16, 8)
 QUICK = Budget(
     PretrainSettings(
         resolution=32, vae_resolution=16, vae_steps=4, unet_steps=4, batch_size=2, checkpoint_every=2
@@ -85,11 +88,27 @@ def finetune(job_dir: Path, config: FinetuneConfig) -> Path:
     return job_dir / "model"
 
 
+def store_half_precision(folder: Path) -> None:
+    """Rewrite every safetensors file under ``folder`` with float16 weights (half the size).
+
+    diffusers and transformers load them into float32 models unchanged in code; the rounding is far
+    below what these small models resolve. The bundled models are stored this way to stay within
+    the repository's budget for default models.
+    """
+    for path in sorted(folder.rglob("*.safetensors")):
+        tensors = load_file(path)
+        if all(t.dtype != torch.float32 for t in tensors.values()):
+            continue
+        half = {k: t.half() if t.dtype == torch.float32 else t for k, t in tensors.items()}
+        save_file(half, path, metadata={"format": "pt"})
+
+
 def publish(model: Path, destination: Path) -> Path:
-    """Copy a job's model folder to ``destination``, with paths inside this repository made relative."""
+    """Copy a job's model folder to ``destination`` (float16 weights, paths in this repository relative)."""
     staging = destination.with_name(f".partial-{destination.name}")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(model, staging, ignore=shutil.ignore_patterns("summary.json"))
+    store_half_precision(staging)
     for name in ("latentdrift.json", "MODEL_CARD.md", "drift_curve.json"):
         path = staging / name
         if path.is_file():
@@ -117,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     base = output / "mini-sd-natural"
     if not (base / "model_index.json").is_file():
         pretrain(base, work / "pretrain", settings, Progress("pre-training"))
+    store_half_precision(base)
     cohort = work / "cohort" / "cohort.csv"
     if not cohort.is_file():
         make_cohort(cohort.parent, subjects=budget.subjects, seed=0, spacing_mm=budget.spacing_mm)
