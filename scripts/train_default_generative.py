@@ -64,7 +64,7 @@ class Budget:
     search_samples: int
 
 
-FULL = Budget(PretrainSettings(vae_steps=500, unet_steps=1000), 48, 2.0, 1000, 4000, 16, 8)
+FULL = Budget(PretrainSettings(vae_steps=500, unet_steps=1000), 48, 2.0, 1000, 2000, 16, 8)
 QUICK = Budget(
     PretrainSettings(
         resolution=32, vae_resolution=16, vae_steps=4, unet_steps=4, batch_size=2, checkpoint_every=2
@@ -109,9 +109,8 @@ def publish(model: Path, destination: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(model, staging, ignore=shutil.ignore_patterns("summary.json"))
     store_half_precision(staging)
-    for name in ("latentdrift.json", "MODEL_CARD.md", "drift_curve.json"):
-        path = staging / name
-        if path.is_file():
+    for path in staging.rglob("*"):
+        if path.suffix in (".json", ".md"):
             path.write_text(path.read_text(encoding="utf-8").replace(f"{ROOT}/", ""), encoding="utf-8")
     with (staging / "MODEL_CARD.md").open("a", encoding="utf-8") as card:
         card.write(REPRODUCE)
