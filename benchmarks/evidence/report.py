@@ -159,7 +159,8 @@ def markdown(results: dict[str, Any], pngs: list[str]) -> str:
         "# Evidence: Latent Drift on held-out synthetic subjects",
         "",
         f"Command: `{results['command']}`  ",
-        f"Mode: **{results['mode']}** · finished {results['finished']} · {results['elapsed_s']:.0f} s · "
+        f"Mode: **{results['mode']}** · finished {results['finished']} · {results['elapsed_s']:.0f} s in this "
+        "invocation (stages marked *cached* below were computed by an earlier, interrupted or identical one) · "
         f"{results['machine']['cpus']} CPU cores, device `{results['device']}` · commit `{results['git_commit']}`",
         "",
         "Read this first:",
@@ -386,6 +387,11 @@ def _section4(results: dict[str, Any]) -> list[str]:
     lines += table(
         ["age format", "FID ↓", "KID ↓", "mean-image L1 ↓", "NN L1 ↓"],
         [[r["age_format"], r["fid"], r["kid"], r["mean_image_l1"], r["nearest_l1"]] for r in section["ages"]],
+    )
+    lines.append(
+        "- Binned ages change only InstructPix2Pix instructions (the age change as slightly / moderately / "
+        "significantly, as in the paper); a text-to-image prompt with a binned age is the numerical one, so "
+        "the binned model is trained on the same prompts with the same seed and repeats the numerical figures."
     )
     best = min(section["styles"], key=lambda r: r["fid"])
     lines.append(

@@ -18,6 +18,7 @@ Outputs (``results.json``, ``results.md``, ``*.png``) go to ``--output`` (defaul
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -272,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "section4_prompts": section4,
         "stage_seconds": stages.timings,
     }
+    results = json.loads(
+        json.dumps(results, default=str).replace(f"{ROOT}/", "")
+    )  # paths relative to the repo
     output.mkdir(parents=True, exist_ok=True)
     pngs = figures(results, montage, ctx.samples, output)
     results["figures"] = pngs
