@@ -50,7 +50,8 @@ def test_default_models_fit_the_budget_in_float16_safetensors_only() -> None:
         assert not [p for p in folder.rglob("*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth", ".pkl")]
         for path in folder.rglob("*.safetensors"):
             with safe_open(str(path), "pt") as weights:
-                assert {str(weights.get_slice(k).get_dtype()) for k in weights.keys()} <= {"F16", "I64"}, path
+                names = list(weights.keys())  # the handle is not iterable
+                assert {str(weights.get_slice(k).get_dtype()) for k in names} <= {"F16", "I64"}, path
 
 
 def test_cards_name_the_retrain_command_and_the_drift() -> None:
