@@ -69,7 +69,10 @@ def test_cards_name_the_retrain_command_and_the_drift() -> None:
 
 @pytest.mark.parametrize(
     ("name", "pipeline_class"),
-    [("brain-mri-sd", StableDiffusionPipeline), ("brain-mri-instruct", StableDiffusionInstructPix2PixPipeline)],
+    [
+        ("brain-mri-sd", StableDiffusionPipeline),
+        ("brain-mri-instruct", StableDiffusionInstructPix2PixPipeline),
+    ],
 )
 def test_stock_diffusers_loads_them(name: str, pipeline_class: type) -> None:
     pipeline = pipeline_class.from_pretrained(_folder(name), local_files_only=True)
