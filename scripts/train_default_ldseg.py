@@ -1,6 +1,6 @@
 """Retrain the bundled brain-tissue LDSeg model from scratch (the one command behind its model card).
 
-    .venv/bin/python scripts/train_default_ldseg.py [--steps 1000] [--subjects 30]
+    .venv/bin/python scripts/train_default_ldseg.py [--steps 3000] [--subjects 30]
 
 1. Writes synthetic subjects made from the MNI152 template (``latentdrift.synthetic``: random smooth
    deformations, tissue contrast, gamma, bias field, noise) as image/label NRRD pairs under
@@ -10,7 +10,7 @@
    held-out subjects, resumable checkpoints in ``data/brain-tissue-ldseg.checkpoints``).
 3. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``.
 
-Takes about 25 minutes of a quiet 2-core CPU (1000 steps); rerunning resumes from the last checkpoint.
+Takes about 70 minutes of a quiet 2-core CPU (3000 steps); rerunning resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def default_config() -> LDSegConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--subjects", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", type=Path, default=OUTPUT)
