@@ -82,7 +82,7 @@ QUICK = Sizes(
     num_class_images=2,
     seed=0,
 )
-FULL = Sizes(  # planned for ~1.5 h on 2 CPU cores (1 thread) with a ~20 MB 64×64 base; see README.md
+FULL = Sizes(  # about 30 min on 2 CPU cores (1 thread) with the bundled base; see README.md
     train_subjects=8,
     test_subjects=6,
     spacing_mm=2.0,

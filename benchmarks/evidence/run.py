@@ -1,6 +1,6 @@
 """Evidence for Latent Drift on held-out synthetic subjects: one command, JSON + Markdown + PNG plots.
 
-    .venv/bin/python benchmarks/evidence/run.py                # full mode (~1.5 h on 2 CPU cores, planned)
+    .venv/bin/python benchmarks/evidence/run.py                # full mode (about 30 min on 2 CPU cores)
     .venv/bin/python benchmarks/evidence/run.py --quick        # toy sizes, a few minutes: a smoke test
 
 Sections (see ``benchmarks/evidence/README.md``): (1) drift on vs off per fine-tuning scheme, FID/KID
