@@ -15,7 +15,7 @@ from latentdrift.models import BUNDLED_MODELS, list_models
 from latentdrift.prompts import Attributes
 from latentdrift.synthetic import brain_tissue_template
 from latentdrift.train.cohorts import SliceSettings, volume_slices
-from latentdrift.train.metadata import read_metadata
+from latentdrift.train.metadata import read_metadata, recorded_drift
 
 KINDS = {
     "mini-sd-natural": "stable-diffusion",
@@ -85,7 +85,7 @@ def test_the_brain_model_generates_brains_closer_to_the_template_than_the_natura
     settings = EditSettings(mode="generate", prompt="a brain MRI of a 70 year old female with CN", steps=10)
 
     def distance(name: str) -> float:
-        delta = float(read_metadata(_folder(name)).get("drift", 0.0))
+        delta, _ = recorded_drift(_folder(name))
         bundle = load_bundle(_folder(name), "cpu")
         generated = generate_slices(bundle, 4, 64, 64, EditSettings(**{**vars(settings), "drift": delta}))
         return float(np.abs(generated.mean(axis=0) - reference.mean(axis=0)).mean())
@@ -100,7 +100,7 @@ def test_the_editor_changes_a_brain_slice_and_keeps_it_a_brain() -> None:
         mode="instruct",
         source=Attributes(age=70, diagnosis="CN"),
         target=Attributes(age=78, diagnosis="AD"),
-        drift=float(read_metadata(_folder("brain-mri-instruct"))["drift"]),
+        drift=recorded_drift(_folder("brain-mri-instruct"))[0],
         steps=10,
     )
     edited = edit_slices(bundle, slices, settings)

@@ -19,7 +19,6 @@ elsewhere). ``--quick`` runs every stage at toy size into ``data/generative-quic
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from dataclasses import dataclass, replace
@@ -31,8 +30,8 @@ from safetensors.torch import load_file, save_file
 from latentdrift.progress import Progress
 from latentdrift.synthetic_cohort import make_cohort
 from latentdrift.train.config import FinetuneConfig
-from latentdrift.train.jobs import create_job, run_job
-from latentdrift.train.metadata import read_metadata
+from latentdrift.train.jobs import create_job, run_job, status
+from latentdrift.train.metadata import recorded_drift
 from latentdrift.train.pretrain import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +81,7 @@ def finetune(job_dir: Path, config: FinetuneConfig) -> Path:
     """Run (or resume) one fine-tuning job; the finished model folder."""
     if not (job_dir / "config.json").is_file():
         create_job(job_dir, config)
-    state = json.loads((job_dir / "state.json").read_text()) if (job_dir / "state.json").is_file() else {}
-    if state.get("state") != "finished":
+    if status(job_dir)["state"] != "finished":
         run_job(job_dir, Progress(f"fine-tuning {config.scheme}"))
     return job_dir / "model"
 
@@ -162,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     text_model = publish(text_model, output / "brain-mri-sd")
-    delta = read_metadata(text_model)["drift"]
+    delta, _ = recorded_drift(text_model)
     instruct_model = finetune(
         work / "jobs" / "brain-mri-instruct",
         FinetuneConfig(

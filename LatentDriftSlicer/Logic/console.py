@@ -44,6 +44,7 @@ from .scene import (
     show_in_slice_views,
     volume_to_node,
 )
+from .train import SCHEMES as FINETUNE_SCHEMES
 from .volumes import VOLUME_SUFFIXES, Axis, Geometry, Volume, read_volume, slice_layout, write_volume
 
 T = TypeVar("T")
@@ -52,15 +53,6 @@ GEOMETRY_TOLERANCE = 1e-3  # mm: outputs go through float32 files
 SEGMENT_ROLES = ("segmentation", "uncertainty", "probability")
 COUNTERFACTUAL_ROLES = ("counterfactual", "difference")
 EDIT_MODES = ("instruct", "img2img", "direction")
-FINETUNE_SCHEMES = (
-    "basic",
-    "lora",
-    "textual-inversion",
-    "dreambooth",
-    "custom-diffusion",
-    "instruct-pix2pix",
-    "ldseg",
-)
 
 # --------------------------------------------------------------------------- results
 

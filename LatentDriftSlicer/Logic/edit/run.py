@@ -114,7 +114,7 @@ def reconstruct_slices(bundle: PipelineBundle, slices: np.ndarray, batch_size: i
 
     def run_batch(items: Sequence[int]) -> list[np.ndarray]:
         with torch.no_grad():
-            latents = bundle.encode(pixels[list(items)]) / bundle.vae.config.scaling_factor
+            latents = bundle.vae.encode(bundle.to_device(pixels[list(items)])).latent_dist.mode()
             decoded = bundle.vae.decode(latents).sample
         return list(pixels_to_slices((decoded.clamp(-1, 1) + 1) / 2))
 

@@ -11,3 +11,14 @@
 
 Heavy modules (torch, diffusers) load only when those submodules are imported.
 """
+
+SCHEMES = (
+    "basic",
+    "lora",
+    "textual-inversion",
+    "dreambooth",
+    "custom-diffusion",
+    "instruct-pix2pix",
+    "ldseg",
+)
+"""The fine-tuning schemes (here, not in :mod:`.config`, so the console can list them without torch)."""

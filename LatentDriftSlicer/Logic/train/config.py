@@ -10,17 +10,9 @@ from typing import Any
 from ..drift import Drift, validate_drift
 from ..errors import ParameterError
 from ..prompts import PromptOptions
+from . import SCHEMES
 from .cohorts import SliceSettings
 
-SCHEMES = (
-    "basic",
-    "lora",
-    "textual-inversion",
-    "dreambooth",
-    "custom-diffusion",
-    "instruct-pix2pix",
-    "ldseg",
-)
 DEFAULT_SEARCH_GRID = tuple(round(-0.2 + 0.05 * i, 2) for i in range(9))
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 

@@ -104,13 +104,14 @@ class PretrainSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        scale = 2 ** (len(self.vae_channels) - 1)
-        unet_scale = 2 ** (len(self.unet_channels) - 1)
-        for name in ("resolution", "vae_resolution"):
+        vae_scale = 2 ** (len(self.vae_channels) - 1)
+        whole_scale = vae_scale * 2 ** (len(self.unet_channels) - 1)
+        # The VAE alone sees vae_resolution; VAE and UNet together see resolution.
+        for name, multiple in (("resolution", whole_scale), ("vae_resolution", vae_scale)):
             size = getattr(self, name)
-            if size % (scale * unet_scale) or size < scale * unet_scale:
+            if size % multiple or size < multiple:
                 raise ParameterError(
-                    f"{name}={size}: use a multiple of {scale * unet_scale} (VAE × UNet downsampling)."
+                    f"{name}={size}: use a multiple of {multiple} (the models' downsampling)."
                 )
         if min(self.vae_steps, self.unet_steps, self.batch_size, self.checkpoint_every) < 1:
             raise ParameterError("vae_steps, unet_steps, batch_size and checkpoint_every must be ≥ 1.")
@@ -178,9 +179,13 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values[..., :3] * 2.0 - 1.0)
 
 
+STAGE_STREAMS = {"vae": 3, "unet": 4, "scale": 5}
+"""One random stream per stage (the numbers the bundled model was trained with)."""
+
+
 def step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
-    """The crop generator of ``step`` of ``stage`` (the same on a resumed run)."""
-    return np.random.default_rng([seed, len(stage), step])
+    """The crop generator of ``step`` of ``stage`` (``STAGE_STREAMS`` key; the same on a resumed run)."""
+    return np.random.default_rng([seed, STAGE_STREAMS[stage], step])
 
 
 # --------------------------------------------------------------------------- models
