@@ -45,11 +45,7 @@ from sections import Context, section_classifier, section_counterfactual, sectio
 
 from latentdrift.counterfactual import model_resolution  # noqa: E402
 from latentdrift.edit import clear_bundle_cache, load_bundle  # noqa: E402
-
-BUNDLED = ROOT / "LatentDriftSlicer" / "Logic" / "bundled_models"
-DEFAULT_BASE = BUNDLED / "mini-sd-natural"
-DEFAULT_EDITOR = BUNDLED / "brain-mri-instruct"
-DEFAULT_GENERATOR = BUNDLED / "brain-mri-sd"
+from latentdrift.models import find_default  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="where results.json, results.md and the PNGs go")
     p.add_argument("--work", type=Path, help="cache folder (default data/evidence/<mode>/)")
     p.add_argument(
-        "--base", type=Path, help=f"base Stable Diffusion folder (default {DEFAULT_BASE.relative_to(ROOT)})"
+        "--base",
+        type=Path,
+        help="base Stable Diffusion folder (default: the registry's fine-tuning base, mini-sd-natural)",
     )
     p.add_argument(
         "--editor", type=Path, help="InstructPix2Pix editor folder (default: bundled, else fine-tuned here)"
@@ -132,18 +130,18 @@ def base_model(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
         if not (folder / "model_index.json").is_file():
             build_tiny_sd(folder, seed=0)
         return folder, "tiny random-weight Stable Diffusion from latentdrift.tiny_models, 32×32"
-    if not (DEFAULT_BASE / "model_index.json").is_file():
-        raise SystemExit(
-            f"No base model at {DEFAULT_BASE}: give --base DIR (a diffusers Stable Diffusion folder)."
-        )
-    return DEFAULT_BASE, "the bundled miniature natural-image Stable Diffusion (latentdrift.train.pretrain)"
+    base = find_default("finetune")
+    if base is None:
+        raise SystemExit("No base model installed: give --base DIR (a diffusers Stable Diffusion folder).")
+    return base.path, "the bundled miniature natural-image Stable Diffusion (latentdrift.train.pretrain)"
 
 
-def default_model(given: Path | None, bundled: Path, quick: bool) -> Path | None:
-    """``given``, else the bundled folder in full mode when it exists, else None (the pipeline trains one)."""
-    if given is not None:
+def installed_default(given: Path | None, task: str, quick: bool) -> Path | None:
+    """``given``, else the task's installed default in full mode, else None (the pipeline trains one)."""
+    if given is not None or quick:
         return given
-    return bundled if not quick and (bundled / "model_index.json").is_file() else None
+    entry = find_default(task)
+    return None if entry is None else entry.path
 
 
 def build_context(
@@ -226,10 +224,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stages = Stages(work)
     ctx, recorded = build_context(args, sizes, work, stages)
     section1 = section_drift(ctx)
-    editor = default_model(args.editor, DEFAULT_EDITOR, args.quick)
+    editor = installed_default(args.editor, "instruct", args.quick)
     section2 = section_counterfactual(ctx, editor)
     montage = section2.pop("_montage")
-    generator = default_model(args.generator, DEFAULT_GENERATOR, args.quick)
+    generator = installed_default(args.generator, "generate", args.quick)
     if generator is None:
         generator, source, key = (
             ctx.models["basic-drift"],
