@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
@@ -73,3 +74,45 @@ def test_quick_evidence_runs_every_section_and_resumes_from_its_cache(tmp_path: 
     again = run_quick(tmp_path)
     assert all(stage["cached"] for stage in again["stage_seconds"].values())
     assert again["section1_drift"] == section1
+
+
+def test_the_editors_recorded_settings_get_their_own_row_and_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    sections, report = importlib.import_module("sections"), importlib.import_module("report")
+
+    def fidelity(ssim: float, predicted: float) -> dict[str, float]:
+        return {"ssim": ssim, "psnr": 20.0, "ssim_outside": ssim, "predicted_change_ml": predicted}
+
+    subjects = [
+        {
+            "true_change_ml": truth,
+            "no_edit_ssim": 0.99,
+            "no_edit_psnr": 30.0,
+            "measured_true_change_ml": truth,
+            "per_delta": [{"delta": -0.05, **fidelity(0.9, 0.0)}],
+            "recorded_settings": {"delta": -0.05, "drift_start": True, **fidelity(0.8, 2 * truth)},
+        }
+        for truth in (1.0, 2.0, 4.0)
+    ]
+    summary = sections._summarise(subjects, (-0.05,))
+    recorded = summary["recorded_settings_row"]
+    assert recorded["drift_start"] and recorded["ssim"] == pytest.approx(0.8)
+    assert recorded["pearson_r"] == pytest.approx(1.0) and recorded["mae_ml"] == pytest.approx(7 / 3)
+    section = {
+        "summary": summary,
+        "settings": {
+            "steps": 10,
+            "guidance": 7.5,
+            "image_guidance": 1.5,
+            "change_margin_voxels": 2,
+            "ventricle_roi_mm": 6,
+        },
+        "editor": "editor",
+        "editor_source": "given",
+        "editor_drift_recorded": -0.05,
+    }
+    text = "\n".join(report._section2({"section2_counterfactual": section}))
+    assert "-0.05 with drifted start (the editor's recorded settings)" in text
+    assert "SSIM 0.800 vs 0.900" in text
+    subjects[0]["recorded_settings"] = {}
+    assert sections._summarise(subjects, (-0.05,))["recorded_settings_row"] is None

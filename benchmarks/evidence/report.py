@@ -279,7 +279,7 @@ def _section2(results: dict[str, Any]) -> list[str]:
         f"{section['editor_drift_recorded']:g}). Each of {summary['subjects']} held-out baseline volumes is "
         f"edited towards its follow-up's attributes (InstructPix2Pix instruction, {settings['steps']} steps, "
         f"guidance {settings['guidance']:g}, image guidance {settings['image_guidance']:g}, δ at every "
-        "reverse step, no drifted start) and compared with the true follow-up of the atrophy model.",
+        "reverse step; the sweep has no drifted start) and compared with the true follow-up of the atrophy model.",
         "",
         "- SSIM / PSNR: counterfactual vs true follow-up inside the brain (union of both brain masks), "
         "scikit-image, data range = the source's intensity range.",
@@ -293,16 +293,19 @@ def _section2(results: dict[str, Any]) -> list[str]:
         "a non-constant prediction (— otherwise).",
         "",
     ]
+    recorded = summary.get("recorded_settings_row")
     rows = [
         [
-            r["delta"],
+            f"{r['delta']:g} with drifted start (the editor's recorded settings)"
+            if r.get("drift_start")
+            else r["delta"],
             f"{r['ssim']:.3f} ± {r['ssim_sd']:.3f}",
             f"{r['psnr']:.2f} ± {r['psnr_sd']:.2f}",
             f"{r['ssim_outside']:.3f} ± {r['ssim_outside_sd']:.3f}",
             r["pearson_r"],
             r["mae_ml"],
         ]
-        for r in summary["rows"]
+        for r in [*summary["rows"], *([recorded] if recorded else [])]
     ]
     rows.append(
         [
@@ -336,6 +339,15 @@ def _section2(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Ventricle change: best MAE {best_mae['mae_ml']:.2f} ml at δ = {best_mae['delta']:g} (no change predicted: {no_edit['mae_ml']:.2f} ml)."
         )
+    if recorded:
+        same_delta = next((r for r in summary["rows"] if r["delta"] == recorded["delta"]), None)
+        if same_delta:
+            lines.append(
+                f"- Drifted start (the editor's recorded settings, used by `latentdrift demo`) at δ = "
+                f"{recorded['delta']:g}: SSIM {recorded['ssim']:.3f} vs {same_delta['ssim']:.3f}, SSIM outside "
+                f"{recorded['ssim_outside']:.3f} vs {same_delta['ssim_outside']:.3f}, ventricle MAE "
+                f"{recorded['mae_ml']:.2f} vs {same_delta['mae_ml']:.2f} ml without it."
+            )
     lines.append(
         f"- The measurement itself, on the true pairs, errs by {measurement['mae_ml']:.2f} ml on average: a counterfactual cannot be judged more finely than that."
     )

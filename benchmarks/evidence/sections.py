@@ -250,7 +250,12 @@ def _summary_text(folder: Path) -> str:
 
 
 def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str, Any]:
-    """Section 2: edit each held-out baseline towards its follow-up at every δ; compare with the truth."""
+    """Section 2: edit each held-out baseline towards its follow-up at every δ; compare with the truth.
+
+    Every δ of the sweep drifts the reverse steps only. When the editor recorded a drifted start (its
+    training drifted the forward noise), one more edit uses exactly its recorded settings, δ and
+    drifted start, as ``latentdrift demo`` and the default ``counterfactual`` do.
+    """
     editor, editor_source, editor_key = editor_model(ctx, given_editor)
     sampling = model_sampling(editor)
     subjects = []
@@ -263,18 +268,30 @@ def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str,
             per_delta.append({"delta": delta, **_fidelity(truth, edited)})
             if number == 0:
                 montage[f"δ = {delta:+g}"] = _display_slice(truth, edited)
+        recorded = {}
+        if sampling.drift_start:
+            edited = _edited(ctx, editor, editor_key, sampling, pair, sampling.drift, drift_start=True)
+            recorded = {"delta": sampling.drift, "drift_start": True, **_fidelity(truth, edited)}
         if number == 0:
             montage = {
                 "source": _display_slice(truth, truth["source"].voxels),
                 "true follow-up": _display_slice(truth, truth["target"].voxels),
                 **montage,
             }
-        subjects.append({"subject": pair.subject, **_baselines(truth), "per_delta": per_delta})
+        subjects.append(
+            {
+                "subject": pair.subject,
+                **_baselines(truth),
+                "per_delta": per_delta,
+                "recorded_settings": recorded,
+            }
+        )
     clear_bundle_cache()
     return {
         "editor": str(editor),
         "editor_source": editor_source,
         "editor_drift_recorded": sampling.drift,
+        "editor_drift_start_recorded": sampling.drift_start,
         "settings": {
             "steps": ctx.sizes.cf_steps,
             "guidance": ctx.sizes.guidance,
@@ -311,7 +328,13 @@ def _truth(pair: Pair) -> dict[str, Any]:
 
 
 def _edited(
-    ctx: Context, editor: Path, editor_key: str, sampling: Sampling, pair: Pair, delta: float
+    ctx: Context,
+    editor: Path,
+    editor_key: str,
+    sampling: Sampling,
+    pair: Pair,
+    delta: float,
+    drift_start: bool = False,
 ) -> np.ndarray:
     s = ctx.sizes
     a, b = pair.source.attributes, pair.target.attributes
@@ -321,6 +344,7 @@ def _edited(
         target=replace(b, modality=sampling.modality),
         prompt_options=sampling.options,
         drift=delta,
+        drift_start=drift_start,
         steps=s.cf_steps,
         guidance=s.guidance,
         image_guidance=s.image_guidance,
@@ -338,7 +362,8 @@ def _edited(
         result = counterfactual_volume(read_volume(pair.source.image), bundle, settings, axis="axial")
         return {"voxels": result.counterfactual.voxels.astype(np.float32)}
 
-    return ctx.stages.arrays(f"counterfactual-{pair.subject}-d{delta:+g}", key, compute)["voxels"]
+    name = f"counterfactual-{pair.subject}-d{delta:+g}" + ("-drifted-start" if drift_start else "")
+    return ctx.stages.arrays(name, key, compute)["voxels"]
 
 
 def _fidelity(truth: dict[str, Any], edited: np.ndarray) -> dict[str, float]:
@@ -381,18 +406,28 @@ def _agreement(predicted: list[float], truth: list[float]) -> dict[str, float | 
     return {"pearson_r": r, "mae_ml": float(errors.mean())}
 
 
+def _summary_row(values: list[dict[str, Any]], truth: list[float]) -> dict[str, Any]:
+    """Mean and SD of SSIM, PSNR and SSIM outside over subjects; agreement of the ventricle change."""
+    row: dict[str, Any] = {}
+    for metric in ("ssim", "psnr", "ssim_outside"):
+        numbers = np.array([v[metric] for v in values])
+        row[metric] = float(numbers.mean())
+        row[f"{metric}_sd"] = float(numbers.std())
+    return {**row, **_agreement([v["predicted_change_ml"] for v in values], truth)}
+
+
 def _summarise(subjects: list[dict[str, Any]], deltas: tuple[float, ...]) -> dict[str, Any]:
     truth = [s["true_change_ml"] for s in subjects]
-    rows = []
-    for number, delta in enumerate(deltas):
-        values = [s["per_delta"][number] for s in subjects]
-        row: dict[str, Any] = {"delta": delta}
-        for metric in ("ssim", "psnr", "ssim_outside"):
-            numbers = np.array([v[metric] for v in values])
-            row[metric] = float(numbers.mean())
-            row[f"{metric}_sd"] = float(numbers.std())
-        row.update(_agreement([v["predicted_change_ml"] for v in values], truth))
-        rows.append(row)
+    rows = [
+        {"delta": delta, **_summary_row([s["per_delta"][number] for s in subjects], truth)}
+        for number, delta in enumerate(deltas)
+    ]
+    recorded = [s["recorded_settings"] for s in subjects if s["recorded_settings"]]
+    recorded_row = (
+        {"delta": recorded[0]["delta"], "drift_start": True, **_summary_row(recorded, truth)}
+        if len(recorded) == len(subjects) and recorded
+        else None
+    )
     no_edit = {
         "ssim": float(np.mean([s["no_edit_ssim"] for s in subjects])),
         "psnr": float(np.mean([s["no_edit_psnr"] for s in subjects])),
@@ -401,6 +436,7 @@ def _summarise(subjects: list[dict[str, Any]], deltas: tuple[float, ...]) -> dic
     measurement = _agreement([s["measured_true_change_ml"] for s in subjects], truth)
     return {
         "rows": rows,
+        "recorded_settings_row": recorded_row,
         "no_edit": no_edit,
         "measurement_on_true_pairs": measurement,
         "subjects": len(subjects),
