@@ -55,6 +55,7 @@ def registerEngine() -> None:
 
 registerEngine()
 
+from latentdrift.train import SCHEMES  # noqa: E402  (the engine's list; light, no torch)
 
 # --------------------------------------------------------------------------- module
 
@@ -91,15 +92,6 @@ class LatentDriftSlicer(ScriptedLoadableModule):
 EDIT_MODES = ("instruct", "img2img", "direction")
 AXES = ("axial", "coronal", "sagittal")
 SEXES = ("unknown", "female", "male")
-SCHEMES = (
-    "basic",
-    "lora",
-    "textual-inversion",
-    "dreambooth",
-    "custom-diffusion",
-    "instruct-pix2pix",
-    "ldseg",
-)
 
 
 @parameterNodeWrapper

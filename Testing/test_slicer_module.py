@@ -341,3 +341,16 @@ def test_registration_runs_at_import(name: str) -> None:
     tree = ast.parse(MODULE_FILE.read_text())
     calls = [n for n in tree.body if isinstance(n, ast.Expr) and ast.unparse(n.value) == f"{name}()"]
     assert len(calls) == 1
+
+
+def test_the_engine_names_the_module_imports_at_load_need_no_torch() -> None:
+    tree = ast.parse(MODULE_FILE.read_text())
+    top_level = [
+        ast.unparse(n)
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and n.module and "latentdrift" in n.module
+    ]
+    assert top_level == ["from latentdrift.train import SCHEMES"]
+    check = "import sys, latentdrift.train; assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
