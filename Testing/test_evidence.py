@@ -64,6 +64,7 @@ def test_quick_evidence_runs_every_section_and_resumes_from_its_cache(tmp_path: 
     summary = results["section2_counterfactual"]["summary"]
     assert [r["delta"] for r in summary["rows"]] == results["sizes"]["deltas"]
     assert all(-1 <= r["ssim"] <= 1 and -1 <= r["ssim_outside"] <= 1 for r in summary["rows"])
+    assert -1 <= summary["variants"]["instruction_effect"]["ssim_outside"] <= 1
     assert all(0 <= r["auc"] <= 1 for r in results["section3_classifier"]["rows"])
     assert len(results["section4_prompts"]["styles"]) == 4 and len(results["section4_prompts"]["ages"]) == 3
     out = tmp_path / "out"
@@ -76,7 +77,9 @@ def test_quick_evidence_runs_every_section_and_resumes_from_its_cache(tmp_path: 
     assert again["section1_drift"] == section1
 
 
-def test_the_editors_recorded_settings_get_their_own_row_and_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_editors_recorded_settings_and_the_instruction_effect_get_their_own_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     sections, report = importlib.import_module("sections"), importlib.import_module("report")
 
@@ -90,14 +93,16 @@ def test_the_editors_recorded_settings_get_their_own_row_and_verdict(monkeypatch
             "no_edit_psnr": 30.0,
             "measured_true_change_ml": truth,
             "per_delta": [{"delta": -0.05, **fidelity(0.9, 0.0)}],
-            "recorded_settings": {"delta": -0.05, "drift_start": True, **fidelity(0.8, 2 * truth)},
+            "recorded_settings": {"delta": -0.05, **fidelity(0.8, 2 * truth)},
+            "instruction_effect": {"delta": -0.05, **fidelity(0.99, -truth)},
         }
         for truth in (1.0, 2.0, 4.0)
     ]
     summary = sections._summarise(subjects, (-0.05,))
-    recorded = summary["recorded_settings_row"]
-    assert recorded["drift_start"] and recorded["ssim"] == pytest.approx(0.8)
+    recorded, effect = summary["variants"]["recorded_settings"], summary["variants"]["instruction_effect"]
+    assert recorded["ssim"] == pytest.approx(0.8)
     assert recorded["pearson_r"] == pytest.approx(1.0) and recorded["mae_ml"] == pytest.approx(7 / 3)
+    assert effect["pearson_r"] == pytest.approx(-1.0) and effect["mae_ml"] == pytest.approx(14 / 3)
     section = {
         "summary": summary,
         "settings": {
@@ -112,7 +117,9 @@ def test_the_editors_recorded_settings_get_their_own_row_and_verdict(monkeypatch
         "editor_drift_recorded": -0.05,
     }
     text = "\n".join(report._section2({"section2_counterfactual": section}))
-    assert "-0.05 with drifted start (the editor's recorded settings)" in text
+    assert "-0.05, with drifted start (the editor's recorded settings)" in text
     assert "SSIM 0.800 vs 0.900" in text
+    assert "-0.05, change relative to the factual edit" in text and "ventricle change r = -1.000" in text
     subjects[0]["recorded_settings"] = {}
-    assert sections._summarise(subjects, (-0.05,))["recorded_settings_row"] is None
+    variants = sections._summarise(subjects, (-0.05,))["variants"]
+    assert variants["recorded_settings"] is None and variants["instruction_effect"] is not None

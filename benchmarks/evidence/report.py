@@ -267,6 +267,34 @@ def _drift_verdicts(section: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+VARIANT_LABELS = {
+    "recorded_settings": "with drifted start (the editor's recorded settings)",
+    "instruction_effect": "change relative to the factual edit (the instruction's effect alone)",
+}
+
+
+def _variant_verdicts(summary: dict[str, Any], variants: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per variant row, against the sweep's row at the same δ."""
+    lines = []
+    for name, row in variants.items():
+        same = next((r for r in summary["rows"] if r["delta"] == row["delta"]), None)
+        if name == "recorded_settings" and same:
+            lines.append(
+                f"- Drifted start (the editor's recorded settings, used by `latentdrift demo`) at δ = "
+                f"{row['delta']:g}: SSIM {row['ssim']:.3f} vs {same['ssim']:.3f}, SSIM outside "
+                f"{row['ssim_outside']:.3f} vs {same['ssim_outside']:.3f}, ventricle MAE "
+                f"{row['mae_ml']:.2f} vs {same['mae_ml']:.2f} ml without it."
+            )
+        if name == "instruction_effect":
+            lines.append(
+                f"- What the instruction's content alone changes (counterfactual − factual edit, same noise) "
+                f"at δ = {row['delta']:g}: SSIM outside {row['ssim_outside']:.3f}, ventricle change r = "
+                f"{fmt(row['pearson_r'])}, MAE {row['mae_ml']:.2f} ml (predicting no change: "
+                f"{summary['no_edit']['mae_ml']:.2f} ml) — how much the editor follows what it is asked."
+            )
+    return lines
+
+
 def _section2(results: dict[str, Any]) -> list[str]:
     section = results["section2_counterfactual"]
     summary = section["summary"]
@@ -293,19 +321,20 @@ def _section2(results: dict[str, Any]) -> list[str]:
         "a non-constant prediction (— otherwise).",
         "",
     ]
-    recorded = summary.get("recorded_settings_row")
+    variants = {name: row for name, row in summary.get("variants", {}).items() if row}
+    labelled = [(r["delta"], r) for r in summary["rows"]] + [
+        (f"{row['delta']:g}, {VARIANT_LABELS[name]}", row) for name, row in variants.items()
+    ]
     rows = [
         [
-            f"{r['delta']:g} with drifted start (the editor's recorded settings)"
-            if r.get("drift_start")
-            else r["delta"],
+            label,
             f"{r['ssim']:.3f} ± {r['ssim_sd']:.3f}",
             f"{r['psnr']:.2f} ± {r['psnr_sd']:.2f}",
             f"{r['ssim_outside']:.3f} ± {r['ssim_outside_sd']:.3f}",
             r["pearson_r"],
             r["mae_ml"],
         ]
-        for r in [*summary["rows"], *([recorded] if recorded else [])]
+        for label, r in labelled
     ]
     rows.append(
         [
@@ -339,15 +368,7 @@ def _section2(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Ventricle change: best MAE {best_mae['mae_ml']:.2f} ml at δ = {best_mae['delta']:g} (no change predicted: {no_edit['mae_ml']:.2f} ml)."
         )
-    if recorded:
-        same_delta = next((r for r in summary["rows"] if r["delta"] == recorded["delta"]), None)
-        if same_delta:
-            lines.append(
-                f"- Drifted start (the editor's recorded settings, used by `latentdrift demo`) at δ = "
-                f"{recorded['delta']:g}: SSIM {recorded['ssim']:.3f} vs {same_delta['ssim']:.3f}, SSIM outside "
-                f"{recorded['ssim_outside']:.3f} vs {same_delta['ssim_outside']:.3f}, ventricle MAE "
-                f"{recorded['mae_ml']:.2f} vs {same_delta['mae_ml']:.2f} ml without it."
-            )
+    lines += _variant_verdicts(summary, variants)
     lines.append(
         f"- The measurement itself, on the true pairs, errs by {measurement['mae_ml']:.2f} ml on average: a counterfactual cannot be judged more finely than that."
     )

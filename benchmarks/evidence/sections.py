@@ -252,9 +252,12 @@ def _summary_text(folder: Path) -> str:
 def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str, Any]:
     """Section 2: edit each held-out baseline towards its follow-up at every δ; compare with the truth.
 
-    Every δ of the sweep drifts the reverse steps only. When the editor recorded a drifted start (its
-    training drifted the forward noise), one more edit uses exactly its recorded settings, δ and
-    drifted start, as ``latentdrift demo`` and the default ``counterfactual`` do.
+    Every δ of the sweep drifts the reverse steps only. Two variants at the editor's recorded δ follow
+    (``VARIANTS``): ``recorded_settings``, its recorded drifted start too (when it recorded one), as
+    ``latentdrift demo`` and the default ``counterfactual`` use it; ``instruction_effect``, the change
+    relative to a *factual* edit (same noise, the instruction with the follow-up's attributes replaced
+    by the baseline's): the source plus (counterfactual − factual edit), i.e. only what the
+    instruction's content changes, without what any pass through the editor changes.
     """
     editor, editor_source, editor_key = editor_model(ctx, given_editor)
     sampling = model_sampling(editor)
@@ -268,10 +271,7 @@ def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str,
             per_delta.append({"delta": delta, **_fidelity(truth, edited)})
             if number == 0:
                 montage[f"δ = {delta:+g}"] = _display_slice(truth, edited)
-        recorded = {}
-        if sampling.drift_start:
-            edited = _edited(ctx, editor, editor_key, sampling, pair, sampling.drift, drift_start=True)
-            recorded = {"delta": sampling.drift, "drift_start": True, **_fidelity(truth, edited)}
+        variants = _variants(ctx, editor, editor_key, sampling, pair, truth)
         if number == 0:
             montage = {
                 "source": _display_slice(truth, truth["source"].voxels),
@@ -283,7 +283,7 @@ def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str,
                 "subject": pair.subject,
                 **_baselines(truth),
                 "per_delta": per_delta,
-                "recorded_settings": recorded,
+                **variants,
             }
         )
     clear_bundle_cache()
@@ -327,6 +327,28 @@ def _truth(pair: Pair) -> dict[str, Any]:
     }
 
 
+def _variants(
+    ctx: Context, editor: Path, editor_key: str, sampling: Sampling, pair: Pair, truth: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Fidelity of the ``VARIANTS`` at the editor's δ (``{}`` for recorded settings without a drifted start)."""
+    delta = sampling.drift
+    recorded: dict[str, Any] = {}
+    if sampling.drift_start:
+        edited = _edited(ctx, editor, editor_key, sampling, pair, delta, drift_start=True)
+        recorded = {"delta": delta, **_fidelity(truth, edited)}
+    counterfactual = _edited(ctx, editor, editor_key, sampling, pair, delta)
+    factual = _edited(ctx, editor, editor_key, sampling, pair, delta, factual=True)
+    source = truth["source"].voxels
+    effect = np.clip(source + (counterfactual - factual), source.min(), source.max())
+    return {
+        "recorded_settings": recorded,
+        "instruction_effect": {"delta": delta, **_fidelity(truth, effect.astype(np.float32))},
+    }
+
+
+VARIANTS = ("recorded_settings", "instruction_effect")
+
+
 def _edited(
     ctx: Context,
     editor: Path,
@@ -335,9 +357,12 @@ def _edited(
     pair: Pair,
     delta: float,
     drift_start: bool = False,
+    factual: bool = False,
 ) -> np.ndarray:
+    """The counterfactual volume of ``pair``'s baseline (cached): towards the follow-up's attributes, or
+    with ``factual`` towards the baseline's own (the instruction with nothing to change)."""
     s = ctx.sizes
-    a, b = pair.source.attributes, pair.target.attributes
+    a, b = pair.source.attributes, pair.source.attributes if factual else pair.target.attributes
     settings = EditSettings(
         mode="instruct",
         source=replace(a, modality=sampling.modality),
@@ -362,7 +387,11 @@ def _edited(
         result = counterfactual_volume(read_volume(pair.source.image), bundle, settings, axis="axial")
         return {"voxels": result.counterfactual.voxels.astype(np.float32)}
 
-    name = f"counterfactual-{pair.subject}-d{delta:+g}" + ("-drifted-start" if drift_start else "")
+    name = (
+        f"counterfactual-{pair.subject}-d{delta:+g}"
+        + ("-drifted-start" if drift_start else "")
+        + ("-factual" if factual else "")
+    )
     return ctx.stages.arrays(name, key, compute)["voxels"]
 
 
@@ -422,12 +451,13 @@ def _summarise(subjects: list[dict[str, Any]], deltas: tuple[float, ...]) -> dic
         {"delta": delta, **_summary_row([s["per_delta"][number] for s in subjects], truth)}
         for number, delta in enumerate(deltas)
     ]
-    recorded = [s["recorded_settings"] for s in subjects if s["recorded_settings"]]
-    recorded_row = (
-        {"delta": recorded[0]["delta"], "drift_start": True, **_summary_row(recorded, truth)}
-        if len(recorded) == len(subjects) and recorded
-        else None
-    )
+    variant_rows = {}
+    for variant in VARIANTS:
+        values = [s[variant] for s in subjects if s.get(variant)]
+        complete = values and len(values) == len(subjects)
+        variant_rows[variant] = (
+            {"delta": values[0]["delta"], **_summary_row(values, truth)} if complete else None
+        )
     no_edit = {
         "ssim": float(np.mean([s["no_edit_ssim"] for s in subjects])),
         "psnr": float(np.mean([s["no_edit_psnr"] for s in subjects])),
@@ -436,7 +466,7 @@ def _summarise(subjects: list[dict[str, Any]], deltas: tuple[float, ...]) -> dic
     measurement = _agreement([s["measured_true_change_ml"] for s in subjects], truth)
     return {
         "rows": rows,
-        "recorded_settings_row": recorded_row,
+        "variants": variant_rows,
         "no_edit": no_edit,
         "measurement_on_true_pairs": measurement,
         "subjects": len(subjects),
