@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from latentdrift.errors import InputError
+from latentdrift.errors import InputError, JobError, ParameterError
 from latentdrift.ldseg import LDSegNetwork, TrainSettings, evaluate_dice, tiny_config, train_ldseg
 from latentdrift.ldseg.augment import augment_batch
 
@@ -95,3 +97,54 @@ def test_augmentation_keeps_image_and_label_aligned() -> None:
     assert inside - outside > 1.0
     again = augment_batch(x, y, torch.Generator().manual_seed(0), flip_left_right=True)
     assert torch.equal(again[0], out_x) and torch.equal(again[1], out_y)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_cancelled_cosine_schedule_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    images, labels = _discs(16, 4)
+    straight = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=6, lr_scheduler="cosine"))
+    folder = tmp_path / "checkpoints"
+    interrupted = _settings(steps=6, lr_scheduler="cosine", checkpoint_dir=str(folder), checkpoint_every=2)
+
+    def cancel_at_five(event: dict) -> None:
+        if event["kind"] == "step" and event["step"] == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_ldseg(images, labels, None, None, CONFIG, interrupted, cancel_at_five)
+    resumed = train_ldseg(images, labels, None, None, CONFIG, interrupted)
+    assert resumed.start_step == 4
+    document = json.loads((folder / "checkpoint.json").read_text())
+    assert document["lr_scheduler"]["last_epoch"] == 6
+    assert document["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
+    for name, tensor in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_trained_model_is_the_average_of_all_four_networks(tmp_path: Path) -> None:
+    images, labels = _discs(16, 5)
+    folder = tmp_path / "checkpoints"
+    result = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=4, checkpoint_dir=str(folder)))
+    tensors = load_file(next(folder.glob("checkpoint-*.safetensors")))
+    for name, tensor in result.model.state_dict().items():
+        torch.testing.assert_close(tensor, tensors[f"ema.module.{name}"], msg=name)
+    encoder = [name for name in result.model.state_dict() if name.startswith("label_encoder.")]
+    assert encoder and any(
+        not torch.equal(result.model.state_dict()[name], tensors[f"model.{name}"]) for name in encoder
+    )
+
+
+def test_an_old_checkpoint_or_an_unknown_lr_scheduler_is_refused_clearly(tmp_path: Path) -> None:
+    images, labels = _discs(8, 6)
+    folder = tmp_path / "checkpoints"
+    train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, checkpoint_dir=str(folder)))
+    document = json.loads((folder / "checkpoint.json").read_text())
+    document.pop("version")
+    (folder / "checkpoint.json").write_text(json.dumps(document))
+    with pytest.raises(JobError, match="checkpoint version 1, this one reads 2"):
+        train_ldseg(images, labels, None, None, CONFIG, _settings(steps=2, checkpoint_dir=str(folder)))
+    with pytest.raises(ParameterError, match="Unknown lr_scheduler 'warm'"):
+        train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, lr_scheduler="warm"))

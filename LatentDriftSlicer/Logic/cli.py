@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=None, help="slices (3D: volumes) per step (default: 16; 3D: 2)"
     )
     train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument(
+        "--lr-scheduler", default="constant", help="diffusers scheduler name: constant, cosine, linear, ..."
+    )
     train.add_argument("--validation-fraction", type=float, default=0.2, help="share of subjects held out")
     train.add_argument("--no-augment", action="store_true", help="train without augmentation")
     train.add_argument(
@@ -485,6 +488,7 @@ def _run_train_ldseg(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size or (2 if args.spatial_dims == 3 else 16),
         learning_rate=args.learning_rate,
+        lr_scheduler=args.lr_scheduler,
         seed=args.seed,
         augment=not args.no_augment,
         flip_left_right=args.axis != "sagittal",

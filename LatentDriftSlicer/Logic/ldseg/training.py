@@ -7,13 +7,17 @@ One step, for a batch of images ``x`` ``(b, 1, S, S)`` and labels ``y`` ``(b, S,
     ε̂ = denoiser([z_t, e], t);  x̂0 = (z_t − √(1−ᾱ_t) ε̂) / √ᾱ_t  (clipped to ±latent_bound, as in DDIM)
     loss = CE(ŷ, y) + 2·(1 − Dice(ŷ, y)) + λ·MSE(ε̂, ε),  ŷ = softmax(label_decoder(x̂0))
 
-All four networks get gradients from that single loss. Randomness is drawn from CPU generators
-seeded by ``(seed, step)`` and ``(seed, epoch)``, so a resumed run repeats the uninterrupted one.
+All four networks get gradients from that single loss, and the exponential moving average (EMA)
+covers all four: they are trained as one, and an averaged denoiser next to the encoders' current
+weights would pair weights of different steps. The learning rate follows a diffusers scheduler
+(``lr_scheduler``: constant, cosine, linear, … over ``steps``). Randomness is drawn from CPU
+generators seeded by ``(seed, step)`` and ``(seed, epoch)``, so a resumed run repeats the
+uninterrupted one.
 
-Checkpoints (``checkpoint_dir``): ``checkpoint-<step>.safetensors`` (model, EMA denoiser and
-flattened AdamW state) and ``checkpoint.json`` (step, history, optimizer hyper-parameters, the
-config), each written atomically; the JSON is written last and names the weights file, so it always
-points at a complete checkpoint. Nothing is unpickled on resume.
+Checkpoints (``checkpoint_dir``): ``checkpoint-<step>.safetensors`` (model, EMA model and
+flattened AdamW state) and ``checkpoint.json`` (step, history, optimizer hyper-parameters and
+learning-rate scheduler state, the config), each written atomically; the JSON is written last and
+names the weights file, so it always points at a complete checkpoint. Nothing is unpickled on resume.
 
 3D models (``config.spatial_dims == 3``) train the same way on whole volumes: images ``(b, 1, S, S, S)``,
 labels ``(b, S, S, S)``, latents and noise ``(b, 1, s, s, s)``.
@@ -33,6 +37,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from safetensors import SafetensorError
@@ -51,7 +56,11 @@ LOG = logging.getLogger(__name__)
 
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_FORMAT = "latentdrift-ldseg-checkpoint"
+CHECKPOINT_VERSION = 2
+"""2: the EMA covers the whole model and the learning-rate scheduler is saved (1: EMA of the denoiser only)."""
 DICE_WEIGHT = 2.0
+LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
+"""``diffusers.optimization.get_scheduler`` names that need nothing beyond the number of steps."""
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -64,11 +73,13 @@ class TrainSettings:
     per-epoch validation Dice. ``checkpoint_every`` steps (and at the end) a checkpoint is written to
     ``checkpoint_dir`` when given; with ``resume`` a run continues from the checkpoint found there.
     ``flip_left_right`` only applies to axial and coronal models (see :func:`augment_batch`).
+    ``lr_scheduler`` is a ``diffusers.optimization.get_scheduler`` name (no warm-up), over ``steps``.
     """
 
     steps: int = 2000
     batch_size: int = 8
     learning_rate: float = 1e-3
+    lr_scheduler: str = "constant"
     weight_decay: float = 1e-4
     gradient_clip: float = 1.0
     ema_decay: float = 0.999
@@ -85,7 +96,7 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    """A trained model (EMA denoiser, eval mode) and one history entry per epoch.
+    """A trained model (EMA weights, eval mode) and one history entry per epoch.
 
     Each entry: ``epoch``, ``step``, ``loss``, ``loss_segmentation``, ``loss_noise`` (means over the
     epoch) and, with validation data, ``dice`` (foreground class name → Dice in [0, 1], ``None`` when
@@ -104,6 +115,7 @@ class _State:
     model: LDSegNetwork
     ema: AveragedModel
     optimizer: torch.optim.AdamW
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_losses: list[list[float]] = field(default_factory=list)
@@ -165,7 +177,7 @@ def train_ldseg(
         ):
             path = save_checkpoint(state, Path(settings.checkpoint_dir), settings)
             emit({"kind": "checkpoint", "path": str(path), "step": state.step})
-    return TrainResult(inference_model(state.model, state.ema), state.history, start_step)
+    return TrainResult(inference_model(state.ema), state.history, start_step)
 
 
 def _check_settings(settings: TrainSettings) -> None:
@@ -180,6 +192,10 @@ def _check_settings(settings: TrainSettings) -> None:
         raise ParameterError(f"ema_decay must be in [0, 1), got {settings.ema_decay}.")
     if settings.learning_rate <= 0:
         raise ParameterError(f"learning_rate must be positive, got {settings.learning_rate}.")
+    if settings.lr_scheduler not in LR_SCHEDULERS:
+        raise ParameterError(
+            f"Unknown lr_scheduler '{settings.lr_scheduler}': use one of {', '.join(LR_SCHEDULERS)}."
+        )
 
 
 def _as_tensors(
@@ -233,15 +249,18 @@ def ema_average(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _new_state(config: LDSegConfig, settings: TrainSettings, device: torch.device) -> _State:
-    """Fresh model (weights from ``settings.seed``, global RNG untouched), EMA and AdamW."""
+    """Fresh model (weights from ``settings.seed``, global RNG untouched), its EMA, AdamW and LR scheduler."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = LDSegNetwork(config).to(device)
-    ema = AveragedModel(model.denoiser, avg_fn=ema_average(settings.ema_decay))
+    ema = AveragedModel(model, avg_fn=ema_average(settings.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
-    return _State(model, ema, optimizer)
+    lr_scheduler = get_scheduler(
+        settings.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=settings.steps
+    )
+    return _State(model, ema, optimizer, lr_scheduler)
 
 
 def _batch_indices(step: int, count: int, settings: TrainSettings, steps_per_epoch: int) -> torch.Tensor:
@@ -277,7 +296,8 @@ def _train_step(
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
     state.optimizer.step()
-    state.ema.update_parameters(model.denoiser)
+    state.lr_scheduler.step()
+    state.ema.update_parameters(model)
     return [loss.item(), segmentation_loss.item(), noise_loss.item()]
 
 
@@ -308,11 +328,9 @@ def _loss_dict(losses: list[float]) -> dict[str, float]:
     return dict(zip(("loss", "loss_segmentation", "loss_noise"), losses, strict=True))
 
 
-def inference_model(model: LDSegNetwork, ema: AveragedModel) -> LDSegNetwork:
-    """A copy of ``model`` in eval mode whose denoiser holds the EMA weights."""
-    copied = copy.deepcopy(model)
-    copied.denoiser.load_state_dict(ema.module.state_dict())
-    return copied.eval()
+def inference_model(ema: AveragedModel) -> LDSegNetwork:
+    """A copy of the EMA model (all four networks) in eval mode."""
+    return cast(LDSegNetwork, copy.deepcopy(ema.module)).eval()
 
 
 def _end_epoch(
@@ -330,7 +348,7 @@ def _end_epoch(
     }
     if val is not None:
         dice = evaluate_dice(
-            inference_model(state.model, state.ema), val[0], val[1], settings.validation_steps, settings.seed
+            inference_model(state.ema), val[0], val[1], settings.validation_steps, settings.seed
         )
         present = [value for value in dice.values() if value is not None]
         entry.update(dice=dice, mean_dice=float(np.mean(present)) if present else None)
@@ -396,11 +414,13 @@ def save_checkpoint(state: _State, folder: Path, settings: TrainSettings) -> Pat
     atomic_write_bytes(folder / weights_name, save(tensors, metadata={"step": str(state.step)}))
     document = {
         "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
         "step": state.step,
         "weights": weights_name,
         "history": state.history,
         "epoch_losses": state.epoch_losses,
         "param_groups": groups,
+        "lr_scheduler": state.lr_scheduler.state_dict(),
         "config": state.model.config.to_dict(),
         "settings": asdict(settings),
     }
@@ -464,6 +484,12 @@ def _read_checkpoint_document(folder: Path) -> dict[str, Any]:
         raise JobError(f"'{folder / CHECKPOINT_JSON}' cannot be read: {error}.") from error
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         raise JobError(f"'{folder / CHECKPOINT_JSON}' is not an LDSeg training checkpoint.")
+    if document.get("version", 1) != CHECKPOINT_VERSION:
+        raise JobError(
+            f"'{folder / CHECKPOINT_JSON}' was written by another version of LatentDriftSlicer (checkpoint "
+            f"version {document.get('version', 1)}, this one reads {CHECKPOINT_VERSION}): start over with "
+            "another checkpoint folder or resume=False."
+        )
     return document
 
 
@@ -481,6 +507,7 @@ def _restore(state: _State, tensors: dict[str, torch.Tensor], document: dict[str
         index, name = key.split(".", 1)
         optimizer_state.setdefault(int(index), {})[name] = value.cpu() if name == "step" else value
     state.optimizer.load_state_dict({"state": optimizer_state, "param_groups": document["param_groups"]})
+    state.lr_scheduler.load_state_dict(document["lr_scheduler"])
     state.step = int(document["step"])
     state.history = list(document["history"])
     state.epoch_losses = [list(losses) for losses in document["epoch_losses"]]
