@@ -1,6 +1,6 @@
 """Retrain the bundled brain-tissue LDSeg model from scratch (the one command behind its model card).
 
-    .venv/bin/python scripts/train_default_ldseg.py [--steps 3000] [--subjects 30]
+    .venv/bin/python scripts/train_default_ldseg.py [--steps 6000] [--subjects 30]
 
 1. Writes synthetic subjects made from the MNI152 template (``latentdrift.synthetic``: random smooth
    deformations, tissue contrast, gamma, bias field, noise) as image/label NRRD pairs under
@@ -10,7 +10,7 @@
    held-out subjects, resumable checkpoints in ``data/brain-tissue-ldseg.checkpoints``).
 3. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``.
 
-Takes about 70 minutes of a quiet 2-core CPU (3000 steps); rerunning resumes from the last checkpoint.
+Takes about 60 minutes of a quiet 2-core CPU (6000 steps); rerunning resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,8 @@ from latentdrift.volumes import write_volume
 from latentdrift.workflows.segment import train_segmentation_model
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "brain-tissue"
+# Relative to ROOT, which the run changes into, so that the model card names no machine's paths.
+DATA = Path("data") / "brain-tissue"
 OUTPUT = ROOT / "LatentDriftSlicer" / "Logic" / "bundled_models" / "brain-tissue-ldseg"
 
 # Names, colours and codes follow 3D Slicer's GenericAnatomyColors / General Anatomy terminology
@@ -114,21 +116,24 @@ def default_config() -> LDSegConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--subjects", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
+    args.output = args.output.absolute()
+    os.chdir(ROOT)
     pairs = write_subjects(args.subjects)
     settings = TrainSettings(
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=1e-3,
+        lr_scheduler="cosine",
         seed=0,
         augment=True,
         flip_left_right=True,
         validation_steps=5,
-        checkpoint_dir=str(ROOT / "data" / "brain-tissue-ldseg.checkpoints"),
+        checkpoint_dir=str(Path("data") / "brain-tissue-ldseg.checkpoints"),
         checkpoint_every=100,
         device="auto",
     )
