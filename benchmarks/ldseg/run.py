@@ -11,6 +11,9 @@ Writes ``benchmarks/ldseg/results.json`` and ``results.md``. Everything is measu
 * robustness — mean Dice with Gaussian noise of σ = 0, 0.05, 0.1, 0.2 (in units of the volume's robust
   intensity range) for LDSeg and a deterministic MONAI U-Net of similar size trained on the same data
   (``baseline_unet.py``);
+* sampling steps — mean Dice of one sample per slice against the number of DDIM steps (1 … 50), on
+  every third foreground slice of the held-out subjects at the model's resolution (``--steps-curve``
+  measures it alone and updates the existing results);
 * speed and memory — LDSeg sampling against a pixel-space diffusion segmenter (MONAI DiffusionModelUNet
   with the image concatenated, as in MONAI's DDPM segmentation tutorial) at the same number of samples,
   each in a fresh process; 50 DDIM steps are run, 1000 DDPM steps are extrapolated from the measured
@@ -43,12 +46,16 @@ from baseline_unet import build_unet  # noqa: E402
 from baseline_unet import train as train_unet  # noqa: E402
 
 from latentdrift.ldseg import LDSegNetwork, load_ldseg_model  # noqa: E402
+from latentdrift.ldseg.uncertainty import segment_slices  # noqa: E402
 from latentdrift.models import resolve_model  # noqa: E402
 from latentdrift.segmentation import SegmentSettings, VolumeSegmentation, segment_volume, segment_volume_with  # noqa: E402
+from latentdrift.segmentation_data import pair_slices  # noqa: E402
 from latentdrift.synthetic import TISSUE_NAMES, synthetic_subject  # noqa: E402
 from latentdrift.volumes import Volume  # noqa: E402
 
 HELD_OUT_SEED = 1000
+CURVE_STEPS = (1, 2, 5, 10, 15, 25, 50)
+CURVE_SLICE_STRIDE = 3
 NOISE_LEVELS = (0.0, 0.05, 0.1, 0.2)
 SPEED_SLICES = 2
 
@@ -223,6 +230,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="2 subjects, fewer noise subjects: a smoke run")
     parser.add_argument(
+        "--steps-curve",
+        action="store_true",
+        help="measure Dice against the number of DDIM steps and update it in the existing results",
+    )
+    parser.add_argument(
         "--speed-only",
         action="store_true",
         help="measure speed and memory again and update them in the existing results (accuracy kept)",
@@ -230,6 +242,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.speed_only:
         return rerun_speed(args)
+    if args.steps_curve:
+        return rerun_steps_curve(args)
     command = " ".join(["python", "benchmarks/ldseg/run.py", *sys.argv[1:]])
     subjects = 2 if args.quick else args.subjects
     entry = resolve_model("brain-tissue-ldseg", ("ldseg",))
@@ -281,6 +295,7 @@ def main() -> int:
         "seconds_per_volume": float(np.mean(seconds)),
         "robustness_mean_dice": robustness,
         "speed": measure_speed(args.samples, args.steps, classes, model.config.image_size),
+        "steps_curve": steps_curve(model, data),
         "peak_rss_mb_this_process": peak_rss_mb(),
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -317,6 +332,40 @@ def rerun_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def steps_curve(model: LDSegNetwork, data: list[tuple[Volume, Volume]]) -> dict:
+    """Mean foreground Dice (MONAI, all slices together) of one sample per slice for each of ``CURVE_STEPS``."""
+    pairs = [pair_slices(image, truth, model.config) for image, truth in data]
+    images = np.concatenate([images[::CURVE_SLICE_STRIDE] for images, _ in pairs])
+    labels = np.concatenate([labels[::CURVE_SLICE_STRIDE] for _, labels in pairs]).astype(np.int64)
+    classes = model.config.num_classes
+    dice = {}
+    for steps in CURVE_STEPS:
+        predicted = segment_slices(model, torch.from_numpy(images)[:, None], samples=1, steps=steps, seed=0)
+        per_class = compute_dice(
+            onehot(predicted.labels.astype(np.int64), classes),
+            onehot(labels, classes),
+            include_background=False,
+        )[0]
+        dice[str(steps)] = float(per_class.mean())
+        print("steps", steps, dice[str(steps)], flush=True)
+    return {"slices": len(images), "subjects": len(data), "samples": 1, "mean_dice": dice}
+
+
+def rerun_steps_curve(args: argparse.Namespace) -> int:
+    """``--steps-curve``: the Dice-against-steps figures in the existing results, with their own command."""
+    results = json.loads((HERE / "results.json").read_text())
+    model = load_ldseg_model(resolve_model("brain-tissue-ldseg", ("ldseg",)).path)
+    subjects = results["settings"]["held_out_subjects"]
+    results["steps_curve"] = steps_curve(
+        model, [synthetic_subject(HELD_OUT_SEED + i) for i in range(subjects)]
+    )
+    results["steps_curve_command"] = " ".join(["python", "benchmarks/ldseg/run.py", *sys.argv[1:]])
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (HERE / "results.md").write_text(markdown(results))
+    print((HERE / "results.md").read_text())
+    return 0
+
+
 def summarise(per_subject: list[dict]) -> dict:
     """Means over subjects (per class for Dice and HD95)."""
     summary: dict = {}
@@ -341,6 +390,22 @@ def markdown(results: dict) -> str:
     )
     speed = results["speed"]
     settings = results["settings"]
+    curve = results.get("steps_curve")
+    curve_section = (
+        ""
+        if curve is None
+        else f"""
+## Sampling steps: mean Dice of one sample against the number of DDIM steps
+
+Command: `{results.get("steps_curve_command", results["command"])}`. Every {CURVE_SLICE_STRIDE}rd foreground slice of the
+{curve["subjects"]} held-out subjects ({curve["slices"]} slices) at the model's resolution, one sample each (the table
+above averages {settings["samples"]}). Default: {settings["steps"]} steps.
+
+| steps | {" | ".join(curve["mean_dice"])} |
+| --- | {" | ".join("---" for _ in curve["mean_dice"])} |
+| mean Dice | {" | ".join(f"{value:.3f}" for value in curve["mean_dice"].values())} |
+"""
+    )
     return f"""# LDSeg benchmark (bundled brain-tissue model)
 
 Command: `{results["command"]}` — machine: {results["machine"]}.
@@ -380,7 +445,7 @@ Command: `{results.get("speed_command", results["command"])}`.
 LDSeg is **{speed["speedup_vs_pixel_ddpm1000"]:.0f}×** faster than the 1000-step pixel-space baseline and
 **{speed["speedup_vs_pixel_ddim50"]:.1f}×** faster than its 50-step DDIM variant at the same number of samples.
 Whole volume (all axial slices, {settings["samples"]} samples): {results["seconds_per_volume"]:.1f} s on average.
-"""
+{curve_section}"""
 
 
 if __name__ == "__main__":
