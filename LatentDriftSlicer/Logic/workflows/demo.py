@@ -90,8 +90,7 @@ def _edit_settings(settings: DemoSettings, editor: Path) -> EditSettings:
     """Instruct-mode settings; without a δ, the one recorded with the editor, at every reverse step.
 
     The editor's recorded drifted start is not used: on held-out subjects it made the bundled editor's
-    counterfactuals worse (SSIM outside the change 0.876 vs 0.903, ventricle error 86 vs 43 ml;
-    ``benchmarks/evidence/results.md``, section 2).
+    counterfactuals worse (``benchmarks/evidence/results.md``, section 2, the recorded-settings row).
     """
     drift = settings.drift if settings.drift is not None else recorded_drift(editor)[0]
     return EditSettings(
