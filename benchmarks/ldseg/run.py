@@ -397,7 +397,7 @@ def markdown(results: dict) -> str:
         else f"""
 ## Sampling steps: mean Dice of one sample against the number of DDIM steps
 
-Command: `{results.get("steps_curve_command", results["command"])}`. Every {CURVE_SLICE_STRIDE}rd foreground slice of the
+Command: `{results.get("steps_curve_command", results["command"])}`. One foreground slice in {CURVE_SLICE_STRIDE} of the
 {curve["subjects"]} held-out subjects ({curve["slices"]} slices) at the model's resolution, one sample each (the table
 above averages {settings["samples"]}). Default: {settings["steps"]} steps.
 
