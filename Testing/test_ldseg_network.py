@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from latentdrift.errors import ParameterError
-from latentdrift.ldseg import LabelClass, LDSegConfig, LDSegNetwork, tiny_config
+from latentdrift.ldseg import (
+    LabelClass,
+    LDSegConfig,
+    LDSegNetwork,
+    default_classes,
+    tiny_config,
+    training_config,
+)
 
 
 def test_part_shapes_and_standardised_latent() -> None:
@@ -23,6 +31,33 @@ def test_part_shapes_and_standardised_latent() -> None:
     assert torch.allclose(latent.std(dim=(1, 2, 3), correction=0), torch.ones(3), atol=1e-3)
     assert model.predict_noise(latent, embedding, torch.tensor([0, 500, 999])).shape == (3, 1, 8, 8)
     assert model.label_decoder(latent).shape == (3, 3, 32, 32)
+
+
+def test_latent_channels_widen_the_latent_the_embedding_and_the_denoiser() -> None:
+    torch.manual_seed(0)
+    config = replace(tiny_config(["background", "a", "b"]), latent_channels=3)
+    model = LDSegNetwork(config)
+    latent = model.encode_labels(torch.randint(0, 3, (2, 32, 32)))
+    embedding = model.image_encoder(torch.randn(2, 1, 32, 32))
+    assert latent.shape == embedding.shape == (2, *config.latent_shape) == (2, 3, 8, 8)
+    assert torch.allclose(latent.std(dim=(1, 2, 3), correction=0), torch.ones(2), atol=1e-3)
+    assert model.predict_noise(latent, embedding, torch.tensor([1, 900])).shape == (2, 3, 8, 8)
+    assert model.label_decoder(latent).shape == (2, 3, 32, 32)
+    assert config.latent_bound == pytest.approx((3 * 8 * 8) ** 0.5)
+
+
+def test_a_config_written_before_latent_channels_reads_as_one_channel() -> None:
+    data = replace(tiny_config(), latent_channels=2).to_dict()
+    del data["latent_channels"]
+    assert LDSegConfig.from_dict(data).latent_channels == 1
+
+
+def test_training_config_cuts_the_widths_to_the_downsampling() -> None:
+    config = training_config(default_classes(["background", "a"]), image_size=64, latent_downsampling=8)
+    assert config.latent_shape == (4, 8, 8)
+    assert config.label_channels == config.image_channels == (16, 32, 48, 64)
+    with pytest.raises(ParameterError, match="power of two"):
+        training_config(default_classes(["background", "a"]), latent_downsampling=6)
 
 
 def test_default_model_size_is_about_two_million_parameters() -> None:
@@ -49,6 +84,7 @@ def test_config_json_round_trip() -> None:
         ({"image_size": 30}, "multiple"),
         ({"latent_downsampling": 6}, "power of two"),
         ({"axis": "oblique"}, "axis"),
+        ({"latent_channels": 0}, "latent_channels"),
         ({"sampling_steps": 0}, "sampling_steps"),
         ({"image_size": "32"}, "'image_size'"),
         ({"extra": 1}, "'extra'"),

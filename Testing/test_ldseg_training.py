@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.losses import DiceCELoss
 from safetensors.torch import load_file
 
 from latentdrift.errors import InputError, JobError, ParameterError
 from latentdrift.ldseg import LDSegNetwork, TrainSettings, evaluate_dice, tiny_config, train_ldseg
 from latentdrift.ldseg.augment import augment_batch
+from latentdrift.ldseg.sampler import make_scheduler
+from latentdrift.ldseg.training import _losses
 
 CONFIG = tiny_config(["background", "disc"])
 
@@ -148,3 +151,40 @@ def test_an_old_checkpoint_or_an_unknown_lr_scheduler_is_refused_clearly(tmp_pat
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=2, checkpoint_dir=str(folder)))
     with pytest.raises(ParameterError, match="Unknown lr_scheduler 'warm'"):
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, lr_scheduler="warm"))
+
+
+def test_the_reconstruction_term_is_the_autoencoders_own_segmentation_loss() -> None:
+    torch.manual_seed(0)
+    model = LDSegNetwork(CONFIG)
+    images, labels = (torch.from_numpy(a) for a in _discs(4, 7))
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, lambda_dice=2.0, lambda_ce=1.0)
+    arguments = (
+        model,
+        images[:, None],
+        labels,
+        torch.tensor([10, 200, 600, 990]),
+        torch.randn(4, *CONFIG.latent_shape),
+        make_scheduler(CONFIG),
+        loss_function,
+    )
+    *_, reconstruction = _losses(*arguments, True)
+    expected = loss_function(model.label_decoder(model.encode_labels(labels)), labels[:, None])
+    torch.testing.assert_close(reconstruction, expected)
+    assert float(_losses(*arguments, False)[2]) == 0.0
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_the_history_reports_the_reconstruction_loss_in_the_total(weight: float) -> None:
+    images, labels = _discs(8, 3)
+    result = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=2, reconstruction_weight=weight))
+    entry = result.history[-1]
+    assert (entry["loss_reconstruction"] > 0) == (weight > 0)
+    assert entry["loss"] == pytest.approx(
+        entry["loss_segmentation"] + entry["loss_noise"] + weight * entry["loss_reconstruction"], rel=1e-5
+    )
+
+
+def test_negative_loss_weights_are_refused() -> None:
+    images, labels = _discs(8, 3)
+    with pytest.raises(ParameterError, match="reconstruction_weight"):
+        train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, reconstruction_weight=-1.0))

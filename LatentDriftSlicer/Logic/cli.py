@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -123,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--latent-downsampling", type=int, default=4, help="image size / latent size (default: 4)"
+    )
+    train.add_argument(
+        "--latent-channels", type=int, default=4, help="channels of the label latent (default: 4)"
+    )
+    train.add_argument(
+        "--reconstruction-weight",
+        type=float,
+        default=1.0,
+        help="weight of the label autoencoder's own loss; 0 = the LDSeg reference (default: 1)",
     )
     train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
     train.add_argument(
@@ -465,23 +473,18 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_train_ldseg(args: argparse.Namespace) -> int:
-    from dataclasses import replace
     from pathlib import Path
 
-    from .ldseg import LDSegConfig, TrainSettings, default_classes
+    from .ldseg import TrainSettings, default_classes, training_config
     from .workflows.segment import train_segmentation_model
 
     names = [name.strip() for name in args.classes.split(",") if name.strip()]
-    base = LDSegConfig()
-    levels = int(math.log2(args.latent_downsampling)) + 1  # encoder widths: one per resolution
-    config = replace(
-        base,
-        classes=default_classes(names),
+    config = training_config(
+        default_classes(names),
         axis=args.axis,
         image_size=args.image_size or (64 if args.spatial_dims == 3 else 128),
         latent_downsampling=args.latent_downsampling,
-        label_channels=base.label_channels[:levels],
-        image_channels=base.image_channels[:levels],
+        latent_channels=args.latent_channels,
         spatial_dims=args.spatial_dims,
     )
     settings = TrainSettings(
@@ -489,6 +492,7 @@ def _run_train_ldseg(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or (2 if args.spatial_dims == 3 else 16),
         learning_rate=args.learning_rate,
         lr_scheduler=args.lr_scheduler,
+        reconstruction_weight=args.reconstruction_weight,
         seed=args.seed,
         augment=not args.no_augment,
         flip_left_right=args.axis != "sagittal",

@@ -35,7 +35,7 @@ def ldseg_training_card(
     return f"""# LDSeg model
 
 Latent-diffusion segmentation (Zaman et al., LDSeg) of {config.axis} slices at {config.image_size}×{config.image_size},
-latent {config.latent_size}×{config.latent_size}×1, {counts["total"]:,} parameters
+latent {config.latent_size}×{config.latent_size}×{config.latent_channels}, {counts["total"]:,} parameters
 ({", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")}), {config.sampling_steps} DDIM steps by default.
 
 Input: intensities windowed to the volume's percentiles {config.intensity_percentiles} and mapped to

@@ -8,7 +8,7 @@ entropy and variance. See ``docs`` for the method and :mod:`.training` for the s
 from __future__ import annotations
 
 from .model_io import load_ldseg_model, model_info, read_config, save_ldseg_model
-from .network import LabelClass, LDSegConfig, LDSegNetwork, default_classes, tiny_config
+from .network import LabelClass, LDSegConfig, LDSegNetwork, default_classes, tiny_config, training_config
 from .sampler import ddim_sample_latents, make_scheduler, sample_probabilities
 from .training import TrainResult, TrainSettings, evaluate_dice, train_ldseg
 from .uncertainty import SliceSegmentation, segment_slices, summarise_samples
@@ -33,4 +33,5 @@ __all__ = [
     "summarise_samples",
     "tiny_config",
     "train_ldseg",
+    "training_config",
 ]

@@ -9,10 +9,12 @@ Shapes at the default 2D config (``image_size=256``, ``latent_downsampling=16``)
 * denoiser: MONAI ``DiffusionModelUNet`` on ``[noisy latent, embedding]`` ``(B, 2, 16, 16)`` and integer
   timesteps ``(B,)`` in ``[0, T)`` → predicted noise ``(B, 1, 16, 16)``.
 
-About 1.8 M parameters in all at default widths (denoiser about 1.0 M).
+About 1.8 M parameters in all at default widths (denoiser about 1.0 M). With ``latent_channels = c``
+every latent and embedding has ``c`` channels (the denoiser takes ``2c`` and predicts ``c``);
+:func:`training_config` is what ``train-ldseg`` and the bundled model use.
 
 With ``spatial_dims=3`` every part is the same network with 3D convolutions (MONAI ``spatial_dims``):
-images ``(B, 1, S, S, S)``, one-hot masks ``(B, C, S, S, S)``, latents ``(B, 1, s, s, s)``.
+images ``(B, 1, S, S, S)``, one-hot masks ``(B, C, S, S, S)``, latents ``(B, c, s, s, s)``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ class LDSegConfig:
     that range; see :func:`latentdrift.segmentation.intensity_statistics`) lets inference warn about
     inputs unlike the training data; ``None`` when unknown.
 
+    ``latent_channels`` is the number of channels of the label latent and of the image embedding: 1 in
+    the LDSeg reference; more let a latent at a coarse ``latent_downsampling`` still carry thin
+    structures (the denoiser's cost barely grows, unlike a finer latent grid).
+
     ``spatial_dims`` is 2 (slices ``S × S`` cut along ``axis``) or 3 (the whole slice stack along
     ``axis`` resampled to ``S × S × S`` over a cube field of view); config files without it are 2D.
     """
@@ -90,6 +96,7 @@ class LDSegConfig:
     classes: tuple[LabelClass, ...] = field(default_factory=lambda: default_classes(["background", "object"]))
     image_size: int = 256
     latent_downsampling: int = 16
+    latent_channels: int = 1
     label_channels: tuple[int, ...] = (16, 32, 48, 64, 64)
     image_channels: tuple[int, ...] = (16, 32, 48, 64, 64)
     denoiser_channels: tuple[int, ...] = (16, 32, 64)
@@ -132,13 +139,13 @@ class LDSegConfig:
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
-        """Shape of one latent, channel first: ``(1, s, s)`` or ``(1, s, s, s)``."""
-        return (1,) + (self.latent_size,) * self.spatial_dims
+        """Shape of one latent, channel first: ``(c, s, s)`` or ``(c, s, s, s)``, ``c = latent_channels``."""
+        return (self.latent_channels,) + (self.latent_size,) * self.spatial_dims
 
     @property
     def latent_bound(self) -> float:
         """No standardised latent of ``n`` values can exceed ``sqrt(n)`` in magnitude: the x̂₀ clip range."""
-        return math.sqrt(self.latent_size**self.spatial_dims)
+        return math.sqrt(math.prod(self.latent_shape))
 
     def with_classes(self, names: Sequence[str]) -> LDSegConfig:
         """A copy with classes ``names`` (background first) and default colours."""
@@ -226,6 +233,7 @@ _FIELD_PARSERS: dict[str, Any] = {
     "classes": lambda v: tuple(_label_class(c) for c in _list(v)),
     "image_size": _int,
     "latent_downsampling": _int,
+    "latent_channels": _int,
     "label_channels": lambda v: tuple(_int(c) for c in _list(v)),
     "image_channels": lambda v: tuple(_int(c) for c in _list(v)),
     "denoiser_channels": lambda v: tuple(_int(c) for c in _list(v)),
@@ -243,7 +251,10 @@ _FIELD_PARSERS: dict[str, Any] = {
     "spatial_dims": _int,
 }
 _OPTIONAL_FIELDS = {"intensity_reference"}
-_DEFAULT_WHEN_MISSING: dict[str, Any] = {"spatial_dims": 2}  # keys added after format version 1
+_DEFAULT_WHEN_MISSING: dict[str, Any] = {
+    "spatial_dims": 2,
+    "latent_channels": 1,
+}  # keys added after format version 1
 
 
 def _config_problems(config: LDSegConfig) -> list[str]:
@@ -280,6 +291,8 @@ def _config_problems(config: LDSegConfig) -> list[str]:
         problems.append(
             "norm_groups, denoiser_res_blocks, denoiser_head_channels and train_timesteps must be positive"
         )
+    elif config.latent_channels < 1:
+        problems.append("latent_channels must be positive")
     elif min((*config.label_channels, *config.image_channels, *config.denoiser_channels), default=0) < 1:
         problems.append("every channel width must be positive")
     elif any(c % config.norm_groups for c in config.denoiser_channels):
@@ -323,14 +336,16 @@ def _head(dims: int, in_channels: int, out_channels: int) -> Convolution:
 
 
 class LabelEncoder(nn.Module):
-    """One-hot mask ``(B, C, H, W)`` in [0, 1] → standardised latent ``(B, 1, H/f, W/f)`` (or 3D).
+    """One-hot mask ``(B, C, H, W)`` in [0, 1] → standardised latent ``(B, c, H/f, W/f)`` (or 3D).
 
-    Residual blocks with max-pooling between levels (``log2 f`` poolings), a 1×1 convolution to one
-    channel, then LayerNorm over (1, h, w) without affine parameters, so every latent has mean 0 and
-    standard deviation 1 whatever the resolution.
+    Residual blocks with max-pooling between levels (``log2 f`` poolings), a 1×1 convolution to
+    ``c = latent_channels``, then LayerNorm over (c, h, w) without affine parameters, so every latent
+    has mean 0 and standard deviation 1 whatever the resolution.
     """
 
-    def __init__(self, num_classes: int, channels: Sequence[int], groups: int, dims: int = 2) -> None:
+    def __init__(
+        self, num_classes: int, channels: Sequence[int], groups: int, dims: int = 2, latent_channels: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = num_classes
@@ -339,7 +354,7 @@ class LabelEncoder(nn.Module):
                 layers.append(nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2))
             layers.append(_residual(dims, previous, width, groups))
             previous = width
-        layers.append(_head(dims, previous, 1))
+        layers.append(_head(dims, previous, latent_channels))
         self.body = nn.Sequential(*layers)
 
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
@@ -348,12 +363,14 @@ class LabelEncoder(nn.Module):
 
 
 class LabelDecoder(nn.Module):
-    """Latent ``(B, 1, h, w)`` → class logits ``(B, C, h·f, w·f)`` (or 3D; transposed convs, residual blocks)."""
+    """Latent ``(B, c, h, w)`` → class logits ``(B, C, h·f, w·f)`` (or 3D; transposed convs, residual blocks)."""
 
-    def __init__(self, num_classes: int, channels: Sequence[int], groups: int, dims: int = 2) -> None:
+    def __init__(
+        self, num_classes: int, channels: Sequence[int], groups: int, dims: int = 2, latent_channels: int = 1
+    ) -> None:
         super().__init__()
         widths = list(reversed(channels))
-        layers: list[nn.Module] = [_residual(dims, 1, widths[0], groups)]
+        layers: list[nn.Module] = [_residual(dims, latent_channels, widths[0], groups)]
         for previous, width in itertools.pairwise(widths):
             layers.append(
                 Convolution(
@@ -376,13 +393,20 @@ class LabelDecoder(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """Image ``(B, 1, H, W)`` in the model range → embedding ``(B, 1, H/f, W/f)`` (or 3D).
+    """Image ``(B, 1, H, W)`` in the model range → embedding ``(B, c, H/f, W/f)`` (or 3D).
 
     A 3×3 stem, strided residual blocks (one per halving), self-attention at the lowest resolution,
-    then a 1×1 convolution to one channel: the embedding has the label latent's shape.
+    then a 1×1 convolution to ``c = latent_channels``: the embedding has the label latent's shape.
     """
 
-    def __init__(self, channels: Sequence[int], groups: int, head_channels: int, dims: int = 2) -> None:
+    def __init__(
+        self,
+        channels: Sequence[int],
+        groups: int,
+        head_channels: int,
+        dims: int = 2,
+        latent_channels: int = 1,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [_residual(dims, 1, channels[0], groups)]
         layers += [_residual(dims, a, b, groups, strides=2) for a, b in itertools.pairwise(channels)]
@@ -395,7 +419,7 @@ class ImageEncoder(nn.Module):
                 norm_num_groups=math.gcd(width, groups),
             )
         )
-        layers.append(_head(dims, width, 1))
+        layers.append(_head(dims, width, latent_channels))
         self.body = nn.Sequential(*layers)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -411,14 +435,16 @@ class LDSegNetwork(nn.Module):
     def __init__(self, config: LDSegConfig) -> None:
         super().__init__()
         self.config = config
-        groups, dims = config.norm_groups, config.spatial_dims
-        self.label_encoder = LabelEncoder(config.num_classes, config.label_channels, groups, dims)
-        self.label_decoder = LabelDecoder(config.num_classes, config.label_channels, groups, dims)
-        self.image_encoder = ImageEncoder(config.image_channels, groups, config.denoiser_head_channels, dims)
+        groups, dims, latent = config.norm_groups, config.spatial_dims, config.latent_channels
+        self.label_encoder = LabelEncoder(config.num_classes, config.label_channels, groups, dims, latent)
+        self.label_decoder = LabelDecoder(config.num_classes, config.label_channels, groups, dims, latent)
+        self.image_encoder = ImageEncoder(
+            config.image_channels, groups, config.denoiser_head_channels, dims, latent
+        )
         self.denoiser = DiffusionModelUNet(
             spatial_dims=dims,
-            in_channels=2,
-            out_channels=1,
+            in_channels=2 * latent,
+            out_channels=latent,
             channels=config.denoiser_channels,
             attention_levels=config.denoiser_attention,
             num_res_blocks=config.denoiser_res_blocks,
@@ -432,16 +458,16 @@ class LDSegNetwork(nn.Module):
         return next(self.parameters()).device
 
     def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Integer labels ``(B, H, W)`` (``(B, D, H, W)`` in 3D) in ``[0, C)`` → standardised latent ``(B, 1, h, w)``."""
+        """Integer labels ``(B, H, W)`` (``(B, D, H, W)`` in 3D) in ``[0, C)`` → standardised latent ``(B, c, h, w)``."""
         onehot = F.one_hot(labels.long(), self.config.num_classes).movedim(-1, 1).float()
         return self.label_encoder(onehot)
 
     def predict_noise(
         self, noisy: torch.Tensor, embedding: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
-        """ε̂ ``(B, 1, h, w)`` from noisy latent and image embedding (both ``(B, 1, h, w)``), timesteps ``(B,)``.
+        """ε̂ ``(B, c, h, w)`` from noisy latent and image embedding (both ``(B, c, h, w)``), timesteps ``(B,)``.
 
-        In 3D every latent is ``(B, 1, d, h, w)``.
+        In 3D every latent is ``(B, c, d, h, w)``.
         """
         return self.denoiser(torch.cat([noisy, embedding], dim=1), timesteps)
 
@@ -453,6 +479,34 @@ class LDSegNetwork(nn.Module):
         }
         parts["total"] = sum(parts.values())
         return parts
+
+
+def training_config(
+    classes: Sequence[LabelClass],
+    axis: str = "axial",
+    image_size: int = 128,
+    latent_downsampling: int = 4,
+    latent_channels: int = 4,
+    spatial_dims: int = 2,
+) -> LDSegConfig:
+    """The config new models are trained with: default widths cut to ``log2(latent_downsampling) + 1`` levels.
+
+    Four latent channels by default: the reference's one channel at 4× downsampling cannot carry thin
+    structures such as CSF (its autoencoder caps the Dice; ``benchmarks/ldseg`` measures that ceiling).
+    """
+    base = LDSegConfig()
+    levels = int(math.log2(latent_downsampling)) + 1 if latent_downsampling > 0 else 0
+    return replace(
+        base,
+        classes=tuple(classes),
+        axis=axis,
+        image_size=image_size,
+        latent_downsampling=latent_downsampling,
+        latent_channels=latent_channels,
+        label_channels=base.label_channels[:levels],
+        image_channels=base.image_channels[:levels],
+        spatial_dims=spatial_dims,
+    )
 
 
 def tiny_config(

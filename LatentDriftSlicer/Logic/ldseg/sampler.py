@@ -7,7 +7,7 @@ and diffusers with ``"linspace"``/``"trailing"`` spacing, mismatch the two when 
 multiple of ``N``. With T = 1000 and N = 15 the schedule is 924, 858, …, 66, 0.
 
 Shapes are written for 2D; 3D models (``config.spatial_dims == 3``) use the same functions with one
-more spatial axis everywhere (latents ``(B, 1, d, h, w)``, images ``(b, 1, D, H, W)``).
+more spatial axis everywhere (latents ``(B, c, d, h, w)``, ``c = config.latent_channels``; images ``(b, 1, D, H, W)``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def make_scheduler(config: LDSegConfig) -> DDIMScheduler:
 def predict_original(
     noisy: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
 ) -> torch.Tensor:
-    """Standard x̂₀ = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t for latents ``(B, 1, h, w)`` and timesteps ``(B,)``."""
+    """Standard x̂₀ = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t for latents ``(B, c, h, w)`` and timesteps ``(B,)``."""
     alpha = alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, *(1,) * (noisy.ndim - 1))
     return (noisy - (1 - alpha).sqrt() * noise) / alpha.sqrt()
 
@@ -45,9 +45,9 @@ def predict_original(
 def ddim_sample_latents(
     model: LDSegNetwork, embedding: torch.Tensor, noise: torch.Tensor, steps: int
 ) -> torch.Tensor:
-    """Denoise ``noise`` ``(B, 1, h, w)`` given ``embedding`` ``(B, 1, h, w)`` in ``steps`` DDIM steps.
+    """Denoise ``noise`` ``(B, c, h, w)`` given ``embedding`` ``(B, c, h, w)`` in ``steps`` DDIM steps.
 
-    Deterministic (η = 0). Returns the clean latent estimate ``(B, 1, h, w)``.
+    Deterministic (η = 0). Returns the clean latent estimate ``(B, c, h, w)``.
     """
     scheduler = make_scheduler(model.config)
     scheduler.set_timesteps(steps, device=noise.device)
@@ -65,7 +65,7 @@ def sample_probabilities(
 ) -> torch.Tensor:
     """Class probabilities of ``N`` samples for each of ``b`` images.
 
-    ``images`` ``(b, 1, H, W)`` in the model range and ``noise`` ``(N, b, 1, h, w)`` on the model's device.
+    ``images`` ``(b, 1, H, W)`` in the model range and ``noise`` ``(N, b, c, h, w)`` on the model's device.
     The image encoder runs once per image; its embedding is expanded to the ``N·b`` samples, which are
     denoised together and decoded once each. Returns ``(N, b, C, H, W)`` softmax probabilities in [0, 1].
     """

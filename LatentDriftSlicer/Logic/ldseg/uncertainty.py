@@ -137,7 +137,7 @@ def _check_images(model: LDSegNetwork, images: np.ndarray | torch.Tensor) -> tor
 
 
 def _initial_noise(model: LDSegNetwork, count: int, samples: int, seed: int) -> torch.Tensor:
-    """Initial latents ``(samples, count, 1, h, w)`` from a fresh CPU generator seeded with ``seed``."""
+    """Initial latents ``(samples, count, c, h, w)`` from a fresh CPU generator seeded with ``seed``."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     per_slice = torch.randn((count, samples, *model.config.latent_shape), generator=generator)
     return per_slice.transpose(0, 1)

@@ -348,10 +348,9 @@ def _searched_drift(
 
 def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallback | None) -> dict[str, Any]:
     """LDSeg: validate image/label rows, then the project's LDSeg training (its own resumable checkpoints)."""
-    import math
     import time
 
-    from ..ldseg import LDSegConfig, TrainSettings, default_classes
+    from ..ldseg import TrainSettings, default_classes, training_config
     from ..workflows.segment import train_segmentation_model
 
     rows, problems = read_cohort(config.cohort)
@@ -376,17 +375,7 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
         writer = csv.writer(handle)
         writer.writerow(["image", "label", "subject"])
         writer.writerows([str(r.image), str(r.label), r.subject] for r in good)
-    base = LDSegConfig()
-    levels = int(math.log2(4)) + 1
-    ldseg = replace(
-        base,
-        classes=default_classes(names),
-        axis=config.axis,
-        image_size=config.resolution,
-        latent_downsampling=4,
-        label_channels=base.label_channels[:levels],
-        image_channels=base.image_channels[:levels],
-    )
+    ldseg = training_config(default_classes(names), axis=config.axis, image_size=config.resolution)
     settings = TrainSettings(
         steps=config.steps,
         batch_size=config.batch_size,
