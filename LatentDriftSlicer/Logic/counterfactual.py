@@ -119,8 +119,9 @@ def counterfactual_volume(
     """Edit every slice of ``volume`` along ``axis`` (range ``slices``) with ``bundle``; see the module docstring.
 
     ``settings.mode`` is img2img, instruct or direction; ``blend`` in [0, 1) mixes each slice's edit
-    with its neighbours'; ``batch_size`` slices per pipeline call (default: from free GPU memory,
-    :func:`latentdrift.devices.suggest_batch_size`; 8 on the CPU). Same settings and seed, same volume.
+    with its neighbours'; ``batch_size`` slices per pipeline call (default: from free GPU memory, or
+    available RAM on the CPU; :func:`latentdrift.devices.suggest_batch_size`). Same settings and seed,
+    same volume.
     """
     check_image_volume(volume)
     if axis not in AXES:
@@ -205,7 +206,7 @@ def _nonempty(windowed: np.ndarray) -> np.ndarray:
 
 
 def choose_batch_size(bundle: PipelineBundle, settings: EditSettings, size: int) -> int:
-    """Slices per batch from free GPU memory and :func:`bytes_per_slice` (8 on the CPU, at most 64)."""
+    """Slices per batch from free memory (GPU, or RAM on the CPU) and :func:`bytes_per_slice`, at most 64."""
     chosen = suggest_batch_size(bundle.device, bytes_per_slice(bundle, settings, size), ceiling=MAX_BATCH)
     LOG.info("Editing %d slice(s) per batch on %s", chosen, bundle.device)
     return chosen
