@@ -131,8 +131,8 @@ def stock_call(pipeline: Any, images: np.ndarray, callback: Any = None) -> np.nd
 # --------------------------------------------------------------------------- timing
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median seconds of each variant, run in turn ``repeats`` times after one warm-up each."""
+def interleaved_times(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each variant in each of ``repeats`` rounds (variants run in turn), after one warm-up each."""
     for run in variants.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -141,7 +141,12 @@ def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[st
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each variant (see :func:`interleaved_times`)."""
+    return {name: statistics.median(values) for name, values in interleaved_times(variants, repeats).items()}
 
 
 def drift_overhead(bundle: PipelineBundle, folder: Path, batch: int, repeats: int) -> dict[str, Any]:
@@ -183,9 +188,11 @@ def volume_speedup(bundle: PipelineBundle, folder: Path, volume: Volume, repeats
     def batched() -> None:
         used.update(counterfactual_volume(volume, bundle, settings(), "axial").figures)
 
-    times = interleaved(
+    rounds = interleaved_times(
         {"batched_engine": batched, "stock_slice_loop": lambda: slice_loop(pipeline, volume)}, repeats
     )
+    times = {name: statistics.median(values) for name, values in rounds.items()}
+    per_round = [s / b for s, b in zip(rounds["stock_slice_loop"], rounds["batched_engine"], strict=True)]
     slice_steps = volume.voxels.shape[0] * int(STEPS * STRENGTH)
     return {
         "slices": volume.voxels.shape[0],
@@ -194,6 +201,7 @@ def volume_speedup(bundle: PipelineBundle, folder: Path, volume: Volume, repeats
         "engine_batch_size": used["batch_size"],
         "seconds": times,
         "speedup": times["stock_slice_loop"] / times["batched_engine"],
+        "speedup_per_round": per_round,
         "engine_ms_per_slice_step": 1000 * times["batched_engine"] / slice_steps,
         "stock_ms_per_slice_step": 1000 * times["stock_slice_loop"] / slice_steps,
     }
@@ -276,6 +284,12 @@ def _limit_row(name: str, measured: dict[str, Any]) -> str:
     )
 
 
+def _round_range(measured: dict[str, Any]) -> str:
+    """The spread of the batching ratio over the paired rounds (older results have none)."""
+    rounds = measured.get("speedup_per_round")
+    return f"rounds {min(rounds):.2f}–{max(rounds):.2f}×" if rounds else "rounds not recorded"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """``results.md``: the command, the machine and one table of the measures against their targets."""
     a_tiny, a_medium = results["a_drift_overhead"]["tiny"], results["a_drift_overhead"]["medium"]
@@ -304,9 +318,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"| (a) engine `edit_slices` (δ = {DRIFT}) vs stock pipeline, tiny / medium | "
         f"{a_tiny['engine_overhead_pct']:+.1f} % / {a_medium['engine_overhead_pct']:+.1f} % | ≤ 3 % |",
         f"| (b) whole volume ({b['slices']} slices) batched vs per-slice stock loop, tiny UNet | "
-        f"{b['speedup']:.2f}× ({b['seconds']['batched_engine']:.1f} s vs {b['seconds']['stock_slice_loop']:.1f} s) | ≥ 3× |",
+        f"{b['speedup']:.2f}× ({b['seconds']['batched_engine']:.1f} s vs {b['seconds']['stock_slice_loop']:.1f} s; "
+        f"{_round_range(b)}) | ≥ 3× |",
         f"| (c) the same, medium UNet ({c['slices']} slices) | {c['speedup']:.2f}× "
-        f"({c['seconds']['batched_engine']:.1f} s vs {c['seconds']['stock_slice_loop']:.1f} s) | — |",
+        f"({c['seconds']['batched_engine']:.1f} s vs {c['seconds']['stock_slice_loop']:.1f} s; {_round_range(c)}) | — |",
         *(_limit_row(name, measured) for name, measured in (("tiny", b), ("medium", c))),
         f"| (d) peak RSS of `latentdrift counterfactual` on {d['volume']} | {d['peak_rss_gib']:.2f} GiB "
         f"({d['seconds']:.0f} s) | < 4 GB |",
@@ -336,8 +351,11 @@ def main() -> None:
         action="store_true",
         help="fewer slices and repeats; prints, writes no results (a smoke test)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved timing rounds after the warm-up (default 3)"
+    )
     args = parser.parse_args()
-    repeats = 1 if args.quick else 3
+    repeats = 1 if args.quick else args.repeats
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the child process of (d)
     started = time.perf_counter()
