@@ -15,7 +15,7 @@ from latentdrift.errors import InputError, JobError, ParameterError
 from latentdrift.ldseg import LDSegNetwork, TrainSettings, evaluate_dice, tiny_config, train_ldseg
 from latentdrift.ldseg.augment import augment_batch
 from latentdrift.ldseg.sampler import make_scheduler
-from latentdrift.ldseg.training import _losses
+from latentdrift.ldseg.training import CHECKPOINT_VERSION, _losses
 
 CONFIG = tiny_config(["background", "disc"])
 
@@ -147,7 +147,7 @@ def test_an_old_checkpoint_or_an_unknown_lr_scheduler_is_refused_clearly(tmp_pat
     document = json.loads((folder / "checkpoint.json").read_text())
     document.pop("version")
     (folder / "checkpoint.json").write_text(json.dumps(document))
-    with pytest.raises(JobError, match="checkpoint version 1, this one reads 2"):
+    with pytest.raises(JobError, match=f"checkpoint version 1, this one reads {CHECKPOINT_VERSION}"):
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=2, checkpoint_dir=str(folder)))
     with pytest.raises(ParameterError, match="Unknown lr_scheduler 'warm'"):
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, lr_scheduler="warm"))

@@ -160,10 +160,23 @@ def test_train_ldseg_makes_a_model_that_segments(tmp_path: Path) -> None:
         write_volume(labels, data / f"s{seed}_label.nrrd")
     model = tmp_path / "model"
     args = ["train-ldseg", str(data), "--classes", ",".join(CLASSES), "--image-size", "32", "--steps", "3"]
-    assert main([*args, "--batch-size", "4", "--checkpoint-every", "2", "-o", str(model), "--quiet"]) == 0
+    options = [
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--latent-channels",
+        "2",
+        "--reconstruction-weight",
+        "0",
+    ]
+    assert main([*args, *options, "-o", str(model), "--quiet"]) == 0
     assert {"config.json", "model.safetensors", "MODEL_CARD.md", "training.json"} <= {
         p.name for p in model.iterdir()
     }
+    assert json.loads((model / "config.json").read_text())["latent_channels"] == 2
+    history = json.loads((model / "training.json").read_text())
+    assert history[-1]["loss_reconstruction"] == 0.0
     card = (model / "MODEL_CARD.md").read_text()
     assert "White matter" in card or "white matter" in card
     assert (tmp_path / "model.checkpoints" / "checkpoint.json").exists()

@@ -63,8 +63,9 @@ LOG = logging.getLogger(__name__)
 
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_FORMAT = "latentdrift-ldseg-checkpoint"
-CHECKPOINT_VERSION = 2
-"""2: the EMA covers the whole model and the learning-rate scheduler is saved (1: EMA of the denoiser only)."""
+CHECKPOINT_VERSION = 3
+"""3: epoch losses include the reconstruction loss (2: four-figure losses missing; the EMA covers the whole
+model and the learning-rate scheduler is saved; 1: EMA of the denoiser only)."""
 DICE_WEIGHT = 2.0
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
 """``diffusers.optimization.get_scheduler`` names that need nothing beyond the number of steps."""
@@ -76,10 +77,11 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 class TrainSettings:
     """How to train. ``steps`` optimizer steps in all; an epoch is ``ceil(N / batch_size)`` steps.
 
-    ``noise_weight`` is λ of the ε-MSE term, ``reconstruction_weight`` ρ of the label autoencoder's own
-    segmentation loss (0 = the LDSeg reference; see the module docstring). ``validation_steps`` DDIM steps (one sample) are used for the
-    per-epoch validation Dice. ``checkpoint_every`` steps (and at the end) a checkpoint is written to
-    ``checkpoint_dir`` when given; with ``resume`` a run continues from the checkpoint found there.
+    ``noise_weight`` is λ of the ε-MSE term, ``reconstruction_weight`` ρ of the label autoencoder's
+    own segmentation loss (0 = the LDSeg reference; see the module docstring). ``validation_steps``
+    DDIM steps (one sample) are used for the per-epoch validation Dice. ``checkpoint_every`` steps
+    (and at the end) a checkpoint is written to ``checkpoint_dir`` when given; with ``resume`` a run
+    continues from the checkpoint found there.
     ``flip_left_right`` only applies to axial and coronal models (see :func:`augment_batch`).
     ``lr_scheduler`` is a ``diffusers.optimization.get_scheduler`` name (no warm-up), over ``steps``.
     """
@@ -108,8 +110,9 @@ class TrainResult:
     """A trained model (EMA weights, eval mode) and one history entry per epoch.
 
     Each entry: ``epoch``, ``step``, ``loss``, ``loss_segmentation``, ``loss_noise``,
-    ``loss_reconstruction`` (means over the epoch) and, with validation data, ``dice`` (foreground class name → Dice in [0, 1], ``None`` when
-    the class is absent from the validation labels) and ``mean_dice``.
+    ``loss_reconstruction`` (means over the epoch) and, with validation data, ``dice`` (foreground
+    class name → Dice in [0, 1], ``None`` when the class is absent from the validation labels) and
+    ``mean_dice``.
     """
 
     model: LDSegNetwork
