@@ -7,7 +7,7 @@ Writes ``benchmarks/ldseg/results.json`` and ``results.md``. Everything is measu
 * accuracy — Dice and HD95 (mm) per class (MONAI metrics) on held-out synthetic subjects (seeds from
   1000 on; the model was trained on seeds below 30), whole volumes through ``segment_volume``; and the
   autoencoder ceiling: the Dice of the label autoencoder's own reconstruction of the true labels through
-  the same volume pipeline, which no sample can beat (every segmentation is decoded from a latent);
+  the same volume pipeline, i.e. what a perfect denoiser (one that returned the encoded truth) would score;
 * uncertainty — expected calibration error (15 bins) of the mean probabilities and the AUROC with which
   the entropy flags wrong voxels, both over the voxels where the truth or the prediction is not background;
 * robustness — mean Dice with Gaussian noise of σ = 0, 0.05, 0.1, 0.2 (in units of the volume's robust
@@ -71,10 +71,17 @@ def onehot(labels: np.ndarray, classes: int) -> torch.Tensor:
     )
 
 
+def dice_per_class(predicted: np.ndarray, expected: np.ndarray, classes: int) -> list[float]:
+    """MONAI Dice of each foreground class between two ``[k, j, i]`` label arrays (NaN where absent)."""
+    return compute_dice(onehot(predicted, classes), onehot(expected, classes), include_background=False)[
+        0
+    ].tolist()
+
+
 def accuracy(result: VolumeSegmentation, truth: Volume, classes: int) -> dict:
     """Dice and HD95 per foreground class, ECE and entropy AUROC over the brain region."""
     predicted, expected = onehot(result.labels.voxels, classes), onehot(truth.voxels, classes)
-    dice = compute_dice(predicted, expected, include_background=False)[0].tolist()
+    dice = dice_per_class(result.labels.voxels, truth.voxels, classes)
     hd95 = compute_hausdorff_distance(
         predicted,
         expected,
@@ -136,10 +143,7 @@ def autoencoder_ceiling(model: LDSegNetwork, data: list[tuple[Volume, Volume]]) 
             return probabilities, np.zeros((len(images), *images.shape[2:]), np.float32)
 
         result = segment_volume_with(image, model.config, None, reconstruct)
-        dice = compute_dice(
-            onehot(result.labels.voxels, classes), onehot(truth.voxels, classes), include_background=False
-        )
-        per_subject.append(dice[0].tolist())
+        per_subject.append(dice_per_class(result.labels.voxels, truth.voxels, classes))
     per_class = np.nanmean(np.asarray(per_subject), axis=0)
     return {
         "dice": dict(zip(TISSUE_NAMES[1:], per_class.tolist(), strict=True)),
@@ -173,8 +177,7 @@ def load_unet(classes: int, steps: int) -> torch.nn.Module:
 
 
 def mean_dice(result: VolumeSegmentation, truth: Volume, classes: int) -> float:
-    predicted, expected = onehot(result.labels.voxels, classes), onehot(truth.voxels, classes)
-    return float(compute_dice(predicted, expected, include_background=False).nanmean())
+    return float(np.nanmean(dice_per_class(result.labels.voxels, truth.voxels, classes)))
 
 
 # --------------------------------------------------------------------------- speed (fresh processes)
@@ -371,12 +374,7 @@ def steps_curve(model: LDSegNetwork, data: list[tuple[Volume, Volume]]) -> dict:
     dice = {}
     for steps in CURVE_STEPS:
         predicted = segment_slices(model, torch.from_numpy(images)[:, None], samples=1, steps=steps, seed=0)
-        per_class = compute_dice(
-            onehot(predicted.labels.astype(np.int64), classes),
-            onehot(labels, classes),
-            include_background=False,
-        )[0]
-        dice[str(steps)] = float(per_class.mean())
+        dice[str(steps)] = float(np.mean(dice_per_class(predicted.labels, labels, classes)))
         print("steps", steps, dice[str(steps)], flush=True)
     return {"slices": len(images), "subjects": len(data), "samples": 1, "mean_dice": dice}
 
@@ -453,7 +451,8 @@ MNI152 template like the training subjects but with deformations and intensities
 | **mean** | **{results["accuracy"]["mean_dice"]:.3f}** | | {ceiling["mean_dice"]:.3f} |
 
 The autoencoder ceiling is the Dice of the label autoencoder's own reconstruction of the true labels
-(through the same resampling to the model's grid and back): no sample can beat it.
+(through the same resampling to the model's grid and back): what a perfect denoiser, one that returned
+the encoded true labels, would score.
 
 ## Uncertainty (voxels where truth or prediction is not background)
 
