@@ -19,7 +19,6 @@ import argparse
 import csv
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from latentdrift.ldseg import LabelClass, LDSegConfig, TrainSettings, training_config
@@ -98,13 +97,13 @@ def write_subjects(count: int) -> Path:
 
 
 def default_config() -> LDSegConfig:
-    """128×128 axial slices, a 32×32×4 latent (:func:`latentdrift.ldseg.training_config`), 15 steps.
+    """128×128 axial slices, a 32×32×4 latent, 15 DDIM steps (:func:`latentdrift.ldseg.training_config`).
 
     The LDSeg reference's 32×32×1 latent (at 512²/16) cannot hold thin CSF at this scale: its
-    autoencoder's own reconstruction caps the Dice (``benchmarks/ldseg``, autoencoder ceiling). Four
-    channels carry it at the same denoiser cost.
+    autoencoder's own reconstruction of the true labels scores low (``benchmarks/ldseg``, autoencoder
+    ceiling). Four channels carry it at the same denoiser cost.
     """
-    return replace(training_config(CLASSES, latent_channels=4), sampling_steps=15)
+    return training_config(CLASSES, latent_channels=4)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -492,7 +492,8 @@ def training_config(
     """The config new models are trained with: default widths cut to ``log2(latent_downsampling) + 1`` levels.
 
     Four latent channels by default: the reference's one channel at 4× downsampling cannot carry thin
-    structures such as CSF (its autoencoder caps the Dice; ``benchmarks/ldseg`` measures that ceiling).
+    structures such as CSF (its autoencoder's reconstruction of the true labels scores low;
+    ``benchmarks/ldseg`` measures that ceiling).
     """
     base = LDSegConfig()
     levels = int(math.log2(latent_downsampling)) + 1 if latent_downsampling > 0 else 0

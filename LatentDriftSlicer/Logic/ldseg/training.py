@@ -11,8 +11,8 @@ One step, for a batch of images ``x`` ``(b, 1, S, S)`` and labels ``y`` ``(b, S,
 The ρ term (``reconstruction_weight``) is not in the LDSeg reference, which trains the label
 autoencoder only through ŷ: most of its batches sit at large t, where x̂0 is mostly the image
 encoder's guess, so the decoder never learns to read a precise latent, and the autoencoder's own
-reconstruction of the true labels caps the Dice of every sample (``benchmarks/ldseg`` measures that
-ceiling). ρ = 1 trains the autoencoder directly as well; ρ = 0 gives the reference's loss.
+reconstruction of the true labels, what even a perfect denoiser would score, stays low
+(``benchmarks/ldseg`` measures that ceiling). ρ = 1 trains the autoencoder directly as well; ρ = 0 gives the reference's loss.
 
 All four networks get gradients from that single loss, and the exponential moving average (EMA)
 covers all four: they are trained as one, and an averaged denoiser next to the encoders' current
