@@ -280,7 +280,7 @@ def _variant_verdicts(summary: dict[str, Any], variants: dict[str, dict[str, Any
         same = next((r for r in summary["rows"] if r["delta"] == row["delta"]), None)
         if name == "recorded_settings" and same:
             lines.append(
-                f"- Drifted start (the editor's recorded settings, used by `latentdrift demo`) at δ = "
+                f"- Drifted start (the editor's recorded settings; `latentdrift demo` leaves it out) at δ = "
                 f"{row['delta']:g}: SSIM {row['ssim']:.3f} vs {same['ssim']:.3f}, SSIM outside "
                 f"{row['ssim_outside']:.3f} vs {same['ssim_outside']:.3f}, ventricle MAE "
                 f"{row['mae_ml']:.2f} vs {same['mae_ml']:.2f} ml without it."

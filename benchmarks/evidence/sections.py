@@ -253,8 +253,8 @@ def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str,
     """Section 2: edit each held-out baseline towards its follow-up at every δ; compare with the truth.
 
     Every δ of the sweep drifts the reverse steps only. Two variants at the editor's recorded δ follow
-    (``VARIANTS``): ``recorded_settings``, its recorded drifted start too (when it recorded one), as
-    ``latentdrift demo`` and the default ``counterfactual`` use it; ``instruction_effect``, the change
+    (``VARIANTS``): ``recorded_settings``, its recorded drifted start too (when it recorded one; the
+    demo leaves it out because of this row); ``instruction_effect``, the change
     relative to a *factual* edit (same noise, the instruction with the follow-up's attributes replaced
     by the baseline's): the source plus (counterfactual − factual edit), i.e. only what the
     instruction's content changes, without what any pass through the editor changes.
