@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from latentdrift.ldseg import LDSegNetwork, make_scheduler, sample_probabilities, tiny_config
+from latentdrift.errors import ParameterError
+from latentdrift.ldseg import (
+    LDSegNetwork,
+    ddim_sample_latents,
+    make_scheduler,
+    sample_probabilities,
+    sampling_scheduler,
+    tiny_config,
+)
+from latentdrift.ldseg.sampler import predict_original
 
 
-@pytest.mark.parametrize("steps", [1, 3, 7, 15, 50, 999])
-def test_each_ddim_step_uses_alpha_of_next_scheduled_timestep(steps: int) -> None:
-    """The update must land on ᾱ of the next timestep in the schedule (ᾱ = 1 after the last)."""
-    scheduler = make_scheduler(tiny_config())
-    scheduler.set_timesteps(steps)
+@pytest.mark.parametrize(
+    ("steps", "first_timestep", "start"),
+    [
+        *[(1, None, 0), (3, None, 666), (7, None, 852), (15, None, 924), (50, None, 980), (999, None, 998)],
+        *[(1, 924, 924), (2, 924, 924), (15, 924, 924), (16, 924, 930), (50, 924, 980), (3, 950, 950)],
+    ],
+)
+def test_each_ddim_step_uses_alpha_of_next_scheduled_timestep(
+    steps: int, first_timestep: int | None, start: int
+) -> None:
+    """The schedule starts at ``start``; each update lands on ᾱ of the next timestep (ᾱ = 1 after the last)."""
+    scheduler = sampling_scheduler(replace(tiny_config(), first_timestep=first_timestep), steps)
     timesteps = [int(t) for t in scheduler.timesteps]
     assert len(timesteps) == steps and timesteps == sorted(set(timesteps), reverse=True)
-    assert timesteps[-1] == 0 and timesteps[0] >= 1000 - 1000 // steps - (1000 % steps)
+    assert timesteps[0] == start and timesteps[-1] == start - (steps - 1) * (1000 // steps) >= 0
     alphas = torch.cat([scheduler.alphas_cumprod, torch.ones(1)])  # alphas[-1]: ᾱ = 1 after the last step
     generator = torch.Generator().manual_seed(0)
     for index, t in enumerate(timesteps):
@@ -37,6 +55,28 @@ def _ddim_update(
     """Deterministic DDIM (η = 0): x̂₀ from (sample, ε), re-noised to ᾱ of the next timestep."""
     original = (sample - (1 - alpha).sqrt() * noise) / alpha.sqrt()
     return next_alpha.sqrt() * original + (1 - next_alpha).sqrt() * noise
+
+
+def test_one_step_from_a_first_timestep_is_the_clipped_original_prediction() -> None:
+    """N = 1 starting at t: the sample is x̂₀ predicted from the noise at t, clipped to the latent bound."""
+    torch.manual_seed(0)
+    config = replace(tiny_config(), first_timestep=924)
+    model = LDSegNetwork(config).eval()
+    noise, embedding = torch.randn(2, 3, 1, 8, 8)
+    with torch.no_grad():
+        predicted = model.predict_noise(noise, embedding, torch.full((3,), 924))
+        expected = predict_original(
+            noise, predicted, torch.full((3,), 924), make_scheduler(config).alphas_cumprod
+        )
+    result = ddim_sample_latents(model, embedding, noise, steps=1)
+    torch.testing.assert_close(result, expected.clamp(-config.latent_bound, config.latent_bound))
+    assert (expected.abs() > config.latent_bound).any() and (expected.abs() < config.latent_bound).any()
+
+
+@pytest.mark.parametrize("first_timestep", [-1, 1000])
+def test_first_timestep_outside_the_schedule_is_refused(first_timestep: int) -> None:
+    with pytest.raises(ParameterError, match="first_timestep must be between 0 and"):
+        replace(tiny_config(), first_timestep=first_timestep)
 
 
 def test_cosine_schedule_is_used() -> None:

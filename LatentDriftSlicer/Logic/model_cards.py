@@ -6,6 +6,7 @@ from dataclasses import asdict
 from typing import Any
 
 from .ldseg import LDSegNetwork, TrainSettings
+from .ldseg.sampler import describe_sampling
 
 
 def ldseg_training_card(
@@ -36,7 +37,7 @@ def ldseg_training_card(
 
 Latent-diffusion segmentation (Zaman et al., LDSeg) of {config.axis} slices at {config.image_size}×{config.image_size},
 latent {config.latent_size}×{config.latent_size}×{config.latent_channels}, {counts["total"]:,} parameters
-({", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")}), {config.sampling_steps} DDIM steps by default.
+({", ".join(f"{k} {v:,}" for k, v in counts.items() if k != "total")}), {describe_sampling(config)} by default.
 
 Input: intensities windowed to the volume's percentiles {config.intensity_percentiles} and mapped to
 {config.intensity_range}; slices padded to a square field of view in millimetres.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .model_io import load_ldseg_model, model_info, read_config, save_ldseg_model
 from .network import LabelClass, LDSegConfig, LDSegNetwork, default_classes, tiny_config, training_config
-from .sampler import ddim_sample_latents, make_scheduler, sample_probabilities
+from .sampler import ddim_sample_latents, make_scheduler, sample_probabilities, sampling_scheduler
 from .training import TrainResult, TrainSettings, evaluate_dice, train_ldseg
 from .uncertainty import SliceSegmentation, segment_slices, summarise_samples
 
@@ -28,6 +28,7 @@ __all__ = [
     "model_info",
     "read_config",
     "sample_probabilities",
+    "sampling_scheduler",
     "save_ldseg_model",
     "segment_slices",
     "summarise_samples",

@@ -21,6 +21,7 @@ from ..devices import resolve_device
 from ..errors import ModelError, ParameterError
 from ..models import LDSEG_FORMAT
 from .network import LDSegConfig, LDSegNetwork
+from .sampler import describe_sampling
 
 FORMAT = LDSEG_FORMAT
 FORMAT_VERSION = 1
@@ -88,7 +89,7 @@ def default_card(model: LDSegNetwork) -> str:
         "# LDSeg model\n\n"
         f"Latent-diffusion segmentation of {what} at {size}, "
         f"{model.parameter_counts()['total']:,} parameters, "
-        f"{config.sampling_steps} DDIM steps by default.\n\n"
+        f"{describe_sampling(config)} by default.\n\n"
         f"Input: intensities windowed to percentiles {config.intensity_percentiles} and mapped to "
         f"{config.intensity_range}.\n\n| value | class | colour | terminology |\n| --- | --- | --- | --- |\n"
         f"{classes}\n"
@@ -205,6 +206,7 @@ def model_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "intensity_percentiles": list(config.intensity_percentiles),
         "intensity_range": list(config.intensity_range),
         "sampling_steps": config.sampling_steps,
+        "first_timestep": config.first_timestep,
         "has_weights": weights.is_file(),
         "weights_bytes": weights.stat().st_size if weights.is_file() else 0,
         "has_card": (folder / CARD_FILE).is_file(),

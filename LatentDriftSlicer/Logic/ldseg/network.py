@@ -89,6 +89,10 @@ class LDSegConfig:
     the LDSeg reference; more let a latent at a coarse ``latent_downsampling`` still carry thin
     structures (the denoiser's cost barely grows, unlike a finer latent grid).
 
+    ``first_timestep`` is where DDIM sampling starts (see :func:`latentdrift.ldseg.sampler.sampling_timesteps`):
+    ``None`` starts the ``N`` steps at diffusers' leading ``(N − 1)·(T // N)``; a value starts them there or
+    later when ``N`` steps of ``T // N`` do not fit below it.
+
     ``spatial_dims`` is 2 (slices ``S × S`` cut along ``axis``) or 3 (the whole slice stack along
     ``axis`` resampled to ``S × S × S`` over a cube field of view); config files without it are 2D.
     """
@@ -107,6 +111,7 @@ class LDSegConfig:
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
     sampling_steps: int = 15
+    first_timestep: int | None = None
     axis: str = "axial"
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
     intensity_range: tuple[float, float] = (-1.0, 1.0)
@@ -244,13 +249,14 @@ _FIELD_PARSERS: dict[str, Any] = {
     "train_timesteps": _int,
     "beta_schedule": _str,
     "sampling_steps": _int,
+    "first_timestep": _int,
     "axis": _str,
     "intensity_percentiles": _pair,
     "intensity_range": _pair,
     "intensity_reference": lambda v: tuple(_float(x) for x in _list(v)),
     "spatial_dims": _int,
 }
-_OPTIONAL_FIELDS = {"intensity_reference"}
+_OPTIONAL_FIELDS = {"intensity_reference", "first_timestep"}
 _DEFAULT_WHEN_MISSING: dict[str, Any] = {
     "spatial_dims": 2,
     "latent_channels": 1,
@@ -305,6 +311,8 @@ def _config_problems(config: LDSegConfig) -> list[str]:
         problems.append("denoiser widths with attention must be multiples of denoiser_head_channels")
     if not 1 <= config.sampling_steps <= config.train_timesteps:
         problems.append("sampling_steps must be between 1 and train_timesteps")
+    if config.first_timestep is not None and not 0 <= config.first_timestep < config.train_timesteps:
+        problems.append("first_timestep must be between 0 and train_timesteps - 1 (or null)")
     if config.beta_schedule not in BETA_SCHEDULES:
         problems.append(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}")
     if config.axis not in AXES:

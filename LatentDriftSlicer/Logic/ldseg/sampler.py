@@ -6,6 +6,11 @@ uses ᾱ of the timestep the sampler visits next (the last step goes to ᾱ = 1)
 and diffusers with ``"linspace"``/``"trailing"`` spacing, mismatch the two when ``T`` is not a
 multiple of ``N``. With T = 1000 and N = 15 the schedule is 924, 858, …, 66, 0.
 
+Start: the leading schedule starts at ``(N − 1)·(T // N)``, so one step runs the denoiser at t = 0 on
+pure noise. ``config.first_timestep`` shifts the whole schedule up (diffusers' ``steps_offset``) so it
+starts there instead: N = 1 at t = 924 is a single x̂₀ prediction from noise; every step still lands on
+the next scheduled timestep and the last on ᾱ = 1.
+
 Shapes are written for 2D; 3D models (``config.spatial_dims == 3``) use the same functions with one
 more spatial axis everywhere (latents ``(B, c, d, h, w)``, ``c = config.latent_channels``; images ``(b, 1, D, H, W)``).
 """
@@ -19,15 +24,18 @@ from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from .network import LDSegConfig, LDSegNetwork
 
 
-def make_scheduler(config: LDSegConfig) -> DDIMScheduler:
-    """A fresh DDIM scheduler for ``config`` (ε-prediction, x̂₀ clipped to ``±config.latent_bound``)."""
+def make_scheduler(config: LDSegConfig, steps_offset: int = 0) -> DDIMScheduler:
+    """A fresh DDIM scheduler for ``config`` (ε-prediction, x̂₀ clipped to ``±config.latent_bound``).
+
+    ``steps_offset`` is added to every timestep that ``set_timesteps`` schedules.
+    """
     return DDIMScheduler(
         num_train_timesteps=config.train_timesteps,
         beta_schedule=config.beta_schedule,
         clip_sample=True,
         clip_sample_range=config.latent_bound,
         set_alpha_to_one=True,
-        steps_offset=0,
+        steps_offset=steps_offset,
         prediction_type="epsilon",
         timestep_spacing="leading",
     )
@@ -41,16 +49,38 @@ def predict_original(
     return (noisy - (1 - alpha).sqrt() * noise) / alpha.sqrt()
 
 
+def sampling_scheduler(config: LDSegConfig, steps: int, device: torch.device | str = "cpu") -> DDIMScheduler:
+    """A DDIM scheduler with ``steps`` timesteps set, starting at ``config.first_timestep`` when given.
+
+    The schedule is ``s, s − T//N, …, s − (N−1)·(T//N)`` with ``s = max(first_timestep, (N−1)·(T//N))``
+    (``s = (N−1)·(T//N)``, diffusers' leading schedule, when ``first_timestep`` is ``None``).
+    """
+    leading_start = (steps - 1) * (config.train_timesteps // steps)
+    start = leading_start if config.first_timestep is None else max(config.first_timestep, leading_start)
+    scheduler = make_scheduler(config, steps_offset=start - leading_start)
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
+def describe_sampling(config: LDSegConfig) -> str:
+    """The default sampler in words, e.g. ``"15 DDIM steps"`` or ``"1 DDIM step from t = 924"``."""
+    steps = config.sampling_steps
+    words = f"{steps} DDIM step{'s' if steps > 1 else ''}"
+    if config.first_timestep is None:
+        return words
+    return f"{words} from t = {int(sampling_scheduler(config, steps).timesteps[0])}"
+
+
 @torch.no_grad()
 def ddim_sample_latents(
     model: LDSegNetwork, embedding: torch.Tensor, noise: torch.Tensor, steps: int
 ) -> torch.Tensor:
-    """Denoise ``noise`` ``(B, c, h, w)`` given ``embedding`` ``(B, c, h, w)`` in ``steps`` DDIM steps.
+    """Denoise ``noise`` ``(B, c, h, w)`` given ``embedding`` ``(B, c, h, w)`` in ``steps`` DDIM steps
+    (:func:`sampling_scheduler`).
 
     Deterministic (η = 0). Returns the clean latent estimate ``(B, c, h, w)``.
     """
-    scheduler = make_scheduler(model.config)
-    scheduler.set_timesteps(steps, device=noise.device)
+    scheduler = sampling_scheduler(model.config, steps, noise.device)
     latent = noise
     for timestep in scheduler.timesteps:
         batch_t = timestep.expand(latent.shape[0]).to(noise.device)
