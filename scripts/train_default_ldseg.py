@@ -8,7 +8,8 @@
    1000 on, which training never sees.
 2. Trains with ``latentdrift train-ldseg`` settings (augmentation on, validation Dice each epoch on
    held-out subjects, resumable checkpoints in ``data/brain-tissue-ldseg.checkpoints``).
-3. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``.
+3. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``, with the
+   15-step leading DDIM schedule; ``benchmarks/ldseg/choose_sampling.py`` then chooses its sampler.
 
 Takes about 55 minutes of a quiet 2-core CPU (5000 steps); rerunning resumes from the last checkpoint.
 """
@@ -69,6 +70,9 @@ the larger of the two template probabilities elsewhere.
 ## Reproduce
 
     .venv/bin/python scripts/train_default_ldseg.py
+    .venv/bin/python benchmarks/ldseg/choose_sampling.py && .venv/bin/python benchmarks/ldseg/choose_sampling.py --apply
+
+The second line chooses the default sampler (DDIM steps and first timestep) on the validation subjects.
 
 Held-out accuracy, calibration, robustness and speed: `benchmarks/ldseg/` (`results.md`).
 """
