@@ -31,6 +31,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ from baseline_unet import build_unet  # noqa: E402
 from baseline_unet import train as train_unet  # noqa: E402
 
 from latentdrift.ldseg import LDSegNetwork, load_ldseg_model  # noqa: E402
+from latentdrift.ldseg.sampler import describe_sampling  # noqa: E402
 from latentdrift.ldseg.uncertainty import segment_slices  # noqa: E402
 from latentdrift.models import resolve_model  # noqa: E402
 from latentdrift.segmentation import SegmentSettings, VolumeSegmentation, segment_volume, segment_volume_with  # noqa: E402
@@ -259,7 +261,7 @@ def main() -> int:
     parser.add_argument("--subjects", type=int, default=4, help="held-out synthetic subjects")
     parser.add_argument("--noise-subjects", type=int, default=2, help="subjects for the robustness test")
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
     parser.add_argument("--quick", action="store_true", help="2 subjects, fewer noise subjects: a smoke run")
     parser.add_argument(
         "--steps-curve",
@@ -281,7 +283,8 @@ def main() -> int:
     entry = resolve_model("brain-tissue-ldseg", ("ldseg",))
     model: LDSegNetwork = load_ldseg_model(entry.path)
     classes = model.config.num_classes
-    settings = SegmentSettings(samples=args.samples, steps=args.steps, seed=0, device="cpu")
+    model.config = replace(model.config, sampling_steps=args.steps or model.config.sampling_steps)
+    settings = SegmentSettings(samples=args.samples, seed=0, device="cpu")
     data = [synthetic_subject(HELD_OUT_SEED + i) for i in range(subjects)]
 
     per_subject, seconds = [], []
@@ -317,7 +320,8 @@ def main() -> int:
         "model": str(entry.path.relative_to(ROOT)),
         "settings": {
             "samples": args.samples,
-            "steps": args.steps,
+            "steps": model.config.sampling_steps,
+            "sampler": describe_sampling(model.config),
             "held_out_subjects": subjects,
             "noise_subjects": len(noise_subjects),
             "first_seed": HELD_OUT_SEED,
@@ -327,7 +331,7 @@ def main() -> int:
         "per_subject": per_subject,
         "seconds_per_volume": float(np.mean(seconds)),
         "robustness_mean_dice": robustness,
-        "speed": measure_speed(args.samples, args.steps, classes, model.config.image_size),
+        "speed": measure_speed(args.samples, model.config.sampling_steps, classes, model.config.image_size),
         "steps_curve": steps_curve(model, data),
         "peak_rss_mb_this_process": peak_rss_mb(),
     }
@@ -357,7 +361,8 @@ def rerun_speed(args: argparse.Namespace) -> int:
     """``--speed-only``: new speed and memory figures in the existing results, with their own command."""
     results = json.loads((HERE / "results.json").read_text())
     config = load_ldseg_model(resolve_model("brain-tissue-ldseg", ("ldseg",)).path).config
-    results["speed"] = measure_speed(args.samples, args.steps, config.num_classes, config.image_size)
+    steps = args.steps or config.sampling_steps
+    results["speed"] = measure_speed(args.samples, steps, config.num_classes, config.image_size)
     results["speed_command"] = " ".join(["python", "benchmarks/ldseg/run.py", *sys.argv[1:]])
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (HERE / "results.md").write_text(markdown(results))
@@ -429,7 +434,8 @@ def markdown(results: dict) -> str:
 
 Command: `{results.get("steps_curve_command", results["command"])}`. One foreground slice in {CURVE_SLICE_STRIDE} of the
 {curve["subjects"]} held-out subjects ({curve["slices"]} slices) at the model's resolution, one sample each (the table
-above averages {settings["samples"]}). Default: {settings["steps"]} steps.
+above averages {settings["samples"]}). Each schedule starts at the model's first timestep or where its
+steps of T // N fit below t = 1000. Default: {settings["sampler"]}.
 
 | steps | {" | ".join(curve["mean_dice"])} |
 | --- | {" | ".join("---" for _ in curve["mean_dice"])} |
@@ -441,7 +447,7 @@ above averages {settings["samples"]}). Default: {settings["steps"]} steps.
 Command: `{results["command"]}` — machine: {results["machine"]}.
 Held-out data: {settings["held_out_subjects"]} **synthetic** subjects (seeds {settings["first_seed"]}…), made from the
 MNI152 template like the training subjects but with deformations and intensities the model never saw;
-{settings["samples"]} samples × {settings["steps"]} DDIM steps per slice. These are not real patient scans.
+{settings["samples"]} samples × {settings["sampler"]} per slice. These are not real patient scans.
 
 ## Accuracy
 
@@ -472,7 +478,7 @@ Command: `{results.get("speed_command", results["command"])}`.
 
 | method | seconds | peak RSS (MB) |
 | --- | --- | --- |
-| LDSeg, {settings["steps"]} DDIM steps in latent space | {speed["ldseg"]["seconds"]:.2f} | {speed["ldseg"]["peak_rss_mb"]:.0f} |
+| LDSeg, {settings["sampler"]} in latent space | {speed["ldseg"]["seconds"]:.2f} | {speed["ldseg"]["peak_rss_mb"]:.0f} |
 | pixel-space diffusion (MONAI DiffusionModelUNet), 50 DDIM steps | {speed["pixel_ddim50"]["seconds"]:.2f} | {speed["pixel_ddim50"]["peak_rss_mb"]:.0f} |
 | pixel-space diffusion, 1000 DDPM steps (extrapolated: 1000 × measured time per step) | {speed["pixel_ddpm1000_extrapolated_seconds"]:.1f} | — |
 
