@@ -123,7 +123,7 @@ class LatentDriftSlicerParameterNode:
     counterfactualVolume: vtkMRMLScalarVolumeNode
     # Segment
     samples: Annotated[int, WithinRange(1, 64)] = 8
-    segmentSteps: Annotated[int, WithinRange(1, 1000)] = 15
+    segmentSteps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model's default
     probabilities: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     outputUncertainty: vtkMRMLScalarVolumeNode
@@ -698,7 +698,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             p.inputVolume,
             model=model,
             samples=p.samples,
-            steps=p.segmentSteps,
+            steps=p.segmentSteps or None,
             axis=p.axis,
             slices=self.sliceRange(p),
             probabilities=p.probabilities,

@@ -4,7 +4,7 @@ Works in Slicer's Python console (on ``slicer.mrmlScene``) and on slicer-core (p
 :class:`~.scene.SceneSession` as ``session``)::
 
     import latentdrift.console as ld
-    result = ld.segment(volume_node, model="ldseg-brain", samples=8, steps=15)
+    result = ld.segment(volume_node, model="brain-tissue-ldseg", samples=8)
     result.segmentation_node, result.uncertainty_node
 
 Every run goes the same way (:func:`run_on_node`): the input node is exported to a temporary NRRD
@@ -425,7 +425,7 @@ def prepare_segment(
     *,
     model: str | Path | None = None,
     samples: int = 8,
-    steps: int = 15,
+    steps: int | None = None,
     axis: Axis = "axial",
     slices: str | None = None,
     probabilities: bool = False,
@@ -439,8 +439,7 @@ def prepare_segment(
         *_model_arguments(model),
         "--samples",
         str(samples),
-        "--steps",
-        str(steps),
+        *(["--steps", str(steps)] if steps is not None else []),
         *_slicing_arguments(axis, slices),
         *(["--probabilities"] if probabilities else []),
     ]
@@ -462,7 +461,7 @@ def segment(
     *,
     model: str | Path | None = None,
     samples: int = 8,
-    steps: int = 15,
+    steps: int | None = None,
     axis: Axis = "axial",
     slices: str | None = None,
     probabilities: bool = False,
@@ -474,7 +473,7 @@ def segment(
 ) -> SegmentResult | NodeJob[SegmentResult]:
     """LDSeg segmentation of a volume node: a segmentation node and its uncertainty map (values 0..1).
 
-    ``samples`` diffusion samples of ``steps`` steps each are combined per slice; ``slices`` is a
+    ``samples`` diffusion samples of ``steps`` DDIM steps each (None: the model's default) are combined per slice; ``slices`` is a
     range ``"a:b"`` along ``axis`` (default: all). ``probabilities=True`` also loads one
     probability map per class. ``model`` None uses the default segmentation model.
     """
