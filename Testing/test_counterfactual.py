@@ -120,11 +120,11 @@ def test_out_of_memory_halves_the_suggested_batch_and_gives_the_same_volume(
     calls: list[int] = []
     original = run_module.call_pipeline
 
-    def flaky(pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
+    def flaky(bundle: PipelineBundle, pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
         calls.append(len(kwargs["prompt"]))
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        return original(pipeline, kwargs)
+        return original(bundle, pipeline, kwargs)
 
     monkeypatch.setattr(counterfactual_module, "suggest_batch_size", lambda device, per_item, ceiling: 4)
     monkeypatch.setattr(run_module, "call_pipeline", flaky)

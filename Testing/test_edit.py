@@ -16,6 +16,7 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+import latentdrift.edit.loading as loading_module
 import latentdrift.edit.run as run_module
 from latentdrift.drift import DriftCallback
 from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, generate_slices, load_bundle
@@ -195,6 +196,31 @@ def test_img2img_drifted_start_changes_the_result(sd: PipelineBundle, slices: np
     )
 
 
+@pytest.mark.parametrize("mode", ["img2img", "instruct"])
+def test_vae_runs_in_chunks_with_the_same_result(
+    sd: PipelineBundle, ip2p: PipelineBundle, slices: np.ndarray, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 3 slices with chunks of 2: every VAE call sees at most 2, and the edit is unchanged."""
+    bundle = ip2p if mode == "instruct" else sd
+    run = settings(mode, batch_size=3)
+    whole = edit_slices(bundle, slices, run)
+    seen: dict[str, list[int]] = {"encoder": [], "decoder": []}
+    hooks = [
+        getattr(bundle.vae, name).register_forward_hook(
+            lambda _m, args, _o, batches=batches: batches.append(args[0].shape[0])
+        )
+        for name, batches in seen.items()
+    ]
+    monkeypatch.setattr(loading_module, "VAE_CHUNK", 2)
+    try:
+        chunked = edit_slices(bundle, slices, run)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {"encoder": [2, 1], "decoder": [2, 1]}
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+
+
 def test_out_of_memory_halves_the_batch_and_gives_the_same_result(
     sd: PipelineBundle, slices: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,11 +229,11 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(
     calls: list[int] = []
     original = run_module.call_pipeline
 
-    def flaky(pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
+    def flaky(bundle: PipelineBundle, pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
         calls.append(len(kwargs["prompt"]))
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(pipeline, kwargs)
+        return original(bundle, pipeline, kwargs)
 
     monkeypatch.setattr(run_module, "call_pipeline", flaky)
     result = edit_slices(sd, slices, run)
@@ -218,7 +244,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(
 def test_out_of_memory_with_one_slice_is_reported(
     sd: PipelineBundle, slices: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def always(pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
+    def always(bundle: PipelineBundle, pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(run_module, "call_pipeline", always)

@@ -26,6 +26,11 @@ from ..errors import ModelError
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 PICKLED_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+VAE_CHUNK = 16
+"""Slices per VAE call. A large VAE batch is slower per slice on the CPU (the default editor at 64 px
+decodes about 3× slower per slice 64 at a time than 8 or 16 at a time: ``benchmarks/drift``, (e)),
+and diffusers' own ``enable_slicing`` goes one image at a time, which is slower too. On a GPU chunks
+also bound the VAE's peak memory. A batch of at most 16 is one call, exactly as in the stock pipeline."""
 
 _CACHE: dict[tuple[str, str, torch.dtype], PipelineBundle] = {}
 
@@ -72,9 +77,28 @@ class PipelineBundle:
 
         Deterministic: the mode (mean) of the latent distribution, not a sample.
         """
+        return self.encode_mode(pixels) * self.vae.config.scaling_factor
+
+    def encode_mode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unscaled mode latents (B, C, h, w), on the device, of pixels (B, 3, H, W) in [-1, 1].
+
+        What InstructPix2Pix conditions on; in :data:`VAE_CHUNK` slices per call.
+        """
         with torch.no_grad():
-            latents = self.vae.encode(self.to_device(pixels)).latent_dist.mode()
-        return latents * self.vae.config.scaling_factor
+            return in_vae_chunks(
+                lambda chunk: self.vae.encode(self.to_device(chunk)).latent_dist.mode(), pixels
+            )
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in about [-1, 1] of scaled latents (B, C, h, w), in :data:`VAE_CHUNK` slices per call."""
+        scale = self.vae.config.scaling_factor
+        with torch.no_grad():
+            return in_vae_chunks(lambda chunk: self.vae.decode(chunk / scale, return_dict=False)[0], latents)
+
+
+def in_vae_chunks(function: Any, batch: torch.Tensor) -> torch.Tensor:
+    """``function`` applied to :data:`VAE_CHUNK` items of ``batch`` at a time, results concatenated."""
+    return torch.cat([function(chunk) for chunk in batch.split(VAE_CHUNK)])
 
 
 def stock_pipeline(kind: type, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any) -> Any:

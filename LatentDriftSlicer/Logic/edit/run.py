@@ -82,7 +82,8 @@ def edit_slices(
     check_model_fits(bundle, settings)
     pixels = slices_to_pixels(slices)
     inputs = _Inputs(pixels, [settings.seed] * len(slices), slices.shape[1], slices.shape[2])
-    return _run(_PLANNERS[settings.mode](bundle, settings, inputs), len(slices), settings, on_batch_done)
+    plan = _PLANNERS[settings.mode](bundle, settings, inputs)
+    return _run(bundle, plan, len(slices), settings, on_batch_done)
 
 
 def generate_slices(
@@ -101,7 +102,7 @@ def generate_slices(
     _check_size(height, width)
     check_model_fits(bundle, settings)
     inputs = _Inputs(None, [settings.seed + index for index in range(count)], height, width)
-    return _run(_plan_generate(bundle, settings, inputs), count, settings, on_batch_done)
+    return _run(bundle, _plan_generate(bundle, settings, inputs), count, settings, on_batch_done)
 
 
 def reconstruct_slices(bundle: PipelineBundle, slices: np.ndarray, batch_size: int = 8) -> np.ndarray:
@@ -113,9 +114,7 @@ def reconstruct_slices(bundle: PipelineBundle, slices: np.ndarray, batch_size: i
     pixels = slices_to_pixels(slices)
 
     def run_batch(items: Sequence[int]) -> list[np.ndarray]:
-        with torch.no_grad():
-            latents = bundle.vae.encode(bundle.to_device(pixels[list(items)])).latent_dist.mode()
-            decoded = bundle.vae.decode(latents).sample
+        decoded = bundle.decode(bundle.encode(pixels[list(items)]))
         return list(pixels_to_slices((decoded.clamp(-1, 1) + 1) / 2))
 
     return np.stack(run_in_batches(run_batch, list(range(len(slices))), batch_size))
@@ -199,7 +198,9 @@ def _plan_instruct(bundle: PipelineBundle, settings: EditSettings, inputs: _Inpu
     pixels = inputs.pixels
 
     def batch_kwargs(items: list[int]) -> dict[str, Any]:
-        image = bundle.to_device((pixels[items] + 1) / 2)
+        # The pipeline's own preprocessing and encoding (mode latents), done here in VAE chunks; a
+        # 4-channel image is taken as these latents by the pipeline.
+        image = bundle.encode_mode(pipeline.image_processor.preprocess((pixels[items] + 1) / 2))
         return {**_texts(settings, len(items)), "image": image, **_start(pipeline, settings, inputs, items)}
 
     return _Plan(pipeline, _shared(settings, image_guidance_scale=settings.image_guidance), batch_kwargs)
@@ -240,18 +241,29 @@ def _first_timestep(pipeline: Any, settings: EditSettings) -> torch.Tensor:
 
 
 def _run(
-    plan: _Plan, count: int, settings: EditSettings, on_batch_done: ProgressCallback | None
+    bundle: PipelineBundle,
+    plan: _Plan,
+    count: int,
+    settings: EditSettings,
+    on_batch_done: ProgressCallback | None,
 ) -> np.ndarray:
     def run_batch(items: Sequence[int]) -> list[np.ndarray]:
         kwargs = {**plan.shared, **plan.batch_kwargs(list(items))}
-        return list(call_pipeline(plan.pipeline, kwargs))
+        return list(call_pipeline(bundle, plan.pipeline, kwargs))
 
     return np.stack(run_in_batches(run_batch, list(range(count)), settings.batch_size, on_batch_done))
 
 
-def call_pipeline(pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
-    """One stock pipeline call; returns slices (B, H, W) float32 in [-1, 1]."""
-    images = pipeline(**kwargs, output_type="pt").images
+def call_pipeline(bundle: PipelineBundle, pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
+    """One stock pipeline call to latents, decoded in VAE chunks; slices (B, H, W) float32 in [-1, 1].
+
+    The decoding and post-processing are the pipeline's own (``vae.decode(latents / scaling)``, then
+    ``image_processor.postprocess``), done by :meth:`PipelineBundle.decode` in chunks.
+    """
+    latents = pipeline(**kwargs, output_type="latent").images
+    images = pipeline.image_processor.postprocess(
+        bundle.decode(latents), output_type="pt", do_denormalize=[True] * len(latents)
+    )
     return pixels_to_slices(images)
 
 
