@@ -15,7 +15,10 @@ on random-weight models built here (timing does not depend on the weights):
   loop's time per slice-step over that limit (the speed-up of an engine that spent no time outside
   the UNet at its best batch);
 * (d) peak resident memory of ``latentdrift counterfactual`` on a 256³ int16 volume (tiny model,
-  32×32 model resolution), in a fresh process: everything from reading the file to the saved scene.
+  32×32 model resolution), in a fresh process: everything from reading the file to the saved scene;
+* (e) the VAE's time per slice by the number of slices per call (64 slices), for the tiny model and
+  the bundled default editor (``brain-mri-instruct``, 64×64): what ``VAE_CHUNK`` in
+  ``latentdrift.edit.loading`` is chosen from.
 
 Timings interleave the compared variants and report medians, because the machine is shared. Torch
 runs on one thread by default: on the 2-core development machine, busy with a training run (load
@@ -47,6 +50,8 @@ from diffusers import StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 from latentdrift.counterfactual import counterfactual_volume
 from latentdrift.drift import DriftCallback
 from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, load_bundle
+from latentdrift.edit.loading import VAE_CHUNK
+from latentdrift.models import default_model
 from latentdrift.tiny_models import TEXT_WIDTH, build_tiny_sd
 from latentdrift.volumes import Geometry, IntensityWindow, SliceResizer, Volume, extract_slices, write_volume
 
@@ -221,6 +226,27 @@ def unet_limit(bundle: PipelineBundle, batches: tuple[int, ...], repeats: int) -
     return {"ms_per_slice_step": per_batch, "best_batch": best, "best_ms_per_slice_step": per_batch[best]}
 
 
+def vae_chunks(bundle: PipelineBundle, chunks: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    """(e): ms per slice of VAE encode and decode of 64 slices, ``chunk`` slices per call."""
+    latent = int(bundle.unet.config.sample_size)
+    size = latent * 2 ** (len(bundle.vae.config.block_out_channels) - 1)
+    pixels = torch.rand(64, 3, size, size) * 2 - 1
+    latents = torch.randn(64, bundle.latent_channels, latent, latent)
+    variants: dict[str, Callable[[], Any]] = {}
+    for chunk in chunks:
+        variants[f"encode {chunk}"] = lambda c=chunk: [bundle.vae.encode(x) for x in pixels.split(c)]
+        variants[f"decode {chunk}"] = lambda c=chunk: [bundle.vae.decode(z) for z in latents.split(c)]
+    with torch.no_grad():
+        times = interleaved(variants, repeats)
+    return {
+        "size": size,
+        "ms_per_slice": {
+            step: {str(chunk): 1000 * times[f"{step} {chunk}"] / 64 for chunk in chunks}
+            for step in ("encode", "decode")
+        },
+    }
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -337,8 +363,31 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"(d) command: `{d['command']}`.",
         "",
+        *_chunk_lines(results.get("e_vae_chunks"), results.get("vae_chunk")),
     ]
     return "\n".join(lines)
+
+
+def _chunk_lines(chunks: dict[str, Any] | None, engine_chunk: int | None) -> list[str]:
+    """(e) as a table: VAE ms per slice by slices per call (older results have none)."""
+    if not chunks:
+        return []
+    sizes = list(next(iter(chunks.values()))["ms_per_slice"]["encode"])
+    rows = [
+        f"| {name} ({measured['size']}×{measured['size']}), {step} | "
+        + " | ".join(f"{measured['ms_per_slice'][step][size]:.1f}" for size in sizes)
+        + " |"
+        for name, measured in chunks.items()
+        for step in ("encode", "decode")
+    ]
+    return [
+        f"(e) VAE ms per slice (64 slices) by slices per call; the engine used chunks of {engine_chunk}:",
+        "",
+        "| model, VAE step | " + " | ".join(sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+        *rows,
+        "",
+    ]
 
 
 def main() -> None:
@@ -393,6 +442,10 @@ def run_all(work: Path, repeats: int, quick: bool) -> dict[str, Any]:
     for measured, bundle in ((volume_tiny, tiny), (volume_medium, medium)):
         measured["unet_limit"] = unet_limit(bundle, (1, 2, 4, 8, 16, 32), repeats)
     memory = peak_memory(tiny_folder, work, 64 if quick else 256)
+    editor = load_bundle(default_model("instruct").path, "cpu")
+    chunks = {
+        name: vae_chunks(b, (1, 8, 16, 32, 64), repeats) for name, b in (("tiny", tiny), ("editor", editor))
+    }
     return {
         "machine": info,
         "unet_parameters": parameters,
@@ -400,6 +453,8 @@ def run_all(work: Path, repeats: int, quick: bool) -> dict[str, Any]:
         "b_volume_tiny": volume_tiny,
         "c_volume_medium": volume_medium,
         "d_peak_memory": memory,
+        "e_vae_chunks": chunks,
+        "vae_chunk": VAE_CHUNK,
     }
 
 
