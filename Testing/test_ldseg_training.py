@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -151,6 +152,22 @@ def test_an_old_checkpoint_or_an_unknown_lr_scheduler_is_refused_clearly(tmp_pat
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=2, checkpoint_dir=str(folder)))
     with pytest.raises(ParameterError, match="Unknown lr_scheduler 'warm'"):
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, lr_scheduler="warm"))
+
+
+def test_resuming_with_other_training_settings_is_refused_clearly(tmp_path: Path) -> None:
+    images, labels = _discs(8, 6)
+    folder = str(tmp_path / "checkpoints")
+    cosine = _settings(steps=2, lr_scheduler="cosine", checkpoint_dir=folder)
+    train_ldseg(images, labels, None, None, CONFIG, cosine)
+    changed = dataclasses.replace(cosine, steps=3, reconstruction_weight=0.0)
+    with pytest.raises(
+        JobError, match=r"other training settings \(steps 2 → 3, reconstruction_weight 1.0 → 0.0\)"
+    ):
+        train_ldseg(images, labels, None, None, CONFIG, changed)
+    harmless = dataclasses.replace(
+        cosine, checkpoint_every=7, validation_steps=1
+    )  # do not change the training
+    assert train_ldseg(images, labels, None, None, CONFIG, harmless).start_step == 2
 
 
 def test_the_reconstruction_term_is_the_autoencoders_own_segmentation_loss() -> None:

@@ -485,6 +485,12 @@ def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -
             f"The checkpoint in '{folder}' was made with a different model config: use another checkpoint "
             "folder, or resume=False to start over."
         )
+    changed = _changed_settings(document.get("settings"), settings)
+    if changed:
+        raise JobError(
+            f"The checkpoint in '{folder}' was made with other training settings ({', '.join(changed)}): "
+            "resume with the same settings, use another checkpoint folder, or resume=False to start over."
+        )
     try:
         tensors = load_file(folder / document["weights"], device="cpu")
     except (SafetensorError, OSError) as error:
@@ -494,6 +500,26 @@ def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -
     _restore(state, tensors, document)
     LOG.info("Resuming LDSeg training from step %d (%s)", state.step, folder)
     return state.step
+
+
+_RESUMABLE_CHANGES = {"validation_steps", "checkpoint_dir", "checkpoint_every", "resume", "device"}
+"""Settings a resumed run may change: they do not alter what is trained."""
+
+
+def _changed_settings(saved: Any, settings: TrainSettings) -> list[str]:
+    """``"name saved → now"`` for each setting that differs from the checkpoint's and shapes the training.
+
+    ``steps`` may grow or shrink with a constant learning rate, not under a schedule that spans them.
+    Checkpoints that recorded no settings are not checked.
+    """
+    if not isinstance(saved, dict):
+        return []
+    allowed = _RESUMABLE_CHANGES | ({"steps"} if settings.lr_scheduler == "constant" else set())
+    return [
+        f"{name} {saved[name]!r} → {value!r}"
+        for name, value in asdict(settings).items()
+        if name not in allowed and name in saved and saved[name] != value
+    ]
 
 
 def _same_config(saved: Any, config: LDSegConfig) -> bool:
