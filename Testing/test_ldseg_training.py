@@ -170,6 +170,21 @@ def test_resuming_with_other_training_settings_is_refused_clearly(tmp_path: Path
     assert train_ldseg(images, labels, None, None, CONFIG, harmless).start_step == 2
 
 
+def test_training_can_start_from_a_trained_model_of_the_same_shape() -> None:
+    images, labels = _discs(8, 8)
+    start = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=2, seed=5)).model
+    tuned = train_ldseg(
+        images, labels, None, None, CONFIG, _settings(steps=1, learning_rate=1e-9), start_from=start
+    )
+    scratch = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, learning_rate=1e-9)).model
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(tuned.model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert any(not torch.allclose(scratch.state_dict()[n], t) for n, t in start.state_dict().items())
+    other = LDSegNetwork(tiny_config(["background", "disc", "ring"]))
+    with pytest.raises(ParameterError, match="does not fit the training config"):
+        train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1), start_from=other)
+
+
 def test_the_reconstruction_term_is_the_autoencoders_own_segmentation_loss() -> None:
     torch.manual_seed(0)
     model = LDSegNetwork(CONFIG)

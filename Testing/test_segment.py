@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import oblique_direction
+from safetensors.torch import load_file
 
 from latentdrift.cli import main
 from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
@@ -152,12 +154,17 @@ def test_model_axis_mismatch_is_refused(tiny_model: Path, brain: Path, tmp_path:
     assert not out.exists()
 
 
-def test_train_ldseg_makes_a_model_that_segments(tmp_path: Path) -> None:
-    data = tmp_path / "pairs"
+def _training_pairs(folder: Path) -> Path:
+    """Three coarse synthetic subjects as ``s*_image.nrrd`` / ``s*_label.nrrd`` in ``folder``."""
     for seed in range(3):
         image, labels = synthetic_subject(seed, SubjectSettings(spacing_mm=6.0))
-        write_volume(image, data / f"s{seed}_image.nrrd")
-        write_volume(labels, data / f"s{seed}_label.nrrd")
+        write_volume(image, folder / f"s{seed}_image.nrrd")
+        write_volume(labels, folder / f"s{seed}_label.nrrd")
+    return folder
+
+
+def test_train_ldseg_makes_a_model_that_segments(tmp_path: Path) -> None:
+    data = _training_pairs(tmp_path / "pairs")
     model = tmp_path / "model"
     args = ["train-ldseg", str(data), "--classes", ",".join(CLASSES), "--image-size", "32", "--steps", "3"]
     options = [
@@ -200,3 +207,27 @@ def test_train_ldseg_makes_a_model_that_segments(tmp_path: Path) -> None:
         )
         == 0
     )
+
+
+def test_train_ldseg_init_from_fine_tunes_a_model_and_keeps_its_config(tmp_path: Path, capsys) -> None:
+    data = _training_pairs(tmp_path / "pairs")
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    common = ["train-ldseg", str(data), "--steps", "2", "--batch-size", "4", "--quiet"]
+    assert main([*common, "--classes", ",".join(CLASSES), "--image-size", "32", "-o", str(base)]) == 0
+    assert main([*common, "--init-from", str(base), "--learning-rate", "1e-9", "-o", str(tuned)]) == 0
+    base_config, tuned_config = (json.loads((m / "config.json").read_text()) for m in (base, tuned))
+    assert tuned_config == base_config
+    assert f"Fine-tuned from `{base}`" in (tuned / "MODEL_CARD.md").read_text()
+    start, result = (load_file(m / "model.safetensors") for m in (base, tuned))
+    for name, tensor in start.items():  # a learning rate of 1e-9 leaves the start weights in place
+        torch.testing.assert_close(result[name], tensor, rtol=0, atol=1e-6, msg=name)
+    capsys.readouterr()
+    assert main([*common, "--init-from", str(base), "--image-size", "64", "-o", str(tmp_path / "x")]) != 0
+    assert "--init-from keeps the model's architecture: leave out --image-size" in capsys.readouterr().err
+    assert (
+        main([*common, "--init-from", str(base), "--classes", "background,ball", "-o", str(tmp_path / "y")])
+        != 0
+    )
+    assert "differ from the model's" in capsys.readouterr().err
+    assert main([*common, "-o", str(tmp_path / "z")]) != 0
+    assert "Give --classes" in capsys.readouterr().err

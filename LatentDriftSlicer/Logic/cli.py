@@ -102,16 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV with image,label[,subject] columns, or a folder of *_image/*_label files",
     )
     train.add_argument(
-        "--classes", required=True, help="class names, background first, e.g. background,CSF,GM,WM"
+        "--classes", default=None, help="class names, background first, e.g. background,CSF,GM,WM"
     )
     train.add_argument(
-        "--axis", choices=AXES, default="axial", help="slice axis the model learns (default: axial)"
+        "--init-from",
+        metavar="NAME|DIR",
+        default=None,
+        help="fine-tune this LDSeg model: start from its weights, keep its classes and architecture",
+    )
+    train.add_argument(
+        "--axis", choices=AXES, default=None, help="slice axis the model learns (default: axial)"
     )
     train.add_argument(
         "--spatial-dims",
         type=int,
         choices=(2, 3),
-        default=2,
+        default=None,
         help="2: slices along --axis; 3: whole volumes at --image-size³ (default: 2)",
     )
     train.add_argument(
@@ -121,10 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="model resolution in pixels (default: 128 for 2D, 64 for 3D)",
     )
     train.add_argument(
-        "--latent-downsampling", type=int, default=4, help="image size / latent size (default: 4)"
+        "--latent-downsampling", type=int, default=None, help="image size / latent size (default: 4)"
     )
     train.add_argument(
-        "--latent-channels", type=int, default=4, help="channels of the label latent (default: 4)"
+        "--latent-channels", type=int, default=None, help="channels of the label latent (default: 4)"
     )
     train.add_argument(
         "--reconstruction-weight",
@@ -475,37 +481,74 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_train_ldseg(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .ldseg import TrainSettings, default_classes, training_config
+    from .ldseg import TrainSettings
     from .workflows.segment import train_segmentation_model
 
-    names = [name.strip() for name in args.classes.split(",") if name.strip()]
-    config = training_config(
-        default_classes(names),
-        axis=args.axis,
-        image_size=args.image_size or (64 if args.spatial_dims == 3 else 128),
-        latent_downsampling=args.latent_downsampling,
-        latent_channels=args.latent_channels,
-        spatial_dims=args.spatial_dims,
-    )
+    config, layout = _ldseg_configs(args)
     settings = TrainSettings(
         steps=args.steps,
-        batch_size=args.batch_size or (2 if args.spatial_dims == 3 else 16),
+        batch_size=args.batch_size or (2 if layout.spatial_dims == 3 else 16),
         learning_rate=args.learning_rate,
         lr_scheduler=args.lr_scheduler,
         reconstruction_weight=args.reconstruction_weight,
         seed=args.seed,
         augment=not args.no_augment,
-        flip_left_right=args.axis != "sagittal",
+        flip_left_right=layout.axis != "sagittal",
         checkpoint_dir=args.checkpoint_dir or f"{Path(args.output).absolute()}.checkpoints",
         checkpoint_every=args.checkpoint_every,
         device=args.device,
     )
     notes = Path(args.card_notes).read_text() if args.card_notes else ""
     summary = train_segmentation_model(
-        args.data, args.output, config, settings, args.validation_fraction, args.progress, notes
+        args.data,
+        args.output,
+        config,
+        settings,
+        args.validation_fraction,
+        args.progress,
+        notes,
+        args.init_from,
     )
     _report(args, summary)
     return 0
+
+
+_ARCHITECTURE_OPTIONS = ("axis", "spatial_dims", "image_size", "latent_downsampling", "latent_channels")
+
+
+def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(config, layout)``: the config of a model trained from scratch (None with ``--init-from``,
+    whose model's config is used) and the config whose axis and dimensions the training follows."""
+    from .errors import ParameterError
+    from .ldseg import default_classes, read_config, training_config
+    from .models import resolve_model
+
+    names = [name.strip() for name in (args.classes or "").split(",") if name.strip()]
+    if args.init_from is not None:
+        given = [
+            f"--{name.replace('_', '-')}" for name in _ARCHITECTURE_OPTIONS if getattr(args, name) is not None
+        ]
+        if given:
+            raise ParameterError(f"--init-from keeps the model's architecture: leave out {', '.join(given)}.")
+        start = read_config(resolve_model(args.init_from, ("ldseg",)).path)
+        if names and names != start.class_names:
+            raise ParameterError(
+                f"--classes {','.join(names)} differ from the model's ({','.join(start.class_names)}): "
+                "fine-tuning keeps its classes; leave out --classes or train from scratch."
+            )
+        return None, start
+    if not names:
+        raise ParameterError("Give --classes (background first), or --init-from a model to fine-tune.")
+    spatial_dims = args.spatial_dims or 2
+    config = training_config(
+        default_classes(names),
+        axis=args.axis or "axial",
+        image_size=args.image_size or (64 if spatial_dims == 3 else 128),
+        latent_downsampling=args.latent_downsampling or 4,
+        latent_channels=args.latent_channels or 4,
+        spatial_dims=spatial_dims,
+    )
+    return config, config
 
 
 # --------------------------------------------------------------------------- fine-tuning, jobs, batch

@@ -33,6 +33,7 @@ def ldseg_training_card(
         f"| {h['epoch']} | {h['step']} | {h['loss']:.4f} | {h.get('mean_dice', float('nan')):.3f} |"
         for h in history
     )
+    started = f" Fine-tuned from `{inputs['start_from']}`." if inputs.get("start_from") else ""
     return f"""# LDSeg model
 
 Latent-diffusion segmentation (Zaman et al., LDSeg) of {config.axis} slices at {config.image_size}×{config.image_size},
@@ -49,7 +50,7 @@ Input: intensities windowed to the volume's percentiles {config.intensity_percen
 ## Training
 
 Data: {inputs.get("train_subjects", "?")} training and {inputs.get("validation_subjects", "?")} validation subjects
-(`{inputs.get("data", "?")}`), split by subject. Settings: `{asdict(settings)}`.
+(`{inputs.get("data", "?")}`), split by subject.{started} Settings: `{asdict(settings)}`.
 
 Validation Dice at the end of training (EMA weights, 1 sample, {settings.validation_steps} DDIM steps):
 

@@ -141,6 +141,7 @@ def train_ldseg(
     config: LDSegConfig,
     settings: TrainSettings | None = None,
     progress: ProgressCallback | None = None,
+    start_from: LDSegNetwork | None = None,
 ) -> TrainResult:
     """Train an LDSeg model on slices ``images`` ``(N, S, S)`` float32 in the model range and ``labels``.
 
@@ -149,6 +150,8 @@ def train_ldseg(
     optional (same conventions). ``progress`` receives dicts: ``{"kind": "step", "step", "steps", "epoch",
     "loss", ...}`` every step, ``{"kind": "epoch", **history entry}`` and ``{"kind": "checkpoint",
     "path", "step"}``. Raise from ``progress`` to stop (the last checkpoint stays valid).
+    ``start_from``: a trained model whose weights replace the seeded initialisation (fine-tuning; its
+    networks must have the shapes ``config`` gives); a checkpoint being resumed still takes precedence.
     """
     settings = settings or TrainSettings()
     _check_settings(settings)
@@ -159,7 +162,7 @@ def train_ldseg(
         else _as_tensors(val_images, val_labels, config, "validation")
     )
     device = resolve_device(settings.device)
-    state = _new_state(config, settings, device)
+    state = _new_state(config, settings, device, start_from)
     start_step = _maybe_resume(state, config, settings)
     steps_per_epoch = math.ceil(len(train_x) / settings.batch_size)
     scheduler = make_scheduler(config)
@@ -263,11 +266,22 @@ def ema_average(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Ten
     return average
 
 
-def _new_state(config: LDSegConfig, settings: TrainSettings, device: torch.device) -> _State:
-    """Fresh model (weights from ``settings.seed``, global RNG untouched), its EMA, AdamW and LR scheduler."""
+def _new_state(
+    config: LDSegConfig, settings: TrainSettings, device: torch.device, start_from: LDSegNetwork | None = None
+) -> _State:
+    """Fresh model (weights from ``settings.seed``, global RNG untouched, or ``start_from``'s), its EMA,
+    AdamW and LR scheduler."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = LDSegNetwork(config).to(device)
+    if start_from is not None:
+        try:
+            model.load_state_dict(start_from.state_dict())
+        except RuntimeError as error:
+            raise ParameterError(
+                "The model to start from does not fit the training config (its networks have other shapes): "
+                "start from a model with the same classes and architecture, or train from scratch."
+            ) from error
     ema = AveragedModel(model, avg_fn=ema_average(settings.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay

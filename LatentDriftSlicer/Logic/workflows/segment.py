@@ -8,9 +8,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..devices import resolve_device
+from ..errors import ParameterError
 from ..ldseg import LDSegConfig, TrainSettings, load_ldseg_model, save_ldseg_model, train_ldseg
 from ..model_cards import ldseg_training_card
-from ..models import choose_model
+from ..models import choose_model, resolve_model
 from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
@@ -107,18 +108,26 @@ def _segmentation_preview(
 def train_segmentation_model(
     data: str | Path,
     output: str | Path,
-    config: LDSegConfig,
+    config: LDSegConfig | None,
     settings: TrainSettings,
     validation_fraction: float = 0.2,
     progress: ProgressCallback | None = None,
     card_notes: str = "",
+    start_from: str | Path | None = None,
 ) -> dict:
     """``latentdrift train-ldseg``: image/label volume pairs → an LDSeg model folder.
 
     Pairs are split by subject; validation Dice is measured each epoch; checkpoints go to
     ``settings.checkpoint_dir`` (resumable). The model folder (``config.json``, ``model.safetensors``,
-    ``MODEL_CARD.md``, ``training.json``) appears only when training finishes.
+    ``MODEL_CARD.md``, ``training.json``) appears only when training finishes. ``start_from`` (a model
+    name or folder) fine-tunes that model: training starts from its weights, and ``config`` None takes
+    its config (classes, architecture, sampler).
     """
+    initial = load_ldseg_model(resolve_model(start_from, ("ldseg",)).path) if start_from is not None else None
+    if config is None:
+        if initial is None:
+            raise ParameterError("Give a model config to train from scratch, or a model to start from.")
+        config = initial.config
     pairs = find_pairs(data)
     train_pairs, val_pairs = split_by_subject(pairs, validation_fraction, settings.seed)
     train_images, train_labels = load_training_slices(train_pairs, config)
@@ -126,13 +135,17 @@ def train_segmentation_model(
     config = replace(config, intensity_reference=reference)
     val_images, val_labels = load_training_slices(val_pairs, config) if val_pairs else (None, None)
     inputs = {"data": str(data), "train_subjects": len(train_pairs), "validation_subjects": len(val_pairs)}
+    if start_from is not None:
+        inputs["start_from"] = str(start_from)
     with ResultFolder(output, "train-ldseg", inputs, settings=asdict(settings)) as result:
 
         def report(event: dict) -> None:
             if progress is not None and event.get("kind") == "step":
                 progress(int(event["step"]), int(event["steps"]), "training")
 
-        trained = train_ldseg(train_images, train_labels, val_images, val_labels, config, settings, report)
+        trained = train_ldseg(
+            train_images, train_labels, val_images, val_labels, config, settings, report, initial
+        )
         history = trained.history
         result.figures.update({"train_slices": len(train_images), "final": history[-1] if history else {}})
         card = ldseg_training_card(trained.model, history, inputs, settings, card_notes)
