@@ -40,7 +40,7 @@ from latentdrift.synthetic import synthetic_subject  # noqa: E402
 TRAINING_SUBJECTS = 30  # scripts/train_default_ldseg.py --subjects
 VALIDATION_FRACTION = 0.2  # and its validation fraction and seed
 TRAINING_SEED = 0
-CANDIDATES = ((15, None), (5, None), (1, 860), (1, 924), (1, 960), (2, 924), (3, 924), (5, 924))
+CANDIDATES = ((15, None), (1, 860), (1, 924), (1, 960), (2, 924), (5, 924))
 SAMPLES = 8
 CHOICE_TABLE = "benchmarks/ldseg/sampling_choice.md"
 
