@@ -16,7 +16,7 @@ from latentdrift.ldseg import (
     sampling_scheduler,
     tiny_config,
 )
-from latentdrift.ldseg.sampler import predict_original
+from latentdrift.ldseg.sampler import describe_sampling, predict_original
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,23 @@ def test_one_step_from_a_first_timestep_is_the_clipped_original_prediction() -> 
     result = ddim_sample_latents(model, embedding, noise, steps=1)
     torch.testing.assert_close(result, expected.clamp(-config.latent_bound, config.latent_bound))
     assert (expected.abs() > config.latent_bound).any() and (expected.abs() < config.latent_bound).any()
+
+
+@pytest.mark.parametrize(
+    ("steps", "first_timestep", "words"),
+    [
+        (15, None, "15 DDIM steps"),
+        (1, 924, "1 DDIM step from t = 924"),
+        (50, 924, "50 DDIM steps from t = 980"),
+    ],
+)
+def test_the_default_sampler_is_described_with_where_it_starts(
+    steps: int, first_timestep: int | None, words: str
+) -> None:
+    assert (
+        describe_sampling(replace(tiny_config(), sampling_steps=steps, first_timestep=first_timestep))
+        == words
+    )
 
 
 @pytest.mark.parametrize("first_timestep", [-1, 1000])

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 
-from latentdrift.counterfactual import counterfactual_volume
+from latentdrift.counterfactual import counterfactual_volume, model_resolution
 from latentdrift.drift import DriftCallback
 from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, load_bundle
 from latentdrift.edit.loading import VAE_CHUNK
@@ -228,8 +228,7 @@ def unet_limit(bundle: PipelineBundle, batches: tuple[int, ...], repeats: int) -
 
 def vae_chunks(bundle: PipelineBundle, chunks: tuple[int, ...], repeats: int) -> dict[str, Any]:
     """(e): ms per slice of VAE encode and decode of 64 slices, ``chunk`` slices per call."""
-    latent = int(bundle.unet.config.sample_size)
-    size = latent * 2 ** (len(bundle.vae.config.block_out_channels) - 1)
+    size, latent = model_resolution(bundle), int(bundle.unet.config.sample_size)
     pixels = torch.rand(64, 3, size, size) * 2 - 1
     latents = torch.randn(64, bundle.latent_channels, latent, latent)
     variants: dict[str, Callable[[], Any]] = {}

@@ -11,6 +11,7 @@ trusted. Each component is loaded by its own class, whatever ``model_index.json`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class PipelineBundle:
             return in_vae_chunks(lambda chunk: self.vae.decode(chunk / scale, return_dict=False)[0], latents)
 
 
-def in_vae_chunks(function: Any, batch: torch.Tensor) -> torch.Tensor:
+def in_vae_chunks(function: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
     """``function`` applied to :data:`VAE_CHUNK` items of ``batch`` at a time, results concatenated."""
     return torch.cat([function(chunk) for chunk in batch.split(VAE_CHUNK)])
 

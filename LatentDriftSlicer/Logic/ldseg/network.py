@@ -89,7 +89,7 @@ class LDSegConfig:
     the LDSeg reference; more let a latent at a coarse ``latent_downsampling`` still carry thin
     structures (the denoiser's cost barely grows, unlike a finer latent grid).
 
-    ``first_timestep`` is where DDIM sampling starts (see :func:`latentdrift.ldseg.sampler.sampling_timesteps`):
+    ``first_timestep`` is where DDIM sampling starts (see :func:`latentdrift.ldseg.sampler.sampling_scheduler`):
     ``None`` starts the ``N`` steps at diffusers' leading ``(N − 1)·(T // N)``; a value starts them there or
     later when ``N`` steps of ``T // N`` do not fit below it.
 
