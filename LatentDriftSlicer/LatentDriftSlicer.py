@@ -742,7 +742,11 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def startFinetune(p: LatentDriftSlicerParameterNode, model: str, device: str) -> Any:
-        """Start fine-tuning into the job folder."""
+        """Start fine-tuning into the job folder.
+
+        The panel lists diffusion models on this tab, so LDSeg training starts from scratch here;
+        ``latentdrift.console.start_finetune(..., model=)`` fine-tunes an existing LDSeg model.
+        """
         from latentdrift.console import start_finetune
 
         return start_finetune(
@@ -752,7 +756,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             steps=p.finetuneSteps,
             drift=p.finetuneDrift if p.useDrift and not p.searchDrift else None,
             search_drift=p.useDrift and p.searchDrift,
-            model=model or None,
+            model=(model or None) if p.scheme != "ldseg" else None,
             device=device,
             seed=p.seed,
         )

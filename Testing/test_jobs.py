@@ -205,21 +205,27 @@ def test_two_processes_with_accelerate_launch(setup) -> None:
     assert (job / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
-def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
-    from latentdrift.ldseg import load_ldseg_model
+def _segmentation_cohort(folder: Path) -> Path:
+    """Two 8 mm synthetic brains (labels 0–3) and a row whose label file is missing; the CSV's path."""
     from latentdrift.synthetic import SubjectSettings, synthetic_subject
     from latentdrift.volumes import write_volume
 
     lines = ["subject,path,label"]
     for seed in range(2):
         image, labels = synthetic_subject(seed, SubjectSettings(spacing_mm=8.0))
-        write_volume(image, tmp_path / f"s{seed}.nrrd")
-        write_volume(labels, tmp_path / f"s{seed}_label.nrrd")
+        write_volume(image, folder / f"s{seed}.nrrd")
+        write_volume(labels, folder / f"s{seed}_label.nrrd")
         lines.append(f"s{seed},s{seed}.nrrd,s{seed}_label.nrrd")
     lines.append("bad,s0.nrrd,missing_label.nrrd")
-    (tmp_path / "seg.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (folder / "seg.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder / "seg.csv"
+
+
+def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
+    from latentdrift.ldseg import load_ldseg_model
+
     config = quick_config(
-        tmp_path / "seg.csv", None, "ldseg", tmp_path / "cache", resolution=32, validation_fraction=0.5
+        _segmentation_cohort(tmp_path), None, "ldseg", tmp_path / "cache", resolution=32, validation_fraction=0.5
     )
     job = jobs.create_job(tmp_path / "job", config)
     summary = jobs.run_job(job)
@@ -232,6 +238,31 @@ def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
         and "missing_label" in report["problems"][0]["reason"] + report["problems"][0]["path"]
     )
     assert _steps(job)[-1] == 2 and jobs.status(job)["state"] == "finished"
+
+
+def test_ldseg_scheme_fine_tunes_the_model_it_is_given(tmp_path: Path) -> None:
+    from latentdrift.errors import ModelError
+    from latentdrift.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
+
+    names = ["background", "fluid", "grey", "white"]
+    start = tmp_path / "start"
+    save_ldseg_model(LDSegNetwork(tiny_config(names, image_size=32)), start)
+    cohort = _segmentation_cohort(tmp_path)
+    config = quick_config(cohort, start, "ldseg", tmp_path / "cache", resolution=64, validation_fraction=0.5)
+    job = jobs.create_job(tmp_path / "job", config)
+    jobs.run_job(job)
+    model = load_ldseg_model(job / "model", "cpu")
+    assert model.config.class_names == names and model.config.image_size == 32  # the model's, not 64
+    assert f"Fine-tuned from `{start}`" in (job / "model" / "MODEL_CARD.md").read_text(encoding="utf-8")
+
+    for changes, message in (
+        ({"classes": "background,a,b,c"}, "fine-tuning keeps the model's classes"),
+        ({"axis": "coronal"}, "segments axial slices; fine-tune it with --axis axial"),
+    ):
+        wrong = jobs.create_job(tmp_path / f"wrong-{len(message)}", replace(config, **changes))
+        with pytest.raises(ModelError, match=message):
+            jobs.run_job(wrong)
+        assert jobs.status(wrong)["state"] == "failed" and not (wrong / "model").exists()
 
 
 def test_batch_segment_skips_bad_rows_and_finished_subjects(tmp_path: Path, capsys) -> None:

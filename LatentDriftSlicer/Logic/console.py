@@ -867,7 +867,8 @@ def start_finetune(
     """Start fine-tuning in the background; returns its :class:`TrainingJob` at once.
 
     ``drift`` trains with Latent Drift δ (``search_drift=True`` searches δ instead; neither: none).
-    ``model`` None starts from the default base model (``mini-sd-natural``) when it is installed.
+    ``model`` None starts from the default base model (``mini-sd-natural``) when it is installed; for the
+    ``ldseg`` scheme ``model`` is an LDSeg model to fine-tune (None: train one from scratch).
     """
     if scheme not in FINETUNE_SCHEMES:
         raise errors.ParameterError(f"Unknown scheme '{scheme}': use {', '.join(FINETUNE_SCHEMES)}.")

@@ -350,11 +350,11 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
     """LDSeg: validate image/label rows, then the project's LDSeg training (its own resumable checkpoints)."""
     import time
 
-    from ..ldseg import TrainSettings, default_classes, training_config
+    from ..ldseg import TrainSettings
     from ..workflows.segment import train_segmentation_model
 
     rows, problems = read_cohort(config.cohort)
-    names = _class_names(config, rows)
+    ldseg, names = _ldseg_config(config, rows)
     good, bad = validate_rows(rows, len(names))
     report = {
         "cohort": config.cohort,
@@ -375,7 +375,6 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
         writer = csv.writer(handle)
         writer.writerow(["image", "label", "subject"])
         writer.writerows([str(r.image), str(r.label), r.subject] for r in good)
-    ldseg = training_config(default_classes(names), axis=config.axis, image_size=config.resolution)
     settings = TrainSettings(
         steps=config.steps,
         batch_size=config.batch_size,
@@ -410,10 +409,35 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
             )
 
     summary = train_segmentation_model(
-        pairs, job.model, ldseg, settings, config.validation_fraction, report_step
+        pairs, job.model, ldseg, settings, config.validation_fraction, report_step, start_from=config.model
     )
     update_metadata(job.model, scheme="ldseg", cohort=config.cohort, steps=config.steps, drift=None)
     return summary
+
+
+def _ldseg_config(config: FinetuneConfig, rows: list[Any]) -> tuple[Any, list[str]]:
+    """(LDSeg config to train from scratch, class names); with ``config.model`` (an LDSeg model to
+    fine-tune) the config is None: that model's classes, axis and resolution are kept, and ``classes``
+    or ``axis`` that contradict them are refused before any work."""
+    from ..ldseg import default_classes, read_config, training_config
+
+    if config.model is None:
+        names = _class_names(config, rows)
+        return training_config(default_classes(names), axis=config.axis, image_size=config.resolution), names
+    start = read_config(resolve_model(config.model, ("ldseg",)).path)
+    names = list(start.class_names)
+    given = [name.strip() for name in (config.classes or "").split(",") if name.strip()]
+    if given and given != names:
+        raise ModelError(
+            f"--classes {','.join(given)} differ from the classes of '{config.model}' ({','.join(names)}): "
+            "fine-tuning keeps the model's classes; leave out --classes or train from scratch (no --model)."
+        )
+    if config.axis != start.axis:
+        raise ModelError(
+            f"'{config.model}' segments {start.axis} slices; fine-tune it with --axis {start.axis} "
+            "(or train from scratch, without --model, on another axis)."
+        )
+    return None, names
 
 
 def _class_names(config: FinetuneConfig, rows: list[Any]) -> list[str]:
