@@ -225,7 +225,12 @@ def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
     from latentdrift.ldseg import load_ldseg_model
 
     config = quick_config(
-        _segmentation_cohort(tmp_path), None, "ldseg", tmp_path / "cache", resolution=32, validation_fraction=0.5
+        _segmentation_cohort(tmp_path),
+        None,
+        "ldseg",
+        tmp_path / "cache",
+        resolution=32,
+        validation_fraction=0.5,
     )
     job = jobs.create_job(tmp_path / "job", config)
     summary = jobs.run_job(job)

@@ -566,7 +566,11 @@ def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> Non
     )
     finetune.add_argument("--scheme", required=True, choices=SCHEMES)
     finetune.add_argument("--job-dir", required=True, metavar="DIR", help="the job folder (created)")
-    finetune.add_argument("--model", default=None, help="base model folder or name (ldseg: an LDSeg model to fine-tune, keeping its classes, axis and resolution; default: train from scratch)")
+    finetune.add_argument(
+        "--model",
+        default=None,
+        help="base model folder or name (ldseg: an LDSeg model to fine-tune, keeping its classes, axis and resolution; default: train from scratch)",
+    )
     finetune.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
     drift = finetune.add_mutually_exclusive_group()
     drift.add_argument(
