@@ -52,6 +52,13 @@ def test_a_config_written_before_latent_channels_reads_as_one_channel() -> None:
     assert LDSegConfig.from_dict(data).latent_channels == 1
 
 
+def test_a_config_written_before_mirror_samples_does_not_mirror() -> None:
+    data = replace(tiny_config(), mirror_samples=True).to_dict()
+    assert LDSegConfig.from_dict(data).mirror_samples is True
+    del data["mirror_samples"]
+    assert LDSegConfig.from_dict(data).mirror_samples is False
+
+
 def test_training_config_cuts_the_widths_to_the_downsampling() -> None:
     config = training_config(default_classes(["background", "a"]), image_size=64, latent_downsampling=8)
     assert config.latent_shape == (4, 8, 8)
@@ -86,6 +93,8 @@ def test_config_json_round_trip() -> None:
         ({"axis": "oblique"}, "axis"),
         ({"latent_channels": 0}, "latent_channels"),
         ({"sampling_steps": 0}, "sampling_steps"),
+        ({"mirror_samples": True, "axis": "sagittal"}, "mirror_samples needs an axial or coronal model"),
+        ({"mirror_samples": 1}, "'mirror_samples'"),
         ({"image_size": "32"}, "'image_size'"),
         ({"extra": 1}, "'extra'"),
     ],

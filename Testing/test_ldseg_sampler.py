@@ -74,20 +74,36 @@ def test_one_step_from_a_first_timestep_is_the_clipped_original_prediction() -> 
 
 
 @pytest.mark.parametrize(
-    ("steps", "first_timestep", "words"),
+    ("steps", "first_timestep", "mirror", "words"),
     [
-        (15, None, "15 DDIM steps"),
-        (1, 924, "1 DDIM step from t = 924"),
-        (50, 924, "50 DDIM steps from t = 980"),
+        (15, None, False, "15 DDIM steps"),
+        (1, 924, False, "1 DDIM step from t = 924"),
+        (50, 924, False, "50 DDIM steps from t = 980"),
+        (1, 924, True, "1 DDIM step from t = 924, half of the samples on the mirrored slice"),
     ],
 )
 def test_the_default_sampler_is_described_with_where_it_starts(
-    steps: int, first_timestep: int | None, words: str
+    steps: int, first_timestep: int | None, mirror: bool, words: str
 ) -> None:
-    assert (
-        describe_sampling(replace(tiny_config(), sampling_steps=steps, first_timestep=first_timestep))
-        == words
+    config = replace(
+        tiny_config(), sampling_steps=steps, first_timestep=first_timestep, mirror_samples=mirror
     )
+    assert describe_sampling(config) == words
+
+
+@pytest.mark.parametrize("samples", [1, 4, 5])
+def test_mirrored_samples_are_the_mirrored_image_sampled_and_mirrored_back(samples: int) -> None:
+    torch.manual_seed(0)
+    model = LDSegNetwork(tiny_config()).eval()
+    images, noise = torch.randn(3, 1, 32, 32), torch.randn(samples, 3, 1, 8, 8)
+    plain = sample_probabilities(model, images, noise, steps=2)
+    mirrored = sample_probabilities(model, images, noise, steps=2, mirror=True)
+    half = samples // 2
+    torch.testing.assert_close(mirrored[: samples - half], plain[: samples - half], rtol=0, atol=0)
+    if half:
+        expected = sample_probabilities(model, images.flip(-1), noise[-half:], steps=2).flip(-1)
+        torch.testing.assert_close(mirrored[-half:], expected, rtol=0, atol=0)
+        assert not torch.allclose(mirrored[-half:], plain[-half:])  # the tiny model is not symmetric
 
 
 @pytest.mark.parametrize("first_timestep", [-1, 1000])
@@ -130,10 +146,10 @@ def test_chosen_sampler_is_written_into_the_model_and_its_card(tmp_path) -> None
 
     config = replace(tiny_config(), sampling_steps=15)
     save_ldseg_model(LDSegNetwork(config), tmp_path, f"Sampler: {describe_sampling(config)} by default.\n")
-    apply(tmp_path, 1, 924, 0.8123)
-    apply(tmp_path, 1, 860, 0.8456)  # a second choice replaces the first sentence, not appends to it
+    apply(tmp_path, 1, 924, False, 0.8123)
+    apply(tmp_path, 1, 860, True, 0.8456)  # a second choice replaces the first sentence, not appends to it
     chosen = load_ldseg_model(tmp_path).config
-    assert (chosen.sampling_steps, chosen.first_timestep) == (1, 860)
+    assert (chosen.sampling_steps, chosen.first_timestep, chosen.mirror_samples) == (1, 860, True)
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert card.startswith(
         f"Sampler: {describe_sampling(chosen)} by default (chosen on the validation subjects"

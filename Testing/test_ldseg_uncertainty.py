@@ -63,6 +63,17 @@ def test_same_seed_same_result_whatever_the_batch_size(model: LDSegNetwork) -> N
     np.testing.assert_array_equal(first.labels, second.labels)
 
 
+def test_a_model_that_mirrors_samples_mirrors_half_of_them(model: LDSegNetwork) -> None:
+    from dataclasses import replace
+
+    mirroring = LDSegNetwork(replace(model.config, mirror_samples=True)).eval()
+    mirroring.load_state_dict(model.state_dict())
+    for samples, same in ((1, True), (2, False)):
+        plain = segment_slices(model, _images(), samples=samples, steps=3, seed=7)
+        mirrored = segment_slices(mirroring, _images(), samples=samples, steps=3, seed=7)
+        assert np.array_equal(plain.probabilities, mirrored.probabilities) is same
+
+
 def test_different_seeds_differ(model: LDSegNetwork) -> None:
     first = segment_slices(model, _images(), samples=2, steps=3, seed=1)
     second = segment_slices(model, _images(), samples=2, steps=3, seed=2)

@@ -1,13 +1,14 @@
-"""Choose the bundled LDSeg model's sampler (DDIM steps, first timestep) on its validation subjects.
+"""Choose the bundled LDSeg model's sampler (DDIM steps, first timestep, mirroring) on its validation subjects.
 
     .venv/bin/python benchmarks/ldseg/choose_sampling.py           # measure, write the choice
     .venv/bin/python benchmarks/ldseg/choose_sampling.py --apply   # put the written choice into the model
 
 Segments the 6 validation subjects of ``scripts/train_default_ldseg.py`` (the same subject split as
 training: seeds below 30 that training held out, never the benchmark's seeds from 1000) as whole volumes
-with 8 samples, for each candidate (steps, first timestep), and writes ``sampling_choice.json`` and
+with 8 samples, for each candidate (steps, first timestep), then the best of them with half of the
+samples on the mirrored slice (``mirror_samples``), and writes ``sampling_choice.json`` and
 ``sampling_choice.md`` next to this file. The choice is the candidate with the highest mean Dice (on a
-tie within 0.001, the fewest steps, then the first listed). ``--apply`` writes the choice recorded in
+tie within 0.001, the fewest steps, then the first listed, so mirroring must win by more than 0.001). ``--apply`` writes the choice recorded in
 ``sampling_choice.json`` into the bundled model's ``config.json`` and the sampling sentence of its
 model card; the held-out benchmark (``run.py``) then measures it on data the choice never saw.
 """
@@ -52,9 +53,11 @@ def validation_seeds() -> list[int]:
     return sorted(int(pair.subject.removeprefix("subject")) for pair in held_out)
 
 
-def evaluate(model, data, steps: int, first_timestep: int | None) -> dict:  # type: ignore[no-untyped-def]
+def evaluate(model, data, steps: int, first_timestep: int | None, mirror: bool = False) -> dict:  # type: ignore[no-untyped-def]
     """Mean Dice and entropy AUROC over ``data`` with the given sampler."""
-    model.config = replace(model.config, sampling_steps=steps, first_timestep=first_timestep)
+    model.config = replace(
+        model.config, sampling_steps=steps, first_timestep=first_timestep, mirror_samples=mirror
+    )
     settings = SegmentSettings(samples=SAMPLES, seed=0, device="cpu")
     dice, auroc, seconds = [], [], []
     for image, truth in data:
@@ -67,6 +70,7 @@ def evaluate(model, data, steps: int, first_timestep: int | None) -> dict:  # ty
     return {
         "steps": steps,
         "first_timestep": first_timestep,
+        "mirror_samples": mirror,
         "start": int(sampling_scheduler(model.config, steps).timesteps[0]),
         "mean_dice": float(np.mean(dice)),
         "dice_per_subject": dice,
@@ -83,7 +87,7 @@ def choose(rows: list[dict]) -> dict:
 
 def markdown(results: dict) -> str:
     rows = "\n".join(
-        f"| {r['steps']} | {r['start']} | {r['mean_dice']:.3f} | {r['entropy_auroc']:.3f} | "
+        f"| {r['steps']} | {r['start']} | {'yes' if r.get('mirror_samples') else 'no'} | {r['mean_dice']:.3f} | {r['entropy_auroc']:.3f} | "
         f"{r['seconds_per_volume']:.1f} |"
         for r in results["candidates"]
     )
@@ -94,16 +98,16 @@ Command: `{results["command"]}`. Bundled brain-tissue model; the {len(results["v
 subjects of its training (synthetic seeds {results["validation_seeds"]}, never the benchmark's held-out
 seeds), whole volumes, {SAMPLES} samples per slice.
 
-| DDIM steps | starts at t | mean Dice | entropy AUROC | seconds per volume |
-| --- | --- | --- | --- | --- |
+| DDIM steps | starts at t | half of the samples mirrored | mean Dice | entropy AUROC | seconds per volume |
+| --- | --- | --- | --- | --- | --- |
 {rows}
 
-Chosen (highest mean Dice; on a tie within 0.001 the fewest steps, then the first listed): **{chosen["steps"]} step(s) from t = {chosen["start"]}**.
+Chosen (highest mean Dice; on a tie within 0.001 the fewest steps, then the first listed): **{chosen["steps"]} step(s) from t = {chosen["start"]}{", half of the samples mirrored" if chosen.get("mirror_samples") else ""}**.
 Measured on held-out subjects by `benchmarks/ldseg/run.py` (`results.md`).
 """
 
 
-def apply(folder: Path, steps: int, first_timestep: int | None, mean_dice: float) -> None:
+def apply(folder: Path, steps: int, first_timestep: int | None, mirror: bool, mean_dice: float) -> None:
     """Write the chosen sampler into ``folder``'s config.json and the model card's sampling sentence.
 
     The sentence gives the choice's validation ``mean_dice`` (whole volumes, :data:`SAMPLES` samples),
@@ -111,7 +115,7 @@ def apply(folder: Path, steps: int, first_timestep: int | None, mean_dice: float
     """
     model = load_ldseg_model(folder)
     old = describe_sampling(model.config)
-    config = replace(model.config, sampling_steps=steps, first_timestep=first_timestep)
+    config = replace(model.config, sampling_steps=steps, first_timestep=first_timestep, mirror_samples=mirror)
     atomic_write_json(folder / CONFIG_FILE, config_document(config))
     card = folder / CARD_FILE
     sentence = re.compile(re.escape(f"{old} by default") + r"( \(chosen on [^)]*\))?")
@@ -133,7 +137,13 @@ def main() -> int:
     folder = Path(resolve_model("brain-tissue-ldseg", ("ldseg",)).path)
     if args.apply:
         chosen = json.loads((HERE / "sampling_choice.json").read_text())["chosen"]
-        apply(folder, chosen["steps"], chosen["first_timestep"], chosen["mean_dice"])
+        apply(
+            folder,
+            chosen["steps"],
+            chosen["first_timestep"],
+            chosen.get("mirror_samples", False),
+            chosen["mean_dice"],
+        )
         print(f"{folder}: {describe_sampling(load_ldseg_model(folder).config)} by default")
         return 0
     model = load_ldseg_model(folder)
@@ -143,6 +153,9 @@ def main() -> int:
     for steps, first_timestep in CANDIDATES:
         rows.append(evaluate(model, data, steps, first_timestep))
         print(json.dumps(rows[-1]), flush=True)
+    best = choose(rows)
+    rows.append(evaluate(model, data, best["steps"], best["first_timestep"], mirror=True))
+    print(json.dumps(rows[-1]), flush=True)
     results = {
         "command": " ".join(["python", "benchmarks/ldseg/choose_sampling.py", *sys.argv[1:]]),
         "validation_seeds": seeds,

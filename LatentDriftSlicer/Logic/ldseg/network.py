@@ -93,6 +93,10 @@ class LDSegConfig:
     ``None`` starts the ``N`` steps at diffusers' leading ``(N − 1)·(T // N)``; a value starts them there or
     later when ``N`` steps of ``T // N`` do not fit below it.
 
+    ``mirror_samples`` runs half of a slice's samples (``N // 2``) on its left-right mirror image and
+    mirrors their probabilities back (test-time augmentation; axial and coronal models only, whose
+    training mirrors the column axis), so the samples also disagree where the model is not symmetric.
+
     ``spatial_dims`` is 2 (slices ``S × S`` cut along ``axis``) or 3 (the whole slice stack along
     ``axis`` resampled to ``S × S × S`` over a cube field of view); config files without it are 2D.
     """
@@ -112,6 +116,7 @@ class LDSegConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     sampling_steps: int = 15
     first_timestep: int | None = None
+    mirror_samples: bool = False
     axis: str = "axial"
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
     intensity_range: tuple[float, float] = (-1.0, 1.0)
@@ -250,6 +255,7 @@ _FIELD_PARSERS: dict[str, Any] = {
     "beta_schedule": _str,
     "sampling_steps": _int,
     "first_timestep": _int,
+    "mirror_samples": _bool,
     "axis": _str,
     "intensity_percentiles": _pair,
     "intensity_range": _pair,
@@ -260,6 +266,7 @@ _OPTIONAL_FIELDS = {"intensity_reference", "first_timestep"}
 _DEFAULT_WHEN_MISSING: dict[str, Any] = {
     "spatial_dims": 2,
     "latent_channels": 1,
+    "mirror_samples": False,
 }  # keys added after format version 1
 
 
@@ -317,6 +324,10 @@ def _config_problems(config: LDSegConfig) -> list[str]:
         problems.append(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}")
     if config.axis not in AXES:
         problems.append(f"axis must be one of {', '.join(AXES)}")
+    elif config.mirror_samples and config.axis == "sagittal":
+        problems.append(
+            "mirror_samples needs an axial or coronal model (columns of sagittal slices run front to back)"
+        )
     if config.spatial_dims not in (2, 3):
         problems.append("spatial_dims must be 2 (slices) or 3 (whole volumes)")
     if not 0 <= config.intensity_percentiles[0] < config.intensity_percentiles[1] <= 100:

@@ -63,12 +63,13 @@ def sampling_scheduler(config: LDSegConfig, steps: int, device: torch.device | s
 
 
 def describe_sampling(config: LDSegConfig) -> str:
-    """The default sampler in words, e.g. ``"15 DDIM steps"`` or ``"1 DDIM step from t = 924"``."""
+    """The default sampler in words, e.g. ``"15 DDIM steps"`` or ``"1 DDIM step from t = 924"``
+    (``", half of the samples on the mirrored slice"`` added with ``config.mirror_samples``)."""
     steps = config.sampling_steps
     words = f"{steps} DDIM step{'s' if steps > 1 else ''}"
-    if config.first_timestep is None:
-        return words
-    return f"{words} from t = {int(sampling_scheduler(config, steps).timesteps[0])}"
+    if config.first_timestep is not None:
+        words += f" from t = {int(sampling_scheduler(config, steps).timesteps[0])}"
+    return words + (", half of the samples on the mirrored slice" if config.mirror_samples else "")
 
 
 @torch.no_grad()
@@ -91,14 +92,28 @@ def ddim_sample_latents(
 
 @torch.no_grad()
 def sample_probabilities(
-    model: LDSegNetwork, images: torch.Tensor, noise: torch.Tensor, steps: int
+    model: LDSegNetwork, images: torch.Tensor, noise: torch.Tensor, steps: int, mirror: bool = False
 ) -> torch.Tensor:
     """Class probabilities of ``N`` samples for each of ``b`` images.
 
     ``images`` ``(b, 1, H, W)`` in the model range and ``noise`` ``(N, b, c, h, w)`` on the model's device.
     The image encoder runs once per image; its embedding is expanded to the ``N·b`` samples, which are
     denoised together and decoded once each. Returns ``(N, b, C, H, W)`` softmax probabilities in [0, 1].
+    With ``mirror`` the last ``N // 2`` samples are drawn for the images mirrored along their last
+    (column) axis and mirrored back (the encoder then runs twice per image).
     """
+    mirrored = noise.shape[0] // 2 if mirror else 0
+    if not mirrored:
+        return _sample_probabilities(model, images, noise, steps)
+    straight = _sample_probabilities(model, images, noise[:-mirrored], steps)
+    flipped = _sample_probabilities(model, images.flip(-1), noise[-mirrored:], steps).flip(-1)
+    return torch.cat([straight, flipped])
+
+
+def _sample_probabilities(
+    model: LDSegNetwork, images: torch.Tensor, noise: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """:func:`sample_probabilities` without mirroring."""
     samples, batch = noise.shape[:2]
     embedding = model.image_encoder(images)
     embedding = (

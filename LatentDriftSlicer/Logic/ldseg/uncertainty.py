@@ -81,7 +81,8 @@ def segment_slices(
 
     For a 3D model ``images`` are volumes ``(B, 1, S, S, S)`` and the results have one more axis.
 
-    ``steps`` DDIM steps (default ``config.sampling_steps``). Results depend only on ``seed``, not on
+    ``steps`` DDIM steps (default ``config.sampling_steps``); ``config.mirror_samples`` draws half of
+    the samples on the mirrored image (:func:`~.sampler.sample_probabilities`). Results depend only on ``seed``, not on
     ``batch_size`` or out-of-memory retries: the initial noise of every slice and sample is drawn up
     front from a fresh CPU generator. ``batch_size`` slices (times ``samples``) go through the model
     together, halved on out-of-memory (:func:`latentdrift.devices.run_in_batches`). ``device``: where to
@@ -103,7 +104,9 @@ def segment_slices(
         index = torch.as_tensor(list(indices))
         batch_noise = noise[:, index].to(target)
         summary = summarise_samples(
-            sample_probabilities(model, images_t[index].to(target), batch_noise, steps)
+            sample_probabilities(
+                model, images_t[index].to(target), batch_noise, steps, model.config.mirror_samples
+            )
         )
         return list(zip(indices, _split(summary), strict=True))
 
