@@ -1,6 +1,6 @@
 """Retrain the bundled brain-tissue LDSeg model from scratch (the one command behind its model card).
 
-    .venv/bin/python scripts/train_default_ldseg.py [--steps 5000] [--restart-steps 3000] [--subjects 30]
+    .venv/bin/python scripts/train_default_ldseg.py [--steps 5000] [--restart-steps 3000] [--final-steps 1500]
 
 1. Writes synthetic subjects made from the MNI152 template (``latentdrift.synthetic``: random smooth
    deformations, tissue contrast, gamma, bias field, noise) as image/label NRRD pairs under
@@ -10,12 +10,15 @@
    Dice each epoch on held-out subjects, cosine decay from 1e-3, resumable checkpoints in
    ``data/brain-tissue-ldseg.checkpoints``) into ``data/brain-tissue-ldseg-stage1``.
 3. Stage 2, a warm restart: fine-tunes that model (``train-ldseg --init-from``) with a second cosine
-   decay from 3e-4 (checkpoints in ``data/brain-tissue-ldseg.checkpoints-stage2``), same subject split.
-4. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``, with the
-   15-step leading DDIM schedule; ``benchmarks/ldseg/choose_sampling.py`` then chooses its sampler.
+   decay from 3e-4 (checkpoints in ``data/brain-tissue-ldseg.checkpoints-stage2``), same subject split,
+   into ``data/brain-tissue-ldseg-stage2``.
+4. Stage 3, progressive resizing: the same networks (fully convolutional) fine-tuned at 144×144 instead
+   of 128×128 (a 36×36 latent), cosine from 3e-4 (``data/brain-tissue-ldseg.checkpoints-stage3``).
+5. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``;
+   ``benchmarks/ldseg/choose_sampling.py`` then chooses its sampler.
 
-Takes about 80 minutes of a quiet 2-core CPU (5000 + 3000 steps); rerunning resumes from the last
-checkpoint of each stage.
+Takes about 100 minutes of a quiet 2-core CPU (5000 + 3000 steps at 128², 1500 at 144²); rerunning
+resumes from the last checkpoint of each stage.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import argparse
 import csv
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from latentdrift.ldseg import LabelClass, LDSegConfig, TrainSettings, training_config
+from latentdrift.ldseg import LabelClass, LDSegConfig, TrainSettings, read_config, training_config
 from latentdrift.progress import Progress
 from latentdrift.synthetic import TISSUE_NAMES, synthetic_subject
 from latentdrift.volumes import write_volume
@@ -37,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path("data") / "brain-tissue"
 OUTPUT = ROOT / "LatentDriftSlicer" / "Logic" / "bundled_models" / "brain-tissue-ldseg"
 STAGE1 = Path("data") / "brain-tissue-ldseg-stage1"
+STAGE2 = Path("data") / "brain-tissue-ldseg-stage2"
+FINAL_SIZE = 144
 
 # Names, colours and codes follow 3D Slicer's GenericAnatomyColors / General Anatomy terminology
 # (coding scheme SRT, as DICOM SEG uses them).
@@ -61,10 +67,12 @@ CLASSES = (
     ),
 )
 
-STAGES = """## Two stages
+STAGES = """## Three stages
 
-Stage 1: {steps} steps from scratch (cosine decay from 1e-3, same settings otherwise). Stage 2, reported
-above: a warm restart from the stage-1 model (cosine decay from 3e-4), on the same subject split.
+Stage 1: {steps} steps from scratch at 128×128 (cosine decay from 1e-3, same settings otherwise).
+Stage 2: {restart} steps, a warm restart from the stage-1 model (cosine decay from 3e-4), on the same
+subject split. Stage 3, reported above: the stage-2 networks fine-tuned at {size}×{size} (progressive
+resizing; cosine decay from 3e-4).
 
 """
 
@@ -125,7 +133,10 @@ def default_config() -> LDSegConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="stage 1: from scratch")
-    parser.add_argument("--restart-steps", type=int, default=3000, help="stage 2: warm restart (0: none)")
+    parser.add_argument("--restart-steps", type=int, default=3000, help="stage 2: warm restart")
+    parser.add_argument(
+        "--final-steps", type=int, default=1500, help=f"stage 3: at {FINAL_SIZE}×{FINAL_SIZE}"
+    )
     parser.add_argument("--subjects", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -134,16 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     pairs = write_subjects(args.subjects)
     progress = Progress(json_lines=not sys.stderr.isatty())
-    first = STAGE1 if args.restart_steps else args.output
     stage1 = stage_settings(args.steps, args.batch_size, 1e-3, "brain-tissue-ldseg.checkpoints")
-    summary = train_segmentation_model(pairs, first, default_config(), stage1, 0.2, progress, NOTES)
-    if args.restart_steps:
-        stage2 = stage_settings(
-            args.restart_steps, args.batch_size, 3e-4, "brain-tissue-ldseg.checkpoints-stage2"
-        )
-        summary = train_segmentation_model(
-            pairs, args.output, None, stage2, 0.2, progress, STAGES.format(steps=args.steps) + NOTES, first
-        )
+    train_segmentation_model(pairs, STAGE1, default_config(), stage1, 0.2, progress, NOTES)
+    stage2 = stage_settings(
+        args.restart_steps, args.batch_size, 3e-4, "brain-tissue-ldseg.checkpoints-stage2"
+    )
+    train_segmentation_model(pairs, STAGE2, None, stage2, 0.2, progress, NOTES, STAGE1)
+    stage3 = stage_settings(args.final_steps, args.batch_size, 3e-4, "brain-tissue-ldseg.checkpoints-stage3")
+    larger = replace(read_config(STAGE2), image_size=FINAL_SIZE)
+    notes = STAGES.format(steps=args.steps, restart=args.restart_steps, size=FINAL_SIZE) + NOTES
+    summary = train_segmentation_model(pairs, args.output, larger, stage3, 0.2, progress, notes, STAGE2)
     print(summary["figures"]["final"])
     return 0
 
