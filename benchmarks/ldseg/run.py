@@ -447,7 +447,7 @@ steps of T // N fit below t = 1000. Default: {settings["sampler"]}.
 Command: `{results["command"]}` — machine: {results["machine"]}.
 Held-out data: {settings["held_out_subjects"]} **synthetic** subjects (seeds {settings["first_seed"]}…), made from the
 MNI152 template like the training subjects but with deformations and intensities the model never saw;
-{settings["samples"]} samples × {settings["sampler"]} per slice. These are not real patient scans.
+{settings["samples"]} samples per slice, {settings["sampler"]}. These are not real patient scans.
 
 ## Accuracy
 
@@ -478,7 +478,7 @@ Command: `{results.get("speed_command", results["command"])}`.
 
 | method | seconds | peak RSS (MB) |
 | --- | --- | --- |
-| LDSeg, {settings["sampler"]} in latent space | {speed["ldseg"]["seconds"]:.2f} | {speed["ldseg"]["peak_rss_mb"]:.0f} |
+| LDSeg in latent space ({settings["sampler"]}) | {speed["ldseg"]["seconds"]:.2f} | {speed["ldseg"]["peak_rss_mb"]:.0f} |
 | pixel-space diffusion (MONAI DiffusionModelUNet), 50 DDIM steps | {speed["pixel_ddim50"]["seconds"]:.2f} | {speed["pixel_ddim50"]["peak_rss_mb"]:.0f} |
 | pixel-space diffusion, 1000 DDPM steps (extrapolated: 1000 × measured time per step) | {speed["pixel_ddpm1000_extrapolated_seconds"]:.1f} | — |
 
