@@ -92,7 +92,8 @@ the larger of the two template probabilities elsewhere.
     .venv/bin/python scripts/train_default_ldseg.py
     .venv/bin/python benchmarks/ldseg/choose_sampling.py && .venv/bin/python benchmarks/ldseg/choose_sampling.py --apply
 
-The second line chooses the default sampler (DDIM steps and first timestep) on the validation subjects.
+The second line chooses the default sampler (where one DDIM step starts, and whether half of the
+samples are mirrored) on the validation subjects.
 
 Held-out accuracy, calibration, robustness and speed: `benchmarks/ldseg/` (`results.md`).
 """
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stage_settings(steps: int, batch_size: int, learning_rate: float, checkpoints: str) -> TrainSettings:
-    """One cosine stage; seed 0 in both, so both hold out the same validation subjects."""
+    """One cosine stage; seed 0 in every stage, so all hold out the same validation subjects."""
     return TrainSettings(
         steps=steps,
         batch_size=batch_size,

@@ -520,8 +520,8 @@ def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """``(config, layout)``: the config of a model trained from scratch (None with ``--init-from``,
     whose model's config is used) and the config whose axis and dimensions the training follows."""
     from .errors import ParameterError
-    from .ldseg import default_classes, read_config, training_config
-    from .models import resolve_model
+    from .ldseg import default_classes, training_config
+    from .workflows.segment import fine_tuning_config
 
     names = [name.strip() for name in (args.classes or "").split(",") if name.strip()]
     if args.init_from is not None:
@@ -530,13 +530,7 @@ def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
         ]
         if given:
             raise ParameterError(f"--init-from keeps the model's architecture: leave out {', '.join(given)}.")
-        start = read_config(resolve_model(args.init_from, ("ldseg",)).path)
-        if names and names != start.class_names:
-            raise ParameterError(
-                f"--classes {','.join(names)} differ from the model's ({','.join(start.class_names)}): "
-                "fine-tuning keeps its classes; leave out --classes or train from scratch."
-            )
-        return None, start
+        return None, fine_tuning_config(args.init_from, names)
     if not names:
         raise ParameterError("Give --classes (background first), or --init-from a model to fine-tune.")
     spatial_dims = args.spatial_dims or 2

@@ -417,27 +417,16 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
 
 def _ldseg_config(config: FinetuneConfig, rows: list[Any]) -> tuple[Any, list[str]]:
     """(LDSeg config to train from scratch, class names); with ``config.model`` (an LDSeg model to
-    fine-tune) the config is None: that model's classes, axis and resolution are kept, and ``classes``
-    or ``axis`` that contradict them are refused before any work."""
-    from ..ldseg import default_classes, read_config, training_config
+    fine-tune) the config is None and the model's classes, axis and resolution are kept
+    (:func:`~latentdrift.workflows.segment.fine_tuning_config` refuses contradicting ones)."""
+    from ..ldseg import default_classes, training_config
+    from ..workflows.segment import fine_tuning_config
 
     if config.model is None:
         names = _class_names(config, rows)
         return training_config(default_classes(names), axis=config.axis, image_size=config.resolution), names
-    start = read_config(resolve_model(config.model, ("ldseg",)).path)
-    names = list(start.class_names)
     given = [name.strip() for name in (config.classes or "").split(",") if name.strip()]
-    if given and given != names:
-        raise ModelError(
-            f"--classes {','.join(given)} differ from the classes of '{config.model}' ({','.join(names)}): "
-            "fine-tuning keeps the model's classes; leave out --classes or train from scratch (no --model)."
-        )
-    if config.axis != start.axis:
-        raise ModelError(
-            f"'{config.model}' segments {start.axis} slices; fine-tune it with --axis {start.axis} "
-            "(or train from scratch, without --model, on another axis)."
-        )
-    return None, names
+    return None, fine_tuning_config(config.model, given, config.axis).class_names
 
 
 def _class_names(config: FinetuneConfig, rows: list[Any]) -> list[str]:

@@ -8,8 +8,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..devices import resolve_device
-from ..errors import ParameterError
-from ..ldseg import LDSegConfig, TrainSettings, load_ldseg_model, save_ldseg_model, train_ldseg
+from ..errors import ModelError, ParameterError
+from ..ldseg import (
+    LDSegConfig,
+    TrainSettings,
+    load_ldseg_model,
+    read_config,
+    save_ldseg_model,
+    train_ldseg,
+)
 from ..model_cards import ldseg_training_card
 from ..models import choose_model, resolve_model
 from ..progress import ProgressCallback
@@ -103,6 +110,28 @@ def _segmentation_preview(
     ]
     title = f"{volume.name}: {axis} slices {[stack.indices[p] for p in positions]}"
     save_preview(path, panels, positions, stack.layout.pixel_spacing, title)
+
+
+def fine_tuning_config(
+    start_from: str | Path, classes: Sequence[str] = (), axis: str | None = None
+) -> LDSegConfig:
+    """The config of the LDSeg model ``start_from`` (name or folder), checked against what the user asked.
+
+    ``classes`` (background first; empty: not given) and ``axis`` (None: not given) must be the model's:
+    fine-tuning keeps both. :class:`ModelError` says which differs, before any data is read.
+    """
+    config = read_config(resolve_model(start_from, ("ldseg",)).path)
+    if classes and list(classes) != config.class_names:
+        raise ModelError(
+            f"--classes {','.join(classes)} differ from the model's ({','.join(config.class_names)}): "
+            "fine-tuning keeps the model's classes; leave out --classes or train from scratch."
+        )
+    if axis is not None and axis != config.axis:
+        raise ModelError(
+            f"'{start_from}' segments {config.axis} slices; fine-tune it with --axis {config.axis} "
+            "(or train from scratch, without a model to start from, on another axis)."
+        )
+    return config
 
 
 def train_segmentation_model(
