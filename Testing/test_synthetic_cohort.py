@@ -121,3 +121,35 @@ def test_cohort_is_deterministic_valid_and_longitudinal(tmp_path: Path) -> None:
         assert follow_image.geometry.is_close(base_image.geometry)
         assert read_volume(follow.label).geometry.is_close(base_image.geometry)
         assert base_image.geometry.spacing == pytest.approx((3.0, 3.0, 3.0))
+
+
+def test_further_follow_ups_extend_the_cohort_without_changing_its_first_visits(tmp_path: Path) -> None:
+    one = make_cohort(tmp_path / "one", subjects=2, seed=11, spacing_mm=3.0)
+    three = make_cohort(tmp_path / "three", subjects=2, seed=11, spacing_mm=3.0, follow_ups=3)
+    first_visits = [line for line in three.read_text().splitlines() if "followup2" not in line and "followup3" not in line]
+    assert first_visits == one.read_text().splitlines()
+
+    rows, problems = read_cohort(three)
+    assert problems == [] and len(rows) == 8
+    by_subject: dict[str, list] = {}
+    for row in rows:
+        by_subject.setdefault(row.subject, []).append(row)
+    for visits in by_subject.values():
+        assert [v.session for v in visits] == ["baseline", "followup", "followup2", "followup3"]
+        ages = [v.attributes.age for v in visits]
+        intervals = [float(v.extra["interval_years"]) for v in visits]
+        assert all(0.89 <= b - a <= 4.11 for a, b in zip(ages[1:], ages[2:], strict=False))
+        assert all(i == pytest.approx(a - ages[0], abs=0.21) for i, a in zip(intervals, ages, strict=True))
+        atrophy = [float(v.extra["atrophy_percent"]) for v in visits]
+        ventricles = [float(v.extra["ventricle_ml"]) for v in visits]
+        brain = [float(v.extra["brain_ml"]) for v in visits]
+        assert atrophy == sorted(atrophy) and len(set(atrophy)) == 4
+        assert ventricles == sorted(ventricles) and brain == sorted(brain, reverse=True)
+        order = {"CN": 0, "MCI": 1, "AD": 2}
+        stages = [order[v.attributes.diagnosis] for v in visits]
+        assert stages == sorted(stages)
+
+
+def test_a_cohort_needs_a_follow_up(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least one follow-up"):
+        make_cohort(tmp_path, subjects=1, follow_ups=0)

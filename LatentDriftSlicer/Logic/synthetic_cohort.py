@@ -23,9 +23,14 @@ which the diagnosis progresses, the mean of the two diagnoses' rates is used (co
 mid-interval). Annual conversion probabilities: CN→MCI 5 %, MCI→AD 15 %.
 
 Cohort (:func:`make_cohort`): per subject a baseline (age 60–85, sex F/M, diagnosis CN/MCI/AD in fixed
-proportions) and a follow-up 2–7 years later; NRRD images and label maps and a ``cohort.csv`` in the
-format of :mod:`latentdrift.train.cohorts` (subject, session, path, age, sex, diagnosis, label,
-ventricle_ml, brain_ml, interval_years, atrophy_percent, synthetic). Everything is deterministic by seed.
+proportions) and a follow-up 2–7 years later; with ``follow_ups > 1``, further follow-ups each 1–4
+years after the previous one (sessions ``followup2``, ``followup3``, …). Every follow-up is the baseline
+after the *cumulative* atrophy since baseline (the sum of each interval's loss), and the extra visits
+are drawn from a generator of their own, so the baseline and first follow-up do not depend on
+``follow_ups``. NRRD images and label maps and a ``cohort.csv`` in the format of
+:mod:`latentdrift.train.cohorts` (subject, session, path, age, sex, diagnosis, label, ventricle_ml,
+brain_ml, interval_years and atrophy_percent since baseline, synthetic). Everything is deterministic by
+seed.
 """
 
 from __future__ import annotations
@@ -264,6 +269,35 @@ def plan_subject(index: int, rng: np.random.Generator, years: tuple[float, float
     return baseline, Visit(subject, "followup", round(age + interval, 1), sex, follow_up, interval, fraction)
 
 
+def later_visits(first: Visit, count: int, rng: np.random.Generator) -> list[Visit]:
+    """``count`` further follow-ups after ``first``, each 1–4 years after the previous one.
+
+    Diagnoses progress as in :func:`plan_subject`; ``interval_years`` and ``atrophy_fraction`` are
+    since baseline (the previous visit's fraction plus this interval's).
+    """
+    visits = [first]
+    for number in range(2, count + 2):
+        previous = visits[-1]
+        step = round(float(rng.uniform(1.0, 4.0)), 1)
+        diagnosis = previous.diagnosis
+        conversion = CONVERSION.get(diagnosis)
+        if conversion is not None and float(rng.random()) < 1.0 - (1.0 - conversion[1]) ** step:
+            diagnosis = conversion[0]
+        fraction = previous.atrophy_fraction + atrophy_fraction(step, previous.sex, previous.diagnosis, diagnosis)
+        visits.append(
+            Visit(
+                previous.subject,
+                f"followup{number}",
+                round(previous.age + step, 1),
+                previous.sex,
+                diagnosis,
+                round(previous.interval_years + step, 1),
+                fraction,
+            )
+        )
+    return visits[1:]
+
+
 def make_cohort(
     folder: str | Path,
     subjects: int = 8,
@@ -272,8 +306,14 @@ def make_cohort(
     years: tuple[float, float] = (2.0, 7.0),
     subject_settings: SubjectSettings | None = None,
     atrophy: AtrophySettings | None = None,
+    follow_ups: int = 1,
 ) -> Path:
-    """Write a synthetic longitudinal cohort into ``folder`` and return its ``cohort.csv`` (deterministic)."""
+    """Write a synthetic longitudinal cohort into ``folder`` and return its ``cohort.csv`` (deterministic).
+
+    Each subject has a baseline and ``follow_ups`` (≥ 1) follow-up scans (see the module docstring).
+    """
+    if follow_ups < 1:
+        raise ValueError(f"follow_ups={follow_ups}: a longitudinal cohort needs at least one follow-up.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     settings = replace(subject_settings or SubjectSettings(), spacing_mm=spacing_mm)
@@ -282,13 +322,12 @@ def make_cohort(
     for index in range(subjects):
         subject_seed = int(rng.integers(0, 2**31 - 1))
         baseline, follow_up = plan_subject(index, rng, years)
+        extra = later_visits(follow_up, follow_ups - 1, np.random.default_rng([seed, index, 2]))
         image, labels = synthetic_subject(subject_seed, settings)
-        result = apply_atrophy(image, labels, follow_up.atrophy_fraction, subject_seed, atrophy)
-        for visit, (visit_image, visit_labels) in (
-            (baseline, (image, labels)),
-            (follow_up, (result.image, result.labels)),
-        ):
-            records.append(_write_visit(folder, visit, visit_image, visit_labels, atrophy))
+        records.append(_write_visit(folder, baseline, image, labels, atrophy))
+        for visit in (follow_up, *extra):
+            result = apply_atrophy(image, labels, visit.atrophy_fraction, subject_seed, atrophy)
+            records.append(_write_visit(folder, visit, result.image, result.labels, atrophy))
     csv_path = folder / "cohort.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator="\n")
