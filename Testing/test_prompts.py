@@ -20,15 +20,15 @@ SOURCE = Attributes.parse("age=70,sex=F,dx=CN")
 TARGET = Attributes.parse("age=77,dx=MCI", base=SOURCE)
 
 
-def test_the_papers_instruction_is_reproduced() -> None:
-    assert (
-        instruct(SOURCE, TARGET) == "Age this CN 70 years old female brain MRI into a 77 brain MRI with MCI"
+def test_the_papers_instruction_with_the_age_change_written_out() -> None:
+    assert instruct(SOURCE, TARGET) == (
+        "Age this CN 70 years old female brain MRI by 7 years into a 77 brain MRI with MCI"
     )
 
 
 def test_instruction_age_formats() -> None:
     assert instruct(SOURCE, TARGET, "words") == (
-        "Age this CN seventy years old female brain MRI into a seventy-seven brain MRI with MCI"
+        "Age this CN seventy years old female brain MRI by seven years into a seventy-seven brain MRI with MCI"
     )
     assert instruct(SOURCE, TARGET, "binned") == (
         "Age this CN 70 years old female brain MRI moderately into a brain MRI with MCI"
@@ -37,7 +37,16 @@ def test_instruction_age_formats() -> None:
     assert instruct(SOURCE, younger, "binned").startswith(
         "Rejuvenate this CN 70 years old female brain MRI significantly"
     )
-    assert instruct(SOURCE, Attributes(age=70, diagnosis="AD")).startswith("Turn this CN 70")
+    assert instruct(SOURCE, Attributes(age=70, diagnosis="AD")) == (
+        "Turn this CN 70 years old female brain MRI into a 70 brain MRI with AD"
+    )
+    assert instruct(Attributes(age=70.3), Attributes(age=77.0)).startswith(
+        "Age this 70.3 years old brain MRI by 6.7 years into"
+    )
+    assert " by 1 year into" in instruct(SOURCE, Attributes(age=71))
+    assert " by one year into" in instruct(SOURCE, Attributes(age=71), "words")
+    assert " by 3 years into" in instruct(SOURCE, Attributes(age=67))
+    assert " by " not in instruct(Attributes(sex="F"), Attributes(age=71))
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,11 @@ Two kinds of text are built here:
 * **Descriptions** (text-to-image, img2img, and the source/target prompts of the direction edit):
   ``describe(Attributes(age=70, sex="female", diagnosis="CN"))`` gives
   ``"a brain MRI of a 70 year old female with CN"``.
-* **Instructions** (InstructPix2Pix): ``instruct(source, target)`` gives, as in the paper's Fig. 6,
-  ``"Age this CN 70 years old female brain MRI into a 77 brain MRI with MCI"``.
+* **Instructions** (InstructPix2Pix): ``instruct(source, target)`` gives the paper's Fig. 6 instruction
+  with the age change written out, ``"Age this CN 70 years old female brain MRI by 7 years into a 77
+  brain MRI with MCI"``. The paper has no ``by 7 years``: we add it because the size of an ageing
+  edit follows the interval, and a small text encoder cannot subtract two ages written as digit
+  tokens (``benchmarks/evidence/results.md``, section 2).
 
 Styles (:class:`PromptOptions`), as in the paper's Tables 2–4:
 
@@ -24,6 +27,9 @@ Styles (:class:`PromptOptions`), as in the paper's Tables 2–4:
     years, both included) or ``significantly`` (> 10 years) instead of the target age, e.g.
     ``"Age this CN 70 years old female brain MRI moderately into a brain MRI with MCI"``. A
     description has no change, so in descriptions ``binned`` writes the age as a number.
+
+  In the other formats an instruction whose ages are both known and differ states the change in the
+  same format: ``by 7 years``, ``by 6.5 years``, ``by seven years``, ``by 1 year``.
 
 Instructions start with ``Age`` when the age increases, ``Rejuvenate`` when it decreases and
 ``Turn`` otherwise. Known diagnosis labels (CN, MCI, AD) are written in upper case; any other label
@@ -213,8 +219,17 @@ def instruct(source: Attributes, target: Attributes, age_format: AgeFormat = "nu
     target_text = " ".join(filter(None, [target_age, target.modality]))
     if target.diagnosis is not None:
         target_text += f" with {target.diagnosis}"
-    how = f" {age_bin(change)}" if binned and change is not None else ""
-    return f"{verb} this {source_text}{how} into a {target_text}"
+    return f"{verb} this {source_text}{_how_much(change, age_format)} into a {target_text}"
+
+
+def _how_much(change: float | None, age_format: AgeFormat) -> str:
+    """`` moderately`` (binned) or `` by 7 years`` (the others); "" when there is no age change."""
+    if not change:
+        return ""
+    if age_format == "binned":
+        return f" {age_bin(change)}"
+    years = format_age(round(abs(change), 1), age_format)
+    return f" by {years} {'year' if years in ('1', 'one') else 'years'}"
 
 
 def age_bin(change: float) -> str:
@@ -245,7 +260,7 @@ def number_to_words(number: int) -> str:
 
 def prompt_words() -> set[str]:
     """Every lower-case word the builder can write with the default modality (for tiny tokenizers)."""
-    texts = [*DIVERSE_IMAGE_PHRASES, DEFAULT_MODALITY, "of with year years old Age Rejuvenate Turn this into"]
+    texts = [*DIVERSE_IMAGE_PHRASES, DEFAULT_MODALITY, "of with by year years old Age Rejuvenate Turn this into"]
     texts += [number_to_words(n) for n in range(121)]
     texts += [*_SEX_NAMES.values(), *KNOWN_DIAGNOSES, "slightly moderately significantly"]
     return {word for text in texts for word in re.findall(r"[a-z]+", text.lower().replace("{modality}", ""))}
