@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPip
 from train_support import quick_config, tiny_base, write_cohort
 
 from latentdrift.drift import DriftCallback
+from latentdrift.errors import ParameterError
 from latentdrift.edit import EditSettings, generate_slices
 from latentdrift.train.drift_search import l1_distances, search_drift, store_search
 from latentdrift.train.jobs import create_job, run_job
 from latentdrift.train.loop import noisy_latents, step_generator, training_loss
 from latentdrift.train.sampling import bundle_of
-from latentdrift.train.schemes import Scheme, as_pixels, load_parts
+from latentdrift.train.cohorts import prepare_cohort
+from latentdrift.train.schemes import Scheme, as_pixels, load_parts, make_scheme
 
 ENGINE = Path(__file__).resolve().parents[1] / "LatentDriftSlicer" / "Logic"
 
@@ -107,10 +110,41 @@ def test_instruct_pix2pix_from_a_4_channel_base_trains_on_longitudinal_pairs(set
     assert pipeline.unet.config.in_channels == 8
     image = _image(
         pipeline,
-        "Age this CN 70 years old female brain MRI into a 75 brain MRI with MCI",
+        "Age this CN 70 years old female brain MRI by 5 years into a 75 brain MRI with MCI",
         image=torch.zeros(1, 3, 16, 16),
     )
     assert image.shape == (16, 16, 3)
+
+
+def test_instruct_pix2pix_identity_pairs_and_a_trained_text_encoder(setup) -> None:
+    config = quick_config(setup["cohort"], setup["base"], "instruct-pix2pix", setup["cache"])
+    data = prepare_cohort(setup["cohort"], config.slice_settings(), setup["cache"])
+    everything = list(range(len(data.slices)))
+    plain = make_scheme(config).examples(data, everything, config.prompt_options())
+    with_identity = make_scheme(replace(config, identity_pairs=True)).examples(
+        data, everything, config.prompt_options()
+    )
+    paired = len(plain.prompts)
+    assert len(with_identity.prompts) == 3 * paired  # both slices of each 2-session pair, with themselves
+    assert torch.equal(with_identity.images[paired:], with_identity.sources[paired:])
+    assert all(p.startswith("Age this CN 70") and " by 5 years into a 75" in p for p in plain.prompts)
+    assert all(p.startswith("Turn this") and " by " not in p for p in with_identity.prompts[paired:])
+
+    model = _train(setup, "instruct-pix2pix", "ip2p-text", identity_pairs=True, train_text_encoder=True)
+    trained = StableDiffusionInstructPix2PixPipeline.from_pretrained(model, local_files_only=True)
+    base = StableDiffusionPipeline.from_pretrained(setup["base"], local_files_only=True)
+    changed = [
+        name
+        for name, weight in trained.text_encoder.state_dict().items()
+        if not torch.equal(weight, base.text_encoder.state_dict()[name])
+    ]
+    assert changed  # the saved text encoder is the trained one
+
+
+@pytest.mark.parametrize("option", ["identity_pairs", "train_text_encoder"])
+def test_instruct_pix2pix_options_are_refused_for_other_schemes(setup, option: str) -> None:
+    with pytest.raises(ParameterError, match=f"{option} applies to the instruct-pix2pix scheme only"):
+        quick_config(setup["cohort"], setup["base"], "basic", setup["cache"], **{option: True})
 
 
 def test_drift_changes_only_the_training_noise(setup) -> None:

@@ -601,6 +601,14 @@ def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> Non
         "--no-patient-info", action="store_true", help="prompts without age, sex, diagnosis"
     )
     finetune.add_argument("--no-merge-lora", action="store_true", help="lora: save the adapter only")
+    finetune.add_argument(
+        "--identity-pairs",
+        action="store_true",
+        help="instruct-pix2pix: also train each slice as a pair with itself (an instruction with nothing to change)",
+    )
+    finetune.add_argument(
+        "--train-text-encoder", action="store_true", help="instruct-pix2pix: train the text encoder too"
+    )
     finetune.set_defaults(handler=_run_finetune)
 
     jobs = commands.add_parser(

@@ -25,6 +25,11 @@ class FinetuneConfig:
     model first (grid ``search_grid``, ``search_samples`` samples of ``search_steps`` steps each) and
     trains with the best one. ``learning_rate`` ``None`` takes the scheme's default (as in the diffusers
     example scripts). ``mixed_precision`` ``auto`` is fp16 on CUDA and off elsewhere.
+
+    InstructPix2Pix only: ``identity_pairs`` adds every training slice as a pair with itself (an
+    instruction with nothing to change, e.g. "Turn this CN 70 … into a 70 brain MRI with CN"), so the
+    editor learns that the instruction decides how much changes; ``train_text_encoder`` trains the
+    text encoder with the UNet (at the same learning rate).
     """
 
     cohort: str
@@ -62,6 +67,8 @@ class FinetuneConfig:
     num_class_images: int = 16
     modifier_token: str = "<new1>"
     conditioning_dropout: float = 0.05
+    identity_pairs: bool = False
+    train_text_encoder: bool = False
     search_grid: tuple[float, ...] = DEFAULT_SEARCH_GRID
     search_samples: int = 8
     search_steps: int = 20
@@ -88,6 +95,11 @@ class FinetuneConfig:
             raise ParameterError(
                 "validation_fraction must be in [0, 1) and conditioning_dropout in [0, 1/3)."
             )
+        for name in ("identity_pairs", "train_text_encoder"):
+            if getattr(self, name) and self.scheme != "instruct-pix2pix":
+                raise ParameterError(
+                    f"{name} applies to the instruct-pix2pix scheme only: turn it off for {self.scheme}."
+                )
         self.prompt_options()  # checks style and age format
 
     def prompt_options(self) -> PromptOptions:

@@ -355,6 +355,8 @@ class InstructPix2PixScheme(Scheme):
     A 4-channel base UNet gets 8 input channels (the new ones start at zero). The source image's
     latents (VAE mode, unscaled, as the pipeline makes them) are concatenated to the noisy target
     latents; with probability ``conditioning_dropout`` each the text, the image or both are dropped.
+    With ``identity_pairs`` every slice of a longitudinal pair is also a pair with itself; with
+    ``train_text_encoder`` the text encoder trains too.
     """
 
     name = "instruct-pix2pix"
@@ -364,6 +366,12 @@ class InstructPix2PixScheme(Scheme):
         super().setup(parts)
         if parts.unet.config.in_channels == 4:
             _widen_conv_in(parts.unet, 8)
+        if self.config.train_text_encoder:
+            parts.text_encoder.requires_grad_(True)
+
+    def trained(self, parts: Parts) -> dict[str, nn.Module]:
+        modules = super().trained(parts)
+        return {**modules, "text_encoder": parts.text_encoder} if self.config.train_text_encoder else modules
 
     def examples(self, data: CohortData, slice_numbers: list[int], options: PromptOptions) -> Examples:
         allowed = set(slice_numbers)
@@ -374,6 +382,8 @@ class InstructPix2PixScheme(Scheme):
                 "InstructPix2Pix needs longitudinal pairs (one subject at two sessions on the same grid); "
                 "the cohort has none: add a session column and two timepoints per subject."
             )
+        if self.config.identity_pairs:
+            pairs += [(n, n) for n in sorted({n for pair in pairs for n in pair})]
         return Examples(
             torch.from_numpy(data.images[[b for _, b in pairs]]),
             [instruct(data.attributes(a), data.attributes(b), options.age_format) for a, b in pairs],
