@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,9 @@ def test_cohort_is_deterministic_valid_and_longitudinal(tmp_path: Path) -> None:
 def test_further_follow_ups_extend_the_cohort_without_changing_its_first_visits(tmp_path: Path) -> None:
     one = make_cohort(tmp_path / "one", subjects=2, seed=11, spacing_mm=3.0)
     three = make_cohort(tmp_path / "three", subjects=2, seed=11, spacing_mm=3.0, follow_ups=3)
-    first_visits = [line for line in three.read_text().splitlines() if "followup2" not in line and "followup3" not in line]
+    first_visits = [
+        line for line in three.read_text().splitlines() if "followup2" not in line and "followup3" not in line
+    ]
     assert first_visits == one.read_text().splitlines()
 
     rows, problems = read_cohort(three)
@@ -138,7 +141,7 @@ def test_further_follow_ups_extend_the_cohort_without_changing_its_first_visits(
         assert [v.session for v in visits] == ["baseline", "followup", "followup2", "followup3"]
         ages = [v.attributes.age for v in visits]
         intervals = [float(v.extra["interval_years"]) for v in visits]
-        assert all(0.89 <= b - a <= 4.11 for a, b in zip(ages[1:], ages[2:], strict=False))
+        assert all(0.89 <= b - a <= 4.11 for a, b in itertools.pairwise(ages[1:]))
         assert all(i == pytest.approx(a - ages[0], abs=0.21) for i, a in zip(intervals, ages, strict=True))
         atrophy = [float(v.extra["atrophy_percent"]) for v in visits]
         ventricles = [float(v.extra["ventricle_ml"]) for v in visits]

@@ -15,13 +15,13 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPip
 from train_support import quick_config, tiny_base, write_cohort
 
 from latentdrift.drift import DriftCallback
-from latentdrift.errors import ParameterError
 from latentdrift.edit import EditSettings, generate_slices
+from latentdrift.errors import ParameterError
+from latentdrift.train.cohorts import prepare_cohort
 from latentdrift.train.drift_search import l1_distances, search_drift, store_search
 from latentdrift.train.jobs import create_job, run_job
 from latentdrift.train.loop import noisy_latents, step_generator, training_loss
 from latentdrift.train.sampling import bundle_of
-from latentdrift.train.cohorts import prepare_cohort
 from latentdrift.train.schemes import Scheme, as_pixels, load_parts, make_scheme
 
 ENGINE = Path(__file__).resolve().parents[1] / "LatentDriftSlicer" / "Logic"
