@@ -260,7 +260,11 @@ def number_to_words(number: int) -> str:
 
 def prompt_words() -> set[str]:
     """Every lower-case word the builder can write with the default modality (for tiny tokenizers)."""
-    texts = [*DIVERSE_IMAGE_PHRASES, DEFAULT_MODALITY, "of with by year years old Age Rejuvenate Turn this into"]
+    texts = [
+        *DIVERSE_IMAGE_PHRASES,
+        DEFAULT_MODALITY,
+        "of with by year years old Age Rejuvenate Turn this into",
+    ]
     texts += [number_to_words(n) for n in range(121)]
     texts += [*_SEX_NAMES.values(), *KNOWN_DIAGNOSES, "slightly moderately significantly"]
     return {word for text in texts for word in re.findall(r"[a-z]+", text.lower().replace("{modality}", ""))}

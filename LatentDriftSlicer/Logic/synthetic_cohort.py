@@ -283,7 +283,9 @@ def later_visits(first: Visit, count: int, rng: np.random.Generator) -> list[Vis
         conversion = CONVERSION.get(diagnosis)
         if conversion is not None and float(rng.random()) < 1.0 - (1.0 - conversion[1]) ** step:
             diagnosis = conversion[0]
-        fraction = previous.atrophy_fraction + atrophy_fraction(step, previous.sex, previous.diagnosis, diagnosis)
+        fraction = previous.atrophy_fraction + atrophy_fraction(
+            step, previous.sex, previous.diagnosis, diagnosis
+        )
         visits.append(
             Visit(
                 previous.subject,
