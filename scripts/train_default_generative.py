@@ -5,11 +5,15 @@
 1. ``mini-sd-natural``: a miniature Stable Diffusion pre-trained from random weights on scikit-image's
    sample images (:mod:`latentdrift.train.pretrain`).
 2. A synthetic longitudinal brain cohort (:func:`latentdrift.synthetic_cohort.make_cohort`: 48
-   subjects at baseline and follow-up, seed 0) in ``data/generative/cohort``.
-3. ``brain-mri-sd``: text-to-image fine-tuning of ``mini-sd-natural`` on the cohort's axial slices
-   with the project's own job (scheme ``basic``), with Latent Drift at the δ searched on the base model.
+   subjects at baseline and follow-up, seed 0) in ``data/generative/cohort``, and the same subjects
+   with two further follow-ups each in ``data/generative/longitudinal`` (the first two visits are
+   identical in both).
+3. ``brain-mri-sd``: text-to-image fine-tuning of ``mini-sd-natural`` on the first cohort's axial
+   slices with the project's own job (scheme ``basic``), with Latent Drift at the δ searched on the
+   base model.
 4. ``brain-mri-instruct``: an InstructPix2Pix editor fine-tuned (scheme ``instruct-pix2pix``) from
-   ``brain-mri-sd`` on the cohort's baseline → follow-up pairs, with the same δ.
+   ``brain-mri-sd`` on every earlier → later pair of the longitudinal cohort plus identity pairs,
+   text encoder trained too, with the same δ.
 
 Every stage is resumable (checkpoints under ``data/generative/``): rerun the command after an
 interruption. The models are written to ``LatentDriftSlicer/Logic/bundled_models/`` (``--output``
@@ -40,8 +44,9 @@ REPRODUCE = """
 ## Data and reproduction
 
 Fine-tuned only on a **synthetic** longitudinal cohort made from the MNI152 template
-(`latentdrift.synthetic_cohort`, 48 subjects at baseline and follow-up, seed 0): a demonstration
-model, not a clinical tool. Retrain every default generative model with
+(`latentdrift.synthetic_cohort`, 48 subjects, seed 0; the text-to-image model on a baseline and one
+follow-up each, the editor on a baseline and three follow-ups each, with identity pairs and its
+text encoder trained): a demonstration model, not a clinical tool. Retrain every default generative model with
 
     .venv/bin/python scripts/train_default_generative.py
 
@@ -56,6 +61,7 @@ class Budget:
 
     pretrain: PretrainSettings
     subjects: int
+    follow_ups: int
     spacing_mm: float
     text_steps: int
     instruct_steps: int
@@ -63,11 +69,12 @@ class Budget:
     search_samples: int
 
 
-FULL = Budget(PretrainSettings(vae_steps=500, unet_steps=1000), 48, 2.0, 1000, 2000, 16, 8)
+FULL = Budget(PretrainSettings(vae_steps=500, unet_steps=1000), 48, 3, 2.0, 1000, 5000, 16, 8)
 QUICK = Budget(
     PretrainSettings(
         resolution=32, vae_resolution=16, vae_steps=4, unet_steps=4, batch_size=2, checkpoint_every=2
     ),
+    2,
     2,
     4.0,
     3,
@@ -137,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     cohort = work / "cohort" / "cohort.csv"
     if not cohort.is_file():
         make_cohort(cohort.parent, subjects=budget.subjects, seed=0, spacing_mm=budget.spacing_mm)
+    longitudinal = work / "longitudinal" / "cohort.csv"
+    if not longitudinal.is_file():
+        make_cohort(
+            longitudinal.parent,
+            subjects=budget.subjects,
+            seed=0,
+            spacing_mm=budget.spacing_mm,
+            follow_ups=budget.follow_ups,
+        )
 
     common = {
         "cohort": str(cohort),
@@ -168,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             model=str(text_model),
             steps=budget.instruct_steps,
             drift=delta,
-            **common,
+            identity_pairs=True,
+            train_text_encoder=True,
+            **{**common, "cohort": str(longitudinal), "lr_scheduler": "cosine"},
         ),
     )
     publish(instruct_model, output / "brain-mri-instruct")
