@@ -116,6 +116,20 @@ def key_of(value: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
+def model_key(folder: Path) -> str:
+    """A key of a model folder's contents (path and the bytes of every JSON and safetensors file in it).
+
+    Cached results of a given or bundled model are redone when its weights or settings change, even
+    where the folder has no ``summary.json`` (published models have none).
+    """
+    digests = [
+        [str(path.relative_to(folder)), hashlib.sha256(path.read_bytes()).hexdigest()]
+        for path in sorted(folder.rglob("*"))
+        if path.suffix in (".json", ".safetensors")
+    ]
+    return key_of([str(folder.resolve()), digests])
+
+
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically (NaN/inf refused: they must be reported as null)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from common import FULL, QUICK, Sizes, Stages, key_of, make_cohorts, sizes_json, write_json  # noqa: E402
+from common import FULL, QUICK, Sizes, Stages, key_of, make_cohorts, model_key, sizes_json, write_json  # noqa: E402
 from networks import apply, load_encoder, position_labels, train_encoder  # noqa: E402
 from report import figures, markdown  # noqa: E402
 from sections import Context, section_classifier, section_counterfactual, section_drift, section_prompts  # noqa: E402
@@ -235,17 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             key_of(str(ctx.models["basic-drift"])),
         )
     else:
-        source, key = (
-            "given or bundled",
-            key_of(
-                [
-                    str(generator.resolve()),
-                    (generator / "summary.json").read_text()
-                    if (generator / "summary.json").is_file()
-                    else "",
-                ]
-            ),
-        )
+        source, key = "given or bundled", model_key(generator)
     section3 = section_classifier(ctx, generator, source, key)
     section4 = section_prompts(ctx)
     results: dict[str, Any] = {

@@ -19,6 +19,7 @@ from common import (
     held_out_prompts,
     job_config,
     key_of,
+    model_key,
     model_sampling,
     row_attributes,
 )
@@ -234,7 +235,7 @@ def pairs(rows: list[CohortRow]) -> list[Pair]:
 def editor_model(ctx: Context, given: Path | None) -> tuple[Path, str, str]:
     """The InstructPix2Pix editor: ``given``, else fine-tuned here on the training cohort (no drift)."""
     if given is not None:
-        return given, f"given: {given}", key_of([str(given.resolve()), _summary_text(given)])
+        return given, f"given: {given}", model_key(given)
     config = ctx.config(scheme="instruct-pix2pix", steps=ctx.sizes.editor_steps)
     model = finetuned_model(ctx.stages, "editor-instruct-pix2pix", config)
     return (
@@ -242,11 +243,6 @@ def editor_model(ctx: Context, given: Path | None) -> tuple[Path, str, str]:
         "fine-tuned here (instruct-pix2pix scheme, training cohort, no drift)",
         key_of(config.to_json()),
     )
-
-
-def _summary_text(folder: Path) -> str:
-    path = folder / "summary.json"
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str, Any]:
