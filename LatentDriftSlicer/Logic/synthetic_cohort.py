@@ -252,6 +252,15 @@ class Visit:
     atrophy_fraction: float
 
 
+def diagnosis_after(diagnosis: str, years: float, draw: float) -> str:
+    """The diagnosis ``years`` later: the next one (:data:`CONVERSION`) when ``draw`` (uniform in
+    [0, 1)) falls below the chance of converting within that time, else the same."""
+    conversion = CONVERSION.get(diagnosis)
+    if conversion is not None and draw < 1.0 - (1.0 - conversion[1]) ** years:
+        return conversion[0]
+    return diagnosis
+
+
 def plan_subject(index: int, rng: np.random.Generator, years: tuple[float, float]) -> tuple[Visit, Visit]:
     """Baseline and follow-up visits of subject ``index`` (draws from ``rng`` in a fixed order)."""
     subject = f"sub-{index + 1:03d}"
@@ -259,11 +268,7 @@ def plan_subject(index: int, rng: np.random.Generator, years: tuple[float, float
     sex = "F" if rng.random() < 0.5 else "M"
     diagnosis = DIAGNOSES[int(rng.choice(3, p=PROPORTIONS))]
     interval = round(float(rng.uniform(*years)), 1)
-    follow_up = diagnosis
-    conversion = CONVERSION.get(diagnosis)
-    draw = float(rng.random())
-    if conversion is not None and draw < 1.0 - (1.0 - conversion[1]) ** interval:
-        follow_up = conversion[0]
+    follow_up = diagnosis_after(diagnosis, interval, float(rng.random()))
     fraction = atrophy_fraction(interval, sex, diagnosis, follow_up)
     baseline = Visit(subject, "baseline", age, sex, diagnosis, 0.0, 0.0)
     return baseline, Visit(subject, "followup", round(age + interval, 1), sex, follow_up, interval, fraction)
@@ -272,32 +277,31 @@ def plan_subject(index: int, rng: np.random.Generator, years: tuple[float, float
 def later_visits(first: Visit, count: int, rng: np.random.Generator) -> list[Visit]:
     """``count`` further follow-ups after ``first``, each 1–4 years after the previous one.
 
-    Diagnoses progress as in :func:`plan_subject`; ``interval_years`` and ``atrophy_fraction`` are
-    since baseline (the previous visit's fraction plus this interval's).
+    Diagnoses progress by :func:`diagnosis_after` (a draw only where a conversion is possible);
+    ``interval_years`` and ``atrophy_fraction`` are since baseline (the previous visit's fraction
+    plus this interval's).
     """
-    visits = [first]
+    visits = []
+    previous = first
     for number in range(2, count + 2):
-        previous = visits[-1]
         step = round(float(rng.uniform(1.0, 4.0)), 1)
         diagnosis = previous.diagnosis
-        conversion = CONVERSION.get(diagnosis)
-        if conversion is not None and float(rng.random()) < 1.0 - (1.0 - conversion[1]) ** step:
-            diagnosis = conversion[0]
+        if diagnosis in CONVERSION:
+            diagnosis = diagnosis_after(diagnosis, step, float(rng.random()))
         fraction = previous.atrophy_fraction + atrophy_fraction(
             step, previous.sex, previous.diagnosis, diagnosis
         )
-        visits.append(
-            Visit(
-                previous.subject,
-                f"followup{number}",
-                round(previous.age + step, 1),
-                previous.sex,
-                diagnosis,
-                round(previous.interval_years + step, 1),
-                fraction,
-            )
+        previous = Visit(
+            previous.subject,
+            f"followup{number}",
+            round(previous.age + step, 1),
+            previous.sex,
+            diagnosis,
+            round(previous.interval_years + step, 1),
+            fraction,
         )
-    return visits[1:]
+        visits.append(previous)
+    return visits
 
 
 def make_cohort(
