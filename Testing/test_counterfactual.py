@@ -140,3 +140,30 @@ def test_batch_size_estimate_grows_with_resolution_and_guidance(sd: PipelineBund
     assert counterfactual_module.bytes_per_slice(sd, settings(), 64) == 8 * small
     # on the CPU the batch is what fits in half the available RAM, up to the ceiling
     assert counterfactual_module.choose_batch_size(sd, settings(), 32) == counterfactual_module.MAX_BATCH
+
+
+def test_an_instruct_edit_is_taken_against_the_factual_edit(folders: dict[str, Path], brain: Volume) -> None:
+    bundle = load_bundle(folders["instruct"], "cpu")
+    edit = settings(mode="instruct", source=SOURCE, guidance=3.0)
+    result = counterfactual_volume(brain, bundle, edit, "axial")
+    assert result.figures["reference"] == "factual edit"
+    assert np.abs(result.difference.voxels).max() > 1.0
+    factual = edit.factual()
+    assert factual is not None and factual.target == SOURCE and factual.text() != edit.text()
+    unchanged = counterfactual_volume(brain, bundle, factual, "axial")  # its own factual edit: no change
+    np.testing.assert_array_equal(unchanged.counterfactual.voxels, brain.voxels.astype(np.float32))
+    against_reconstruction = counterfactual_volume(
+        brain,
+        bundle,
+        settings(mode="instruct", source=SOURCE, guidance=3.0, factual_reference=False),
+        "axial",
+    )
+    assert against_reconstruction.figures["reference"] == "reconstruction"
+    assert not np.allclose(against_reconstruction.difference.voxels, result.difference.voxels)
+
+
+def test_only_instruct_edits_with_source_attributes_have_a_factual_edit() -> None:
+    assert settings(mode="instruct", source=SOURCE, instruction="Age it").factual() is not None
+    assert settings(mode="instruct", source=SOURCE, factual_reference=False).factual() is None
+    assert settings(mode="instruct", source=None, instruction="Age it").factual() is None
+    assert settings(mode="img2img", source=SOURCE).factual() is None

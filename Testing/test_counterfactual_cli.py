@@ -45,6 +45,7 @@ def test_counterfactual_writes_the_console_roles_on_the_input_grid(
     assert outputs["counterfactual"].endswith(".nrrd") and outputs["difference"].endswith(".nrrd")
     assert summary["settings"]["text"].startswith("Age this CN 70 years old female")
     assert {"adjacent_difference_ratio", "mean_abs_difference", "drift"} <= set(summary["figures"])
+    assert summary["settings"]["factual_reference"] and summary["figures"]["reference"] == "factual edit"
     source = read_volume(oblique_nifti)
     edited, difference = (read_volume(out / outputs[role]) for role in COUNTERFACTUAL_ROLES)
     for volume in (edited, difference):
@@ -56,6 +57,39 @@ def test_counterfactual_writes_the_console_roles_on_the_input_grid(
     )
     assert (out / outputs["preview"]).stat().st_size > 10_000
     _check_scene(out / outputs["scene"])
+
+
+def test_reconstruction_reference_is_one_flag_on_the_command_and_the_console(
+    models: dict[str, Path], oblique_nifti: Path, tmp_path: Path, session
+) -> None:
+    from latentdrift import console
+    from latentdrift.scene import load_volume_node
+
+    args = [
+        "counterfactual",
+        str(oblique_nifti),
+        "--model",
+        str(models["instruct"]),
+        *EDIT,
+        "--slices",
+        "3:5",
+    ]
+    args += ["--from", "age=70,sex=F,dx=CN", "--to", "age=77", "--reconstruction-reference"]
+    assert main([*args, "--output", str(tmp_path / "cf")]) == 0
+    summary = json.loads((tmp_path / "cf" / "summary.json").read_text())
+    assert (
+        not summary["settings"]["factual_reference"] and summary["figures"]["reference"] == "reconstruction"
+    )
+    node = load_volume_node(session, oblique_nifti)
+    runs = [
+        console.prepare_counterfactual(node, source="age=70", target="age=75", session=session, **option)
+        for option in ({}, {"factual_reference": False})
+    ]
+    try:
+        assert ["--reconstruction-reference" in run.argv for run in runs] == [False, True]
+    finally:
+        for run in runs:
+            run.cleanup()
 
 
 def _check_scene(path: Path) -> None:

@@ -297,6 +297,7 @@ def _add_counterfactual_parser(commands: Any, common: argparse.ArgumentParser) -
     _add_diffusion_options(parser)
     parser.add_argument("--strength", type=float, default=0.5, help="img2img: how far to noise, (0, 1]")
     parser.add_argument("--image-guidance", type=float, default=1.5, help="instruct: image guidance scale")
+    parser.add_argument("--reconstruction-reference", action="store_true", help=REFERENCE_HELP)
     parser.add_argument(
         "--blend",
         type=float,
@@ -352,6 +353,10 @@ def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+REFERENCE_HELP = (
+    "instruct: take the change against the VAE reconstruction, not against the factual edit "
+    "(the instruction to keep the --from attributes): one edit per slice instead of two"
+)
 DEMO_SOURCE = "age=70,dx=CN"
 DEMO_TARGET = "age=75,dx=AD"
 DEMO_STEPS = 20
@@ -421,6 +426,7 @@ def _run_counterfactual(args: argparse.Namespace) -> int:
         target=_attributes(args.target, source),
         strength=args.strength,
         image_guidance=args.image_guidance,
+        factual_reference=not args.reconstruction_reference,
     )
     summary = counterfactual_file(
         resolve_input(args.input),
@@ -638,6 +644,9 @@ def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> Non
         "--image-guidance", type=float, default=1.5, help="counterfactual instruct image guidance"
     )
     batch.add_argument(
+        "--reconstruction-reference", action="store_true", help=f"counterfactual: {REFERENCE_HELP}"
+    )
+    batch.add_argument(
         "--model", default=None, help="LDSeg model (segment) or Stable Diffusion folder (default: the task's)"
     )
     batch.add_argument(
@@ -754,6 +763,7 @@ def _run_batch(args: argparse.Namespace) -> int:
                 target=_attributes(args.target, row.attributes),
                 strength=args.strength,
                 image_guidance=args.image_guidance,
+                factual_reference=not args.reconstruction_reference,
             )
             return counterfactual_file(
                 row.image,

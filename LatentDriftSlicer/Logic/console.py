@@ -520,6 +520,7 @@ def prepare_counterfactual(
     steps: int = 20,
     guidance: float = 7.5,
     image_guidance: float | None = None,
+    factual_reference: bool = True,
     axis: Axis = "axial",
     slices: str | None = None,
     device: str = "auto",
@@ -542,6 +543,8 @@ def prepare_counterfactual(
     arguments += ["--guidance", str(guidance)]
     if image_guidance is not None:
         arguments += ["--image-guidance", str(image_guidance)]
+    if not factual_reference:
+        arguments.append("--reconstruction-reference")
     arguments += _slicing_arguments(axis, slices)
     return prepare_run(
         volume_node,
@@ -570,6 +573,7 @@ def counterfactual(
     steps: int = 20,
     guidance: float = 7.5,
     image_guidance: float | None = None,
+    factual_reference: bool = True,
     axis: Axis = "axial",
     slices: str | None = None,
     device: str = "auto",
@@ -583,7 +587,9 @@ def counterfactual(
 
     ``edit`` is ``instruct`` (give ``instruction``, or ``source``/``target`` attributes such as
     ``"age=70,sex=F,dx=CN"`` → ``"age=77,dx=MCI"``), ``img2img`` (give ``prompt``) or ``direction``
-    (give ``source`` and ``target``). ``drift`` is the Latent Drift δ; ``fade`` the opacity of the
+    (give ``source`` and ``target``). An instruct edit with ``source`` attributes is taken relative
+    to the factual edit (keep the source's attributes); ``factual_reference=False`` takes it relative
+    to the VAE reconstruction (half the time). ``drift`` is the Latent Drift δ; ``fade`` the opacity of the
     counterfactual over the input in the slice views. ``model`` None uses the edit mode's default
     model (``brain-mri-instruct`` for instruct, else ``brain-mri-sd``).
     """
@@ -600,6 +606,7 @@ def counterfactual(
         steps=steps,
         guidance=guidance,
         image_guidance=image_guidance,
+        factual_reference=factual_reference,
         axis=axis,
         slices=slices,
         device=device,

@@ -13,9 +13,15 @@ How a volume is edited:
 2. Slices whose windowed pixels are all background (at the window's low end) are not edited: they
    are copied unchanged. The others go through :func:`latentdrift.edit.edit_slices` in batches
    (the same start noise for every slice, set by the seed; the batch halves on out-of-memory).
-3. The edit is taken as a *change* at the model's resolution, ``edited − reconstruction``, where the
-   reconstruction is the model input through the VAE and back: an edit that changes nothing then
-   changes nothing, instead of adding the VAE's reconstruction error everywhere. With
+3. The edit is taken as a *change* at the model's resolution, ``edited − reference``. The reference
+   is, for an InstructPix2Pix edit whose source attributes are known (``settings.factual_reference``,
+   on by default), the *factual edit*: the same slices, noise and settings with the instruction to
+   keep the source's attributes (:meth:`~latentdrift.edit.EditSettings.factual`), so only what the
+   instruction's content changes remains, not what every pass through the editor changes. (It costs
+   a second edit; on held-out synthetic subjects it is what makes the bundled editor's ventricle
+   change track the truth, ``benchmarks/evidence/results.md`` section 2.) Otherwise the reference is
+   the reconstruction, the model input through the VAE and back. Either way an edit that changes
+   nothing changes nothing, instead of adding the VAE's reconstruction error everywhere. With
    ``blend`` = w > 0 each slice's change is mixed with its neighbours' (pixel space, along the slice
    axis): ``c'_n = (1 − w)·c_n + w·(c_{n−1} + c_{n+1}) / 2``, the ends of the range repeating their
    own change; this smooths the edit from slice to slice without blurring the anatomy.
@@ -29,6 +35,7 @@ How a volume is edited:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -144,6 +151,7 @@ def counterfactual_volume(
     figures = {
         **consistency_figures(stack.slices, output, windowed > BACKGROUND + EMPTY_MARGIN),
         "drift": settings.drift,
+        "reference": "reconstruction" if settings.factual() is None else "factual edit",
         "edited_slices": int(edited.sum()),
         "copied_empty_slices": int((~edited).sum()),
         "model_resolution": size,
@@ -190,14 +198,27 @@ def _edit_changes(
     resizer: SliceResizer,
     progress: ProgressCallback | None,
 ) -> np.ndarray:
-    """``edited − reconstruction`` ``[n, S, S]`` at the model's resolution (0 on slices not ``edited``)."""
+    """``edited − reference`` ``[n, S, S]`` at the model's resolution (0 on slices not ``edited``).
+
+    The reference is the factual edit when ``settings.factual()`` gives one, else the reconstruction.
+    """
     changes = np.zeros((len(windowed), resizer.size, resizer.size), np.float32)
     if edited.any():
         images = resizer.to_model(windowed[edited], background=BACKGROUND)
-        report = (lambda done, total: progress(done, total, "editing")) if progress else None
-        reference = reconstruct_slices(bundle, images, settings.batch_size)
-        changes[edited] = edit_slices(bundle, images, settings, report) - reference
+        factual = settings.factual()
+        if factual is None:
+            reference = reconstruct_slices(bundle, images, settings.batch_size)
+        else:
+            reference = edit_slices(bundle, images, factual, _reporter(progress, "factual edit"))
+        changes[edited] = edit_slices(bundle, images, settings, _reporter(progress, "editing")) - reference
     return changes
+
+
+def _reporter(progress: ProgressCallback | None, label: str) -> Callable[[int, int], None] | None:
+    """``progress`` with ``label`` bound, for :func:`edit_slices` (None without a callback)."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(done, total, label)
 
 
 def _nonempty(windowed: np.ndarray) -> np.ndarray:

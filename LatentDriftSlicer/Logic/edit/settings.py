@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from ..drift import Drift, validate_drift
@@ -35,6 +35,10 @@ class EditSettings:
     * ``seed``: every slice of an edit uses the noise of ``torch.Generator().manual_seed(seed)``;
       generated sample *i* uses ``seed + i``. ``batch_size``: slices per pipeline call (halved on
       out-of-memory). ``scheduler``: ``ddim`` (deterministic, eta 0) or ``ddpm`` (ancestral).
+    * ``factual_reference`` (instruct with source attributes; read by
+      :func:`latentdrift.counterfactual.counterfactual_volume`): measure the edit's change against
+      :meth:`factual`, the same edit asked to keep the source's attributes, instead of against the
+      VAE reconstruction. What the editor changes on every pass, whatever it is asked, then cancels.
     """
 
     mode: Mode = "img2img"
@@ -53,6 +57,7 @@ class EditSettings:
     seed: int = 0
     batch_size: int = 4
     scheduler: SchedulerName = "ddim"
+    factual_reference: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -105,6 +110,15 @@ class EditSettings:
                 raise ParameterError(
                     "drift_start does not apply to mode direction (it starts from the inverted slice): turn it off."
                 )
+
+    def factual(self) -> EditSettings | None:
+        """The factual edit: instruct from the source's attributes to themselves, same noise and settings.
+
+        None unless ``mode`` is instruct, ``factual_reference`` is on and the source attributes are known.
+        """
+        if self.mode != "instruct" or not self.factual_reference or self.source is None:
+            return None
+        return replace(self, instruction=None, target=self.source)
 
     def text(self) -> str:
         """The prompt (generate, img2img, direction) or instruction (instruct) this run conditions on."""
