@@ -64,7 +64,8 @@ def test_quick_evidence_runs_every_section_and_resumes_from_its_cache(tmp_path: 
     summary = results["section2_counterfactual"]["summary"]
     assert [r["delta"] for r in summary["rows"]] == results["sizes"]["deltas"]
     assert all(-1 <= r["ssim"] <= 1 and -1 <= r["ssim_outside"] <= 1 for r in summary["rows"])
-    assert -1 <= summary["variants"]["instruction_effect"]["ssim_outside"] <= 1
+    assert -1 <= summary["variants"]["reconstruction_reference"]["ssim_outside"] <= 1
+    assert results["inputs"]["pair_subjects"] == len(results["section2_counterfactual"]["subjects"])
     assert all(0 <= r["auc"] <= 1 for r in results["section3_classifier"]["rows"])
     assert len(results["section4_prompts"]["styles"]) == 4 and len(results["section4_prompts"]["ages"]) == 3
     out = tmp_path / "out"
@@ -77,7 +78,7 @@ def test_quick_evidence_runs_every_section_and_resumes_from_its_cache(tmp_path: 
     assert again["section1_drift"] == section1
 
 
-def test_the_editors_recorded_settings_and_the_instruction_effect_get_their_own_rows(
+def test_the_editors_recorded_settings_and_the_reconstruction_reference_get_their_own_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
@@ -92,17 +93,22 @@ def test_the_editors_recorded_settings_and_the_instruction_effect_get_their_own_
             "no_edit_ssim": 0.99,
             "no_edit_psnr": 30.0,
             "measured_true_change_ml": truth,
-            "per_delta": [{"delta": -0.05, **fidelity(0.9, 0.0)}],
+            "per_delta": [{"delta": -0.05, **fidelity(0.95, truth + noise)}],
             "recorded_settings": {"delta": -0.05, **fidelity(0.8, 2 * truth)},
-            "instruction_effect": {"delta": -0.05, **fidelity(0.99, -truth)},
+            "reconstruction_reference": {"delta": -0.05, **fidelity(0.85, -truth)},
         }
-        for truth in (1.0, 2.0, 4.0)
+        for truth, noise in ((1.0, 0.1), (2.0, -0.1), (4.0, 0.1), (8.0, -0.1))
     ]
     summary = sections._summarise(subjects, (-0.05,))
-    recorded, effect = summary["variants"]["recorded_settings"], summary["variants"]["instruction_effect"]
+    recorded = summary["variants"]["recorded_settings"]
+    reconstruction = summary["variants"]["reconstruction_reference"]
     assert recorded["ssim"] == pytest.approx(0.8)
-    assert recorded["pearson_r"] == pytest.approx(1.0) and recorded["mae_ml"] == pytest.approx(7 / 3)
-    assert effect["pearson_r"] == pytest.approx(-1.0) and effect["mae_ml"] == pytest.approx(14 / 3)
+    assert recorded["pearson_r"] == pytest.approx(1.0) and recorded["mae_ml"] == pytest.approx(15 / 4)
+    assert reconstruction["pearson_r"] == pytest.approx(-1.0) and reconstruction["mae_ml"] == pytest.approx(
+        7.5
+    )
+    low, high = summary["rows"][0]["pearson_r_ci95"]
+    assert low < summary["rows"][0]["pearson_r"] < high <= 1.0
     section = {
         "summary": summary,
         "settings": {
@@ -118,8 +124,14 @@ def test_the_editors_recorded_settings_and_the_instruction_effect_get_their_own_
     }
     text = "\n".join(report._section2({"section2_counterfactual": section}))
     assert "-0.05, with drifted start (the editor's recorded settings)" in text
-    assert "SSIM 0.800 vs 0.900" in text
-    assert "-0.05, change relative to the factual edit" in text and "ventricle change r = -1.000" in text
+    assert "SSIM 0.800 vs 0.950" in text
+    assert "-0.05, change relative to the VAE reconstruction" in text
+    assert "ventricle change r = -1.000 vs 0.99" in text
+    assert "SSIM outside 0.950: **met**" in text
+    section["summary"]["rows"][0]["ssim_outside"] = 0.85
+    assert "SSIM outside 0.850: **not met**" in "\n".join(
+        report._section2({"section2_counterfactual": section})
+    )
     subjects[0]["recorded_settings"] = {}
     variants = sections._summarise(subjects, (-0.05,))["variants"]
-    assert variants["recorded_settings"] is None and variants["instruction_effect"] is not None
+    assert variants["recorded_settings"] is None and variants["reconstruction_reference"] is not None

@@ -38,6 +38,7 @@ class Sizes:
 
     train_subjects: int
     test_subjects: int
+    pair_subjects: int
     spacing_mm: float
     steps: int
     editor_steps: int
@@ -62,6 +63,7 @@ class Sizes:
 QUICK = Sizes(
     train_subjects=3,
     test_subjects=3,
+    pair_subjects=2,
     spacing_mm=4.0,
     steps=3,
     editor_steps=3,
@@ -85,6 +87,7 @@ QUICK = Sizes(
 FULL = Sizes(  # about 30 min on 2 CPU cores (1 thread) with the bundled base; see README.md
     train_subjects=8,
     test_subjects=6,
+    pair_subjects=20,
     spacing_mm=2.0,
     steps=300,
     editor_steps=400,
@@ -216,27 +219,39 @@ def cohort_seed(subjects: int, start: int) -> int:
     raise RuntimeError(f"No seed in {start}–{start + 999} gives CN and AD among {subjects} subjects.")
 
 
+PAIRS_SEED = 30_000
+"""Seed (plus the run's seed) of the counterfactual pairs cohort: a third set of synthetic subjects."""
+
+
 @dataclass
 class Cohorts:
-    """The training cohort and the held-out cohort (different seeds: disjoint synthetic subjects)."""
+    """The training, held-out and counterfactual-pairs cohorts (different seeds: disjoint synthetic subjects).
+
+    The pairs cohort is section 2's alone: more held-out baseline → follow-up pairs than the held-out
+    cohort of sections 1 and 3, without changing those sections' reference slices.
+    """
 
     train_csv: Path
     test_csv: Path
+    pairs_csv: Path
     train_seed: int
     test_seed: int
+    pairs_seed: int
     train: CohortData
     test: CohortData
     test_rows: list[CohortRow]
     train_rows: list[CohortRow]
+    pair_rows: list[CohortRow]
 
 
 def make_cohorts(work: Path, sizes: Sizes, resolution: int) -> Cohorts:
-    """Write (once) both synthetic cohorts and cut their model-ready slices (cached under ``work``)."""
+    """Write (once) the three synthetic cohorts and cut the model-ready slices of two (cached under ``work``)."""
     seeds = {
         "train": cohort_seed(sizes.train_subjects, 100 + sizes.seed),
         "test": cohort_seed(sizes.test_subjects, 10_000 + sizes.seed),
+        "pairs": PAIRS_SEED + sizes.seed,
     }
-    counts = {"train": sizes.train_subjects, "test": sizes.test_subjects}
+    counts = {"train": sizes.train_subjects, "test": sizes.test_subjects, "pairs": sizes.pair_subjects}
     paths = {}
     for name, seed in seeds.items():
         folder = work / "cohorts" / f"{name}-s{seed}-n{counts[name]}-{sizes.spacing_mm:g}mm"
@@ -244,7 +259,7 @@ def make_cohorts(work: Path, sizes: Sizes, resolution: int) -> Cohorts:
         if not csv_path.is_file():
             make_cohort(folder, subjects=counts[name], seed=seed, spacing_mm=sizes.spacing_mm)
         written = {row["diagnosis"] for row in csv.DictReader(csv_path.open(encoding="utf-8"))}
-        if not set(NEEDED_DIAGNOSES) <= written:
+        if name != "pairs" and not set(NEEDED_DIAGNOSES) <= written:
             raise RuntimeError(f"{csv_path} lacks CN or AD rows: the cohort plan replay is out of date.")
         paths[name] = csv_path
     settings = SliceSettings("axial", resolution)
@@ -252,12 +267,15 @@ def make_cohorts(work: Path, sizes: Sizes, resolution: int) -> Cohorts:
     return Cohorts(
         paths["train"],
         paths["test"],
+        paths["pairs"],
         seeds["train"],
         seeds["test"],
+        seeds["pairs"],
         prepare_cohort(paths["train"], settings, cache),
         prepare_cohort(paths["test"], settings, cache),
         read_cohort(paths["test"])[0],
         read_cohort(paths["train"])[0],
+        read_cohort(paths["pairs"])[0],
     )
 
 

@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device for training and sampling (default cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     sizes = {
-        "train_subjects": int, "test_subjects": int, "spacing_mm": float, "steps": int, "editor_steps": int,
+        "train_subjects": int, "test_subjects": int, "pair_subjects": int, "spacing_mm": float, "steps": int, "editor_steps": int,
         "batch_size": int, "samples": int, "sample_steps": int, "guidance": float, "cf_steps": int,
         "image_guidance": float, "search_samples": int, "search_steps": int, "feature_dim": int,
         "encoder_epochs": int, "classifier_samples": int, "classifier_epochs": int, "num_class_images": int,
@@ -192,10 +192,13 @@ def build_context(
         "resolution": resolution,
         "train_cohort": str(cohorts.train_csv),
         "test_cohort": str(cohorts.test_csv),
+        "pairs_cohort": str(cohorts.pairs_csv),
         "train_seed": cohorts.train_seed,
         "test_seed": cohorts.test_seed,
+        "pairs_seed": cohorts.pairs_seed,
         "train_subjects": sizes.train_subjects,
         "test_subjects": sizes.test_subjects,
+        "pair_subjects": sizes.pair_subjects,
         "train_slices": len(cohorts.train.images),
         "test_slices": len(cohorts.test.images),
     }

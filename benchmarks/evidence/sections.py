@@ -221,7 +221,7 @@ class Pair:
 
 
 def pairs(rows: list[CohortRow]) -> list[Pair]:
-    """Baseline → follow-up pairs of the held-out cohort."""
+    """Baseline → follow-up pairs of a cohort's rows."""
     by_subject: dict[str, dict[str, CohortRow]] = {}
     for row in rows:
         by_subject.setdefault(row.subject, {})[row.session] = row
@@ -246,20 +246,20 @@ def editor_model(ctx: Context, given: Path | None) -> tuple[Path, str, str]:
 
 
 def section_counterfactual(ctx: Context, given_editor: Path | None) -> dict[str, Any]:
-    """Section 2: edit each held-out baseline towards its follow-up at every δ; compare with the truth.
+    """Section 2: edit each baseline of the pairs cohort towards its follow-up at every δ; compare with the truth.
 
-    Every δ of the sweep drifts the reverse steps only. Two variants at the editor's recorded δ follow
-    (``VARIANTS``): ``recorded_settings``, its recorded drifted start too (when it recorded one; the
-    demo leaves it out because of this row); ``instruction_effect``, the change
-    relative to a *factual* edit (same noise, the instruction with the follow-up's attributes replaced
-    by the baseline's): the source plus (counterfactual − factual edit), i.e. only what the
-    instruction's content changes, without what any pass through the editor changes.
+    The counterfactuals are the engine's defaults (``counterfactual_volume``: the change relative to
+    the factual edit). Every δ of the sweep drifts the reverse steps only. Two variants at the
+    editor's recorded δ follow (``VARIANTS``): ``recorded_settings``, its recorded drifted start too
+    (when it recorded one; the demo leaves it out because of this row); ``reconstruction_reference``,
+    the change relative to the VAE reconstruction instead of the factual edit (``factual_reference``
+    off), i.e. with what every pass through the editor changes, whatever it is asked.
     """
     editor, editor_source, editor_key = editor_model(ctx, given_editor)
     sampling = model_sampling(editor)
     subjects = []
     montage: dict[str, np.ndarray] = {}
-    for number, pair in enumerate(pairs(ctx.cohorts.test_rows)):
+    for number, pair in enumerate(pairs(ctx.cohorts.pair_rows)):
         truth = _truth(pair)
         per_delta = []
         for delta in ctx.sizes.deltas:
@@ -332,17 +332,14 @@ def _variants(
     if sampling.drift_start:
         edited = _edited(ctx, editor, editor_key, sampling, pair, delta, drift_start=True)
         recorded = {"delta": delta, **_fidelity(truth, edited)}
-    counterfactual = _edited(ctx, editor, editor_key, sampling, pair, delta)
-    factual = _edited(ctx, editor, editor_key, sampling, pair, delta, factual=True)
-    source = truth["source"].voxels
-    effect = np.clip(source + (counterfactual - factual), source.min(), source.max())
+    reconstruction = _edited(ctx, editor, editor_key, sampling, pair, delta, factual_reference=False)
     return {
         "recorded_settings": recorded,
-        "instruction_effect": {"delta": delta, **_fidelity(truth, effect.astype(np.float32))},
+        "reconstruction_reference": {"delta": delta, **_fidelity(truth, reconstruction)},
     }
 
 
-VARIANTS = ("recorded_settings", "instruction_effect")
+VARIANTS = ("recorded_settings", "reconstruction_reference")
 
 
 def _edited(
@@ -353,16 +350,14 @@ def _edited(
     pair: Pair,
     delta: float,
     drift_start: bool = False,
-    factual: bool = False,
+    factual_reference: bool = True,
 ) -> np.ndarray:
-    """The counterfactual volume of ``pair``'s baseline (cached): towards the follow-up's attributes, or
-    with ``factual`` towards the baseline's own (the instruction with nothing to change)."""
+    """The counterfactual volume of ``pair``'s baseline towards the follow-up's attributes (cached)."""
     s = ctx.sizes
-    a, b = pair.source.attributes, pair.source.attributes if factual else pair.target.attributes
     settings = EditSettings(
         mode="instruct",
-        source=replace(a, modality=sampling.modality),
-        target=replace(b, modality=sampling.modality),
+        source=replace(pair.source.attributes, modality=sampling.modality),
+        target=replace(pair.target.attributes, modality=sampling.modality),
         prompt_options=sampling.options,
         drift=delta,
         drift_start=drift_start,
@@ -370,6 +365,7 @@ def _edited(
         guidance=s.guidance,
         image_guidance=s.image_guidance,
         seed=s.seed,
+        factual_reference=factual_reference,
     )
     key = {
         "editor": editor_key,
@@ -386,7 +382,7 @@ def _edited(
     name = (
         f"counterfactual-{pair.subject}-d{delta:+g}"
         + ("-drifted-start" if drift_start else "")
-        + ("-factual" if factual else "")
+        + ("" if factual_reference else "-reconstruction-reference")
     )
     return ctx.stages.arrays(name, key, compute)["voxels"]
 
@@ -423,12 +419,16 @@ def _display_slice(truth: dict[str, Any], voxels: np.ndarray) -> np.ndarray:
     return extract_slices(source.with_voxels(voxels.astype(np.float32)), "axial").slices[index]
 
 
-def _agreement(predicted: list[float], truth: list[float]) -> dict[str, float | None]:
+def _agreement(predicted: list[float], truth: list[float]) -> dict[str, Any]:
+    """Pearson r with its 95 % confidence interval (scipy, Fisher z; None below 4 subjects) and the MAE."""
     errors = np.abs(np.array(predicted) - np.array(truth))
-    r = None
+    r, interval = None, None
     if len(predicted) >= 3 and np.ptp(predicted) > 0 and np.ptp(truth) > 0:
-        r = float(pearsonr(predicted, truth).statistic)
-    return {"pearson_r": r, "mae_ml": float(errors.mean())}
+        result = pearsonr(predicted, truth)
+        r = float(result.statistic)
+        if len(predicted) >= 4:
+            interval = [float(v) for v in result.confidence_interval(confidence_level=0.95)]
+    return {"pearson_r": r, "pearson_r_ci95": interval, "mae_ml": float(errors.mean())}
 
 
 def _summary_row(values: list[dict[str, Any]], truth: list[float]) -> dict[str, Any]:
