@@ -18,8 +18,9 @@ How a volume is edited:
    on by default), the *factual edit*: the same slices, noise and settings with the instruction to
    keep the source's attributes (:meth:`~latentdrift.edit.EditSettings.factual`), so only what the
    instruction's content changes remains, not what every pass through the editor changes. (It costs
-   a second edit; on held-out synthetic subjects it is what makes the bundled editor's ventricle
-   change track the truth, ``benchmarks/evidence/results.md`` section 2.) Otherwise the reference is
+   a second edit; for the bundled editor it is what leaves the rest of the brain alone and gets the
+   size of the ventricle change right: ``benchmarks/evidence/results.md``, section 2, the
+   reconstruction-reference row.) Otherwise the reference is
    the reconstruction, the model input through the VAE and back. Either way an edit that changes
    nothing changes nothing, instead of adding the VAE's reconstruction error everywhere. With
    ``blend`` = w > 0 each slice's change is mixed with its neighbours' (pixel space, along the slice

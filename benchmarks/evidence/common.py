@@ -84,7 +84,7 @@ QUICK = Sizes(
     num_class_images=2,
     seed=0,
 )
-FULL = Sizes(  # about 30 min on 2 CPU cores (1 thread) with the bundled base; see README.md
+FULL = Sizes(  # about an hour on 2 CPU cores (1 thread) with the bundled base; see README.md
     train_subjects=8,
     test_subjects=6,
     pair_subjects=20,

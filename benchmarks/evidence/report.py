@@ -389,7 +389,7 @@ def _section2(results: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append(
-            f"- Best SSIM at δ = {best['delta']:g} ({best['ssim']:.3f} vs {no_edit['ssim']:.3f} unedited)."
+            f"- Best SSIM at δ = {best['delta']:g} ({best['ssim']:.4f} vs {no_edit['ssim']:.4f} unedited)."
         )
     best_mae = min(summary["rows"], key=lambda r: r["mae_ml"])
     if best_mae["mae_ml"] >= no_edit["mae_ml"]:
