@@ -20,9 +20,9 @@ How a volume is edited:
    instruction's content changes remains, not what every pass through the editor changes. (It costs
    a second edit; for the bundled editor it is what leaves the rest of the brain alone and gets the
    size of the ventricle change right: ``benchmarks/evidence/results.md``, section 2, the
-   reconstruction-reference row.) Otherwise the reference is
-   the reconstruction, the model input through the VAE and back. Either way an edit that changes
-   nothing changes nothing, instead of adding the VAE's reconstruction error everywhere. With
+   reconstruction-reference row.) Otherwise the reference is the reconstruction, the model input
+   through the VAE and back. Either way an edit that changes nothing changes nothing, instead of
+   adding the VAE's reconstruction error everywhere. With
    ``blend`` = w > 0 each slice's change is mixed with its neighbours' (pixel space, along the slice
    axis): ``c'_n = (1 − w)·c_n + w·(c_{n−1} + c_{n+1}) / 2``, the ends of the range repeating their
    own change; this smooths the edit from slice to slice without blurring the anatomy.
