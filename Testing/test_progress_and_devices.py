@@ -42,3 +42,17 @@ def test_cpu_batch_size_follows_available_memory(monkeypatch) -> None:
     assert devices.suggest_batch_size(cpu, bytes_per_item=2**30, ceiling=64) == 4  # half of 8 GiB
     assert devices.suggest_batch_size(cpu, bytes_per_item=2**20, ceiling=64) == 64
     assert devices.suggest_batch_size(cpu, bytes_per_item=2**40, ceiling=64) == 1
+
+
+def test_batches_report_zero_first_and_a_bar_times_only_what_it_saw(capsys) -> None:
+    from latentdrift.devices import run_in_batches
+
+    reports: list[tuple[int, int]] = []
+    doubled = run_in_batches(
+        lambda batch: [2 * item for item in batch], [1, 2, 3], 2, lambda *r: reports.append(r)
+    )
+    assert doubled == [2, 4, 6] and reports == [(0, 3), (2, 3), (3, 3)]
+    progress = Progress()
+    progress(600, 1000, "training")  # a resumed run: the bar starts part-way
+    assert progress._bar is not None and progress._bar.initial == 600 and progress._bar.n == 600
+    progress.close()

@@ -110,12 +110,15 @@ def run_in_batches(
 
     On out-of-memory the failing batch is retried at half the size, and the smaller size is kept for
     the rest of the run. A batch of one that still fails raises :class:`OutOfMemoryError` with
-    advice. ``on_batch_done(done, total)`` reports progress in items.
+    advice. ``on_batch_done(done, total)`` reports progress in items: ``(0, total)`` before the first
+    batch (so a progress bar times the first batch too), then after each batch.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     results: list = []
     start = 0
+    if on_batch_done is not None and items:
+        on_batch_done(0, len(items))
     while start < len(items):
         batch = items[start : start + batch_size]
         try:

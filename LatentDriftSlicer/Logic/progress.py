@@ -67,7 +67,8 @@ class Progress:
         self._first_done = done
         self._started = time.monotonic()
         if not self.quiet and not self.json_lines:
-            self._bar = tqdm(total=total, desc=message or None, leave=False, dynamic_ncols=True)
+            # initial: the rate counts only what this bar saw done, not work finished before it started
+            self._bar = tqdm(total=total, initial=done, desc=message or None, leave=False, dynamic_ncols=True)
 
     def close(self) -> None:
         """End the current bar (safe to call twice)."""
