@@ -119,6 +119,7 @@ class LatentDriftSlicerParameterNode:
     editSteps: Annotated[int, WithinRange(1, 1000)] = 20
     guidance: Annotated[float, WithinRange(0.0, 30.0)] = 7.5
     imageGuidance: Annotated[float, WithinRange(0.0, 10.0)] = 1.5
+    factualReference: bool = True
     fade: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
     counterfactualVolume: vtkMRMLScalarVolumeNode
     # Segment
@@ -680,6 +681,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             steps=p.editSteps,
             guidance=p.guidance,
             image_guidance=p.imageGuidance if p.editMode == "instruct" else None,
+            factual_reference=p.factualReference,
             axis=p.axis,
             slices=slices,
             device=device,
