@@ -12,6 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from train_support import ONE_THREAD, quick_config, tiny_base, write_blob, write_cohort
 
 from latentdrift.cli import main
@@ -107,10 +109,12 @@ def test_cancel_checkpoints_and_stops_then_resume_finishes(setup) -> None:
     assert jobs.status(job)["state"] == "finished" and _steps(job)[-1] == stopped + 1
 
 
-def test_resumed_training_draws_exactly_what_an_uninterrupted_run_draws(setup) -> None:
-    straight, split = setup["root"] / "straight", setup["root"] / "split"
+@pytest.mark.parametrize("scheme", ["lora", "textual-inversion", "custom-diffusion"])
+def test_resumed_training_draws_exactly_what_an_uninterrupted_run_draws(setup, scheme: str) -> None:
+    """Also: checkpoints of only the trained weights restore exactly (the frozen rest is the base's)."""
+    straight, split = setup["root"] / f"straight-{scheme}", setup["root"] / f"split-{scheme}"
     config = quick_config(
-        setup["cohort"], setup["base"], "lora", setup["cache"], steps=4, sample_every=0, drift=0.1
+        setup["cohort"], setup["base"], scheme, setup["cache"], steps=4, sample_every=0, drift=0.1
     )
     jobs.create_job(straight, config)
     jobs.run_job(straight)
@@ -123,6 +127,25 @@ def test_resumed_training_draws_exactly_what_an_uninterrupted_run_draws(setup) -
         for j in (straight, split)
     ]
     assert losses[0] == losses[1]
+    for path in sorted((straight / "model").rglob("*.safetensors")):
+        resumed = load_file(split / "model" / path.relative_to(straight / "model"))
+        for name, tensor in load_file(path).items():
+            assert torch.equal(tensor, resumed[name]), f"{path.name}: {name}"
+
+
+def test_a_lora_checkpoint_holds_the_adapters_and_not_the_frozen_unet(setup) -> None:
+    from safetensors import safe_open
+
+    job = setup["root"] / "lora-checkpoint"
+    jobs.create_job(job, quick_config(setup["cohort"], setup["base"], "lora", setup["cache"], sample_every=0))
+    jobs.run_job(job)
+    weights = sorted(checkpoints(job / "checkpoints")[0].glob("model*.safetensors"))
+    assert len(weights) == 1  # the UNet, the one prepared model of a LoRA job
+    with safe_open(str(weights[0]), "pt") as stored:
+        keys = list(stored.keys())
+    with safe_open(str(setup["base"] / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as base:
+        frozen = len(list(base.keys()))
+    assert keys and all("lora" in key for key in keys) and len(keys) < frozen
 
 
 def test_cli_status_list_and_refusals(setup, capsys) -> None:

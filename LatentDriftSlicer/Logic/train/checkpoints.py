@@ -8,6 +8,9 @@ checkpoint folder exists whole or not at all). Only the newest ``keep`` checkpoi
 
 Reading (:func:`latest_checkpoint`): checkpoints newest first; one whose manifest is missing,
 unreadable or disagrees with the files is skipped (logged), as is one ``load_state`` fails on.
+
+Fine-tuning checkpoints hold only the weights that train (:func:`save_trainable_weights_only`): the
+frozen rest is the base model's, which every start and resume loads anyway.
 """
 
 from __future__ import annotations
@@ -61,6 +64,28 @@ def save_checkpoint(
         prune(folder, keep)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_trainable_weights_only(accelerator: Any) -> None:
+    """Make ``accelerator.save_state`` write, of each prepared model, only the parameters that train.
+
+    A LoRA or textual-inversion checkpoint of Stable Diffusion then holds the adapters or the token
+    embeddings (megabytes), not the frozen UNet or text encoder (gigabytes). The weights of a
+    prepared model whose every parameter trains are written whole, as before. Resume must load with
+    ``strict=False`` (see :func:`load_trainable_weights`), since the frozen weights are absent.
+    """
+
+    def keep_trainable(models: list[Any], weights: list[dict[str, Any]], _output_dir: str) -> None:
+        for index, model in enumerate(models):
+            trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+            weights[index] = {key: value for key, value in weights[index].items() if key in trainable}
+
+    accelerator.register_save_state_pre_hook(keep_trainable)
+
+
+def load_trainable_weights(accelerator: Any, path: Path) -> None:
+    """``accelerator.load_state`` of a checkpoint written with :func:`save_trainable_weights_only`."""
+    accelerator.load_state(str(path), strict=False)
 
 
 def _fsync(path: Path) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from ..drift import Drift, drift_training_noise
 from ..errors import CancelledError
-from .checkpoints import resume_from, save_checkpoint
+from .checkpoints import load_trainable_weights, resume_from, save_checkpoint, save_trainable_weights_only
 from .config import FinetuneConfig
 from .job_folder import JobFolder
 from .schemes import Batch, Examples, Parts, Scheme
@@ -165,7 +165,8 @@ def train(
     modules = dict(zip(trained, prepared[: len(trained)], strict=True))
     optimizer, lr_scheduler = prepared[len(trained) :]
     parts = replace(parts, **modules)
-    state = resume_from(job.checkpoints, lambda path: accelerator.load_state(str(path))) or {}
+    save_trainable_weights_only(accelerator)
+    state = resume_from(job.checkpoints, lambda path: load_trainable_weights(accelerator, path)) or {}
     start = int(state.get("step", 0))
     losses: list[dict[str, float]] = list(state.get("losses", []))
     if start:
