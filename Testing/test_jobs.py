@@ -133,6 +133,28 @@ def test_resumed_training_draws_exactly_what_an_uninterrupted_run_draws(setup, s
             assert torch.equal(tensor, resumed[name]), f"{path.name}: {name}"
 
 
+def test_a_checkpoint_of_whole_models_from_before_still_resumes_exactly(setup, monkeypatch) -> None:
+    from latentdrift.train import loop
+
+    config = quick_config(
+        setup["cohort"], setup["base"], "lora", setup["cache"], steps=4, sample_every=0, drift=0.1
+    )
+    old, straight = setup["root"] / "whole-checkpoint", setup["root"] / "straight-lora"
+    if not (straight / "model").is_dir():
+        jobs.create_job(straight, config)
+        jobs.run_job(straight)
+    with monkeypatch.context() as patched:  # checkpoints as they were written before: whole models
+        patched.setattr(loop, "save_trainable_weights_only", lambda accelerator: None)
+        jobs.create_job(old, replace(config, steps=2))
+        jobs.run_job(old)
+    (old / "config.json").write_text(json.dumps(config.to_json()), encoding="utf-8")
+    jobs.run_job(old)
+    final, resumed = (
+        load_file(j / "model" / "unet" / "diffusion_pytorch_model.safetensors") for j in (straight, old)
+    )
+    assert all(torch.equal(tensor, resumed[name]) for name, tensor in final.items())
+
+
 def test_a_lora_checkpoint_holds_the_adapters_and_not_the_frozen_unet(setup) -> None:
     from safetensors import safe_open
 
