@@ -40,6 +40,7 @@ def figures(
     names = [
         _drift_bars(results["section1_drift"], out / "drift_on_off.png"),
         _delta_curves(results["section2_counterfactual"], out / "counterfactual_vs_delta.png"),
+        _ventricle_scatter(results["section2_counterfactual"], out / "ventricle_change.png"),
         _samples_grid(samples, out / "samples.png"),
         _classifier_bars(results["section3_classifier"], out / "classifier_auc.png"),
         _prompt_bars(results["section4_prompts"], out / "prompt_styles.png"),
@@ -95,6 +96,35 @@ def _delta_curves(section: dict[str, Any], path: Path) -> str:
         ax.set_xlabel("δ")
         ax.set_title(title, fontsize=9)
     fig.suptitle("Counterfactual fidelity vs δ (InstructPix2Pix, pairs cohort baseline → follow-up)")
+    return _save(fig, path)
+
+
+def _ventricle_scatter(section: dict[str, Any], path: Path) -> str:
+    """Predicted vs true ventricle change per subject at the editor's δ, both references, and y = x."""
+    delta = section["editor_drift_recorded"]
+    subjects = section["subjects"]
+    truth = [s["true_change_ml"] for s in subjects]
+    series = {
+        "change relative to the factual edit": [
+            next((r["predicted_change_ml"] for r in s["per_delta"] if r["delta"] == delta), None)
+            for s in subjects
+        ],
+        "relative to the VAE reconstruction": [
+            s.get("reconstruction_reference", {}).get("predicted_change_ml") for s in subjects
+        ],
+        "measurement on the true follow-up": [s["measured_true_change_ml"] for s in subjects],
+    }
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for (label, values), marker in zip(series.items(), ("o", "x", "."), strict=True):
+        points = [(t, v) for t, v in zip(truth, values, strict=True) if v is not None]
+        if points:
+            ax.scatter(*zip(*points, strict=True), marker=marker, label=label)
+    high = max([*truth, *(v for values in series.values() for v in values if v is not None)], default=1.0)
+    ax.plot([0, high], [0, high], color="k", lw=1, ls="--", label="y = x")
+    ax.set_xlabel("true ventricle change (ml)")
+    ax.set_ylabel("measured change (ml)")
+    ax.legend(fontsize=7)
+    ax.set_title(f"Ventricle change per subject, δ = {delta:g}", fontsize=9)
     return _save(fig, path)
 
 
