@@ -155,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     common = {
-        "cohort": str(cohort),
         "resolution": settings.resolution,
         "batch_size": budget.batch_size,
         "learning_rate": 2e-4,
@@ -168,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         work / "jobs" / "brain-mri-sd",
         FinetuneConfig(
             scheme="basic",
+            cohort=str(cohort),
             model=str(base),
             steps=budget.text_steps,
             search_drift=True,
@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             model=str(text_model),
             steps=budget.instruct_steps,
             drift=delta,
+            cohort=str(longitudinal),
+            lr_scheduler="cosine",
             identity_pairs=True,
             train_text_encoder=True,
-            **{**common, "cohort": str(longitudinal), "lr_scheduler": "cosine"},
+            **common,
         ),
     )
     publish(instruct_model, output / "brain-mri-instruct")
