@@ -99,6 +99,11 @@ def _delta_curves(section: dict[str, Any], path: Path) -> str:
     return _save(fig, path)
 
 
+def row_at(rows: list[dict[str, Any]], delta: float) -> dict[str, Any] | None:
+    """The row of ``rows`` at ``delta`` (None when the sweep has none)."""
+    return next((row for row in rows if row["delta"] == delta), None)
+
+
 def _ventricle_scatter(section: dict[str, Any], path: Path) -> str:
     """Predicted vs true ventricle change per subject at the editor's δ, both references, and y = x."""
     delta = section["editor_drift_recorded"]
@@ -106,8 +111,7 @@ def _ventricle_scatter(section: dict[str, Any], path: Path) -> str:
     truth = [s["true_change_ml"] for s in subjects]
     series = {
         "change relative to the factual edit": [
-            next((r["predicted_change_ml"] for r in s["per_delta"] if r["delta"] == delta), None)
-            for s in subjects
+            (row_at(s["per_delta"], delta) or {}).get("predicted_change_ml") for s in subjects
         ],
         "relative to the VAE reconstruction": [
             s.get("reconstruction_reference", {}).get("predicted_change_ml") for s in subjects
@@ -318,7 +322,7 @@ def _variant_verdicts(summary: dict[str, Any], variants: dict[str, dict[str, Any
     """One line per variant row, against the sweep's row at the same δ."""
     lines = []
     for name, row in variants.items():
-        same = next((r for r in summary["rows"] if r["delta"] == row["delta"]), None)
+        same = row_at(summary["rows"], row["delta"])
         if name == "recorded_settings" and same:
             lines.append(
                 f"- Drifted start (the editor's recorded settings; `latentdrift demo` leaves it out) at δ = "
@@ -340,7 +344,7 @@ def _variant_verdicts(summary: dict[str, Any], variants: dict[str, dict[str, Any
 def _acceptance(section: dict[str, Any]) -> str:
     """Whether the sweep's row at the editor's recorded δ meets the issue's bar (r and SSIM outside)."""
     delta = section["editor_drift_recorded"]
-    row = next((r for r in section["summary"]["rows"] if r["delta"] == delta), None)
+    row = row_at(section["summary"]["rows"], delta)
     if row is None:
         return f"- Acceptance bar: the sweep has no row at the editor's δ = {delta:g}."
     met = (row["pearson_r"] or -1.0) >= ACCEPTANCE_R and row["ssim_outside"] >= ACCEPTANCE_SSIM_OUTSIDE
