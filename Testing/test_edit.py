@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,14 @@ def slices() -> np.ndarray:
 
 
 def settings(mode: str, **changes: Any) -> EditSettings:
-    """Small runs; batch_size 3 puts the 3 test slices in one pipeline call, like the stock calls."""
-    defaults: dict[str, Any] = {"source": SOURCE, "target": TARGET, "steps": STEPS, "batch_size": 3}
+    """Small runs; batch_size 3 and one worker put the 3 test slices in one pipeline call, like the stock calls."""
+    defaults: dict[str, Any] = {
+        "source": SOURCE,
+        "target": TARGET,
+        "steps": STEPS,
+        "batch_size": 3,
+        "workers": 1,
+    }
     return EditSettings(mode=mode, **{**defaults, **changes})
 
 
@@ -170,6 +177,55 @@ def test_same_seed_same_output_and_other_seed_differs(
     assert np.array_equal(first, edit_slices(bundle, slices, run))
     if mode != "direction":  # the direction edit is deterministic (DDIM inversion, eta 0)
         assert not np.array_equal(first, edit_slices(bundle, slices, dataclasses.replace(run, seed=8)))
+
+
+@pytest.mark.parametrize("mode", ["generate", "img2img", "instruct", "direction"])
+def test_two_workers_make_the_same_calls_and_results_as_one(
+    sd: PipelineBundle, ip2p: PipelineBundle, slices: np.ndarray, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 slices, 1 per call: one worker calls [1, 1, 1]; two threads call [1] and [1, 1] at once.
+
+    The slices agree up to float rounding (each thread runs torch on one thread, which sums in another order;
+    DDIM inversion, in direction, grows it).
+    """
+    bundle = ip2p if mode == "instruct" else sd
+    scheduler = "ddim" if mode == "direction" else "ddpm"
+    drift_start = mode in ("generate", "img2img")
+    one = settings(mode, batch_size=1, drift=0.05, scheduler=scheduler, drift_start=drift_start)
+    two = dataclasses.replace(one, batch_size=2, workers=2)
+    calls: list[tuple[str, int]] = []
+    original = run_module.call_pipeline
+
+    def recorded(bundle: PipelineBundle, pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:
+        calls.append((threading.current_thread().name, len(kwargs["negative_prompt"])))
+        return original(bundle, pipeline, kwargs)
+
+    monkeypatch.setattr(run_module, "call_pipeline", recorded)
+
+    def run(chosen: EditSettings) -> np.ndarray:
+        if mode == "generate":
+            return generate_slices(bundle, 3, SIZE, SIZE, chosen)
+        return edit_slices(bundle, slices, chosen)
+
+    alone = run(one)
+    assert [size for _name, size in calls] == [1, 1, 1]
+    calls.clear()
+    shared = run(two)
+    threads = {name for name, _size in calls}
+    assert sorted(size for _name, size in calls) == [1, 1, 1] and len(threads) == 2
+    assert threading.current_thread().name not in threads
+    np.testing.assert_allclose(shared, alone, atol=1e-4 if mode == "direction" else 1e-5)
+
+
+def test_workers_default_to_two_on_a_multicore_cpu(
+    sd: PipelineBundle, slices: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left out, ``workers`` is chosen by the device; the result equals the explicit choice."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    chosen = settings("img2img", scheduler="ddpm", batch_size=2, workers=None)
+    assert np.array_equal(
+        edit_slices(sd, slices, chosen), edit_slices(sd, slices, dataclasses.replace(chosen, workers=2))
+    )
 
 
 def test_every_slice_gets_the_same_noise(sd: PipelineBundle, slices: np.ndarray) -> None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .devices import suggest_batch_size
+from .devices import parallel_workers, suggest_batch_size
 from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
 from .errors import ModelError, ParameterError
 from .progress import ProgressCallback
@@ -127,8 +127,9 @@ def counterfactual_volume(
     """Edit every slice of ``volume`` along ``axis`` (range ``slices``) with ``bundle``; see the module docstring.
 
     ``settings.mode`` is img2img, instruct or direction; ``blend`` in [0, 1) mixes each slice's edit
-    with its neighbours'; ``batch_size`` slices per pipeline call (default: from free GPU memory, or
-    available RAM on the CPU; :func:`latentdrift.devices.suggest_batch_size`). Same settings and seed,
+    with its neighbours'; ``batch_size`` slices in flight at once (default: from free GPU memory, or
+    available RAM on the CPU; :func:`latentdrift.devices.suggest_batch_size`), shared among
+    ``settings.workers`` threads (default :func:`latentdrift.devices.parallel_workers`). Same settings and seed,
     same volume.
     """
     check_image_volume(volume)
@@ -144,7 +145,9 @@ def counterfactual_volume(
     rows, cols = windowed.shape[1:]
     resizer = SliceResizer((rows, cols), stack.layout.pixel_spacing, size)
     chosen = choose_batch_size(bundle, settings, size) if batch_size is None else batch_size
-    changes = _edit_changes(bundle, replace(settings, batch_size=chosen), windowed, edited, resizer, progress)
+    workers = settings.workers or parallel_workers(bundle.device)
+    run = replace(settings, batch_size=chosen, workers=workers)
+    changes = _edit_changes(bundle, run, windowed, edited, resizer, progress)
     changes = blend_neighbours(changes, blend)
     changes[~edited] = 0.0
     units = (window.high - window.low) / (window.target_max - window.target_min)
@@ -157,6 +160,7 @@ def counterfactual_volume(
         "copied_empty_slices": int((~edited).sum()),
         "model_resolution": size,
         "batch_size": chosen,
+        "workers": workers,
         "intensity_window": [window.low, window.high],
     }
     return _on_input_grid(volume, stack, output, figures, _warnings(stack, resizer, edited))

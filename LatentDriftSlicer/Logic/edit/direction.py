@@ -76,7 +76,7 @@ def plan_direction(bundle: PipelineBundle, settings: EditSettings, pixels: torch
         pipeline, settings.source, settings.target, settings.prompt_options
     )
 
-    def batch_kwargs(items: list[int]) -> dict[str, Any]:
+    def batch_kwargs(_pipeline: Any, items: list[int]) -> dict[str, Any]:
         latents = invert(bundle, bundle.encode(pixels[items]), source_embeds, settings)
         return {
             "prompt_embeds": edited.expand(len(items), -1, -1),

@@ -11,6 +11,7 @@ trusted. Each component is loaded by its own class, whatever ``model_index.json`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,3 +205,20 @@ def _load(folder: Path, device: torch.device, dtype: torch.dtype) -> PipelineBun
     for module in modules:
         module.to(device).eval()
     return PipelineBundle(folder, device, dtype, unet, vae, text_encoder, tokenizer, scheduler_config)
+
+
+def worker_pipeline(pipeline: Any) -> Any:
+    """A pipeline of the same class over the same modules, with its own scheduler and tokenizer.
+
+    For a thread of :func:`latentdrift.devices.run_in_workers`: a scheduler keeps per-call state
+    (timesteps, step index) and a fast tokenizer refuses concurrent calls, so threads sharing a model
+    each need their own. The weights are shared, not copied.
+    """
+    return stock_pipeline(
+        type(pipeline),
+        pipeline.unet,
+        pipeline.vae,
+        pipeline.text_encoder,
+        copy.deepcopy(pipeline.tokenizer),
+        copy.deepcopy(pipeline.scheduler),
+    )

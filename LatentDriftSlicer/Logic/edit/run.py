@@ -5,7 +5,9 @@ of 8. A slice is replicated to 3 channels for the VAE, and the 3 decoded channel
 
 Every mode is one stock pipeline called once per batch (:func:`latentdrift.devices.run_in_batches`,
 which halves the batch on out-of-memory), with :class:`latentdrift.drift.DriftCallback` as
-``callback_on_step_end``. The modes differ only in the pipeline and in what they pass it
+``callback_on_step_end``. On a multi-core CPU the slices go as two shares at once, each through its
+own copy of the pipeline over the same modules (:func:`latentdrift.devices.run_in_workers`,
+``settings.workers``). The modes differ only in the pipeline and in what they pass it
 (:class:`_Plan`):
 
 * ``generate``: ``StableDiffusionPipeline`` with ``prompt`` and explicit start ``latents``;
@@ -38,14 +40,14 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..devices import run_in_batches
+from ..devices import parallel_workers, run_in_batches, run_in_workers
 from ..drift import DriftCallback, drifted_img2img_latents, drifted_start, validate_drift
 from ..errors import InputError, ModelError, ParameterError
 from .direction import plan_direction
-from .loading import PipelineBundle
+from .loading import PipelineBundle, worker_pipeline
 from .settings import EditSettings
 
-BatchKwargs = Callable[[list[int]], dict[str, Any]]
+BatchKwargs = Callable[[Any, list[int]], dict[str, Any]]
 ProgressCallback = Callable[[int, int], None]
 
 _RANGE_SLACK = 1e-3
@@ -53,7 +55,11 @@ _RANGE_SLACK = 1e-3
 
 @dataclass(frozen=True)
 class _Plan:
-    """One mode: the pipeline, the arguments every batch shares, and the per-batch arguments."""
+    """One mode: the pipeline, the arguments every batch shares, and the per-batch arguments.
+
+    ``batch_kwargs(pipeline, items)`` gets the pipeline the batch runs on (``pipeline`` itself or a
+    :func:`~.loading.worker_pipeline` copy of it).
+    """
 
     pipeline: Any
     shared: dict[str, Any]
@@ -170,8 +176,8 @@ def _start(pipeline: Any, settings: EditSettings, inputs: _Inputs, items: list[i
 def _plan_generate(bundle: PipelineBundle, settings: EditSettings, inputs: _Inputs) -> _Plan:
     pipeline = bundle.pipeline(StableDiffusionPipeline, _scheduler(bundle, settings))
 
-    def batch_kwargs(items: list[int]) -> dict[str, Any]:
-        return {**_texts(settings, len(items)), **_start(pipeline, settings, inputs, items)}
+    def batch_kwargs(runner: Any, items: list[int]) -> dict[str, Any]:
+        return {**_texts(settings, len(items)), **_start(runner, settings, inputs, items)}
 
     return _Plan(pipeline, _shared(settings, height=inputs.height, width=inputs.width), batch_kwargs)
 
@@ -181,11 +187,11 @@ def _plan_img2img(bundle: PipelineBundle, settings: EditSettings, inputs: _Input
     assert inputs.pixels is not None
     pixels = inputs.pixels
 
-    def batch_kwargs(items: list[int]) -> dict[str, Any]:
+    def batch_kwargs(runner: Any, items: list[int]) -> dict[str, Any]:
         latents = bundle.encode(pixels[items])
         if settings.drift_start:
-            timestep = _first_timestep(pipeline, settings)
-            latents = drifted_img2img_latents(latents, settings.drift, pipeline.scheduler, timestep)
+            timestep = _first_timestep(runner, settings)
+            latents = drifted_img2img_latents(latents, settings.drift, runner.scheduler, timestep)
         gens = generators([inputs.seeds[i] for i in items])
         return {**_texts(settings, len(items)), "image": latents, "generator": gens}
 
@@ -197,11 +203,11 @@ def _plan_instruct(bundle: PipelineBundle, settings: EditSettings, inputs: _Inpu
     assert inputs.pixels is not None
     pixels = inputs.pixels
 
-    def batch_kwargs(items: list[int]) -> dict[str, Any]:
+    def batch_kwargs(runner: Any, items: list[int]) -> dict[str, Any]:
         # The pipeline's own preprocessing and encoding (mode latents), done here in VAE chunks; a
         # 4-channel image is taken as these latents by the pipeline.
-        image = bundle.encode_mode(pipeline.image_processor.preprocess((pixels[items] + 1) / 2))
-        return {**_texts(settings, len(items)), "image": image, **_start(pipeline, settings, inputs, items)}
+        image = bundle.encode_mode(runner.image_processor.preprocess((pixels[items] + 1) / 2))
+        return {**_texts(settings, len(items)), "image": image, **_start(runner, settings, inputs, items)}
 
     return _Plan(pipeline, _shared(settings, image_guidance_scale=settings.image_guidance), batch_kwargs)
 
@@ -247,11 +253,19 @@ def _run(
     settings: EditSettings,
     on_batch_done: ProgressCallback | None,
 ) -> np.ndarray:
-    def run_batch(items: Sequence[int]) -> list[np.ndarray]:
-        kwargs = {**plan.shared, **plan.batch_kwargs(list(items))}
-        return list(call_pipeline(bundle, plan.pipeline, kwargs))
+    workers = settings.workers or parallel_workers(bundle.device)
 
-    return np.stack(run_in_batches(run_batch, list(range(count)), settings.batch_size, on_batch_done))
+    def make_run_batch() -> Callable[[Sequence[int]], list[np.ndarray]]:
+        runner = plan.pipeline if workers == 1 else worker_pipeline(plan.pipeline)
+
+        def run_batch(items: Sequence[int]) -> list[np.ndarray]:
+            kwargs = {**plan.shared, **plan.batch_kwargs(runner, list(items))}
+            return list(call_pipeline(bundle, runner, kwargs))
+
+        return run_batch
+
+    results = run_in_workers(make_run_batch, list(range(count)), settings.batch_size, workers, on_batch_done)
+    return np.stack(results)
 
 
 def call_pipeline(bundle: PipelineBundle, pipeline: Any, kwargs: dict[str, Any]) -> np.ndarray:

@@ -33,8 +33,11 @@ class EditSettings:
       ``guidance`` text guidance (classifier-free when > 1); ``image_guidance`` (instruct only;
       InstructPix2Pix uses guidance only when ``guidance > 1`` and ``image_guidance ≥ 1``).
     * ``seed``: every slice of an edit uses the noise of ``torch.Generator().manual_seed(seed)``;
-      generated sample *i* uses ``seed + i``. ``batch_size``: slices per pipeline call (halved on
-      out-of-memory). ``scheduler``: ``ddim`` (deterministic, eta 0) or ``ddpm`` (ancestral).
+      generated sample *i* uses ``seed + i``. ``batch_size``: slices in flight at once (halved on
+      out-of-memory). ``workers``: threads the slices are shared among, each with its own pipeline
+      calls of ``batch_size // workers`` slices (None: 2 on a multi-core CPU, else 1;
+      :func:`latentdrift.devices.parallel_workers`); 1 makes the same calls as one stock pipeline
+      given ``batch_size`` slices. ``scheduler``: ``ddim`` (deterministic, eta 0) or ``ddpm`` (ancestral).
     * ``factual_reference`` (instruct with source attributes; read by
       :func:`latentdrift.counterfactual.counterfactual_volume`): measure the edit's change against
       :meth:`factual`, the same edit asked to keep the source's attributes, instead of against the
@@ -56,6 +59,7 @@ class EditSettings:
     image_guidance: float = 1.5
     seed: int = 0
     batch_size: int = 4
+    workers: int | None = None
     scheduler: SchedulerName = "ddim"
     factual_reference: bool = True
 
@@ -80,6 +84,10 @@ class EditSettings:
             raise ParameterError("Guidance scales must be ≥ 0: use e.g. guidance 7.5 and image guidance 1.5.")
         if self.batch_size < 1:
             raise ParameterError(f"batch_size={self.batch_size}: use 1 or more slices per batch.")
+        if self.workers is not None and self.workers < 1:
+            raise ParameterError(
+                f"workers={self.workers}: use 1 or more, or leave it out to choose by device."
+            )
         if not 0 <= self.seed < 2**63:
             raise ParameterError(f"seed={self.seed} is outside 0 to 2^63-1: use a non-negative integer.")
 
