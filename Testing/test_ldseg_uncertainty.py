@@ -63,6 +63,14 @@ def test_same_seed_same_result_whatever_the_batch_size(model: LDSegNetwork) -> N
     np.testing.assert_array_equal(first.labels, second.labels)
 
 
+def test_two_workers_give_the_result_of_one(model: LDSegNetwork) -> None:
+    """Slices shared by two threads (each torch on one thread) match one worker up to float rounding."""
+    alone = segment_slices(model, _images(), samples=2, steps=3, seed=7, batch_size=2, workers=1)
+    shared = segment_slices(model, _images(), samples=2, steps=3, seed=7, batch_size=2, workers=2)
+    np.testing.assert_allclose(shared.probabilities, alone.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(shared.labels, alone.labels)
+
+
 def test_a_model_that_mirrors_samples_mirrors_half_of_them(model: LDSegNetwork) -> None:
     from dataclasses import replace
 
@@ -107,7 +115,7 @@ def test_empty_slices_are_background_and_skip_the_model(model: LDSegNetwork) -> 
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_results(model: LDSegNetwork, monkeypatch) -> None:
-    expected = segment_slices(model, _images(4), samples=2, steps=2, batch_size=4)
+    expected = segment_slices(model, _images(4), samples=2, steps=2, batch_size=4, workers=1)
     original = type(model.denoiser).forward
     raised: list[int] = []
 
@@ -121,7 +129,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(model: LDSegNetwork, m
     batches: list[int] = []
     hook = model.image_encoder.register_forward_hook(lambda _m, args, _o: batches.append(args[0].shape[0]))
     try:
-        result = segment_slices(model, _images(4), samples=2, steps=2, batch_size=4)
+        result = segment_slices(model, _images(4), samples=2, steps=2, batch_size=4, workers=1)
     finally:
         hook.remove()
     assert raised == [8] and batches == [4, 2, 2]

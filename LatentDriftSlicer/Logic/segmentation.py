@@ -41,7 +41,11 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    """How to segment: samples per slice, DDIM steps, slice axis and range, seed, device, batch size."""
+    """How to segment: samples per slice, DDIM steps, slice axis and range, seed, device, batch size.
+
+    ``workers``: threads the slices are shared among (None: 2 on a multi-core CPU, else 1;
+    :func:`latentdrift.devices.parallel_workers`).
+    """
 
     samples: int = 8
     steps: int | None = None
@@ -50,6 +54,7 @@ class SegmentSettings:
     seed: int = 0
     device: str = "auto"
     batch_size: int = 8
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ def segment_volume(
             batch_size=settings.batch_size,
             device=resolve_device(settings.device),
             on_progress=(lambda done, total: progress(done, total, "segmenting")) if progress else None,
+            workers=settings.workers,
         )
         return result.probabilities, result.entropy
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..devices import resolve_device, run_in_batches
+from ..devices import parallel_workers, resolve_device, run_in_workers
 from ..errors import ParameterError
 from .network import LDSegNetwork
 from .sampler import sample_probabilities
@@ -76,6 +76,7 @@ def segment_slices(
     batch_size: int = 8,
     device: torch.device | str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> SliceSegmentation:
     """Segment ``images`` ``(B, 1, H, W)`` (model range, ``H = W = image_size``) with ``samples`` draws each.
 
@@ -83,10 +84,12 @@ def segment_slices(
 
     ``steps`` DDIM steps (default ``config.sampling_steps``); ``config.mirror_samples`` draws half of
     the samples on the mirrored image (:func:`~.sampler.sample_probabilities`). Results depend only on ``seed``, not on
-    ``batch_size`` or out-of-memory retries: the initial noise of every slice and sample is drawn up
-    front from a fresh CPU generator. ``batch_size`` slices (times ``samples``) go through the model
-    together, halved on out-of-memory (:func:`latentdrift.devices.run_in_batches`). ``device``: where to
-    run (the model is moved there); default the model's device. ``on_progress(done, total)`` counts slices.
+    ``batch_size``, ``workers`` or out-of-memory retries (up to float rounding): the initial noise of
+    every slice and sample is drawn up front from a fresh CPU generator. ``batch_size`` slices (times
+    ``samples``) are in the model at once, halved on out-of-memory, shared among ``workers`` threads
+    (default: 2 on a multi-core CPU, else 1; :func:`latentdrift.devices.run_in_workers`). ``device``:
+    where to run (the model is moved there); default the model's device. ``on_progress(done, total)``
+    counts slices.
     """
     images_t = _check_images(model, images)
     if samples < 1:
@@ -113,7 +116,8 @@ def segment_slices(
     was_training = model.training
     model.eval()
     try:
-        for index, summary in run_in_batches(run_batch, nonempty, batch_size, on_progress):
+        shared = workers or parallel_workers(target)
+        for index, summary in run_in_workers(lambda: run_batch, nonempty, batch_size, shared, on_progress):
             _store(result, index, summary)
     finally:
         model.train(was_training)
