@@ -52,7 +52,7 @@ def demo_file(
     name, and ``results``: each part's own ``summary.json``.
     """
     segmenter, editor = default_model("segment"), default_model("instruct")
-    edit = _edit_settings(settings, editor.path)
+    edit = editor_settings(settings, editor.path)
     inputs = {"volume": str(input_path), "segmentation_model": str(segmenter.path), "model": str(editor.path)}
     record = {
         "source": asdict(settings.source),
@@ -86,7 +86,7 @@ def demo_file(
     return result.summary()
 
 
-def _edit_settings(settings: DemoSettings, editor: Path) -> EditSettings:
+def editor_settings(settings: DemoSettings, editor: Path) -> EditSettings:
     """Instruct-mode settings; without a δ, the one recorded with the editor, at every reverse step.
 
     The editor's recorded drifted start is not used: on held-out subjects it made the bundled editor's
