@@ -69,9 +69,14 @@ def test_every_mode_gives_volumes_on_the_input_grid(
     assert result.figures["drift"] == 0.05 and result.figures["adjacent_difference_ratio"] > 0
 
 
-def test_same_seed_same_volume_other_seed_and_drift_differ(sd: PipelineBundle, brain: Volume) -> None:
-    first = counterfactual_volume(brain, sd, settings(seed=3)).counterfactual.voxels
-    again = counterfactual_volume(brain, sd, settings(seed=3)).counterfactual.voxels
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_seed_same_volume_other_seed_and_drift_differ(
+    sd: PipelineBundle, brain: Volume, workers: int
+) -> None:
+    result = counterfactual_volume(brain, sd, settings(seed=3, workers=workers))
+    first = result.counterfactual.voxels
+    assert result.figures["workers"] == workers
+    again = counterfactual_volume(brain, sd, settings(seed=3, workers=workers)).counterfactual.voxels
     other_seed = counterfactual_volume(brain, sd, settings(seed=4)).counterfactual.voxels
     no_drift = counterfactual_volume(brain, sd, settings(seed=3, drift=0.0)).counterfactual.voxels
     np.testing.assert_array_equal(first, again)
