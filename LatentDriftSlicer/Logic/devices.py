@@ -146,10 +146,10 @@ def run_in_batches(
 def parallel_workers(device: torch.device) -> int:
     """How many threads should share a batched job on ``device``: 2 on a CPU with 2 or more torch threads, else 1.
 
-    Torch splits each operation of a small network across its threads at a loss (on 2 cores, the
-    tiny test UNet at batch 32 runs 1.45× faster on 2 threads than on 1, not 2×), so two shares of
-    the batch, each on half the threads at the same time, get more done: 1.2–1.4× in
-    ``benchmarks/drift``. A GPU runs one kernel stream; its batch is not split.
+    Torch splits each operation of a small network across its threads at a loss, so two shares of
+    the batch, each on half the threads at the same time, get more done. On 2 cores: from 1.04×
+    (the ≈5 M-parameter UNet, ``benchmarks/drift`` (c)) to 1.73× (LDSeg on the README sample,
+    ``benchmarks/workers``). A GPU runs one kernel stream; its batch is not split.
     """
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
