@@ -143,8 +143,12 @@ def test_cpu_work_is_shared_by_two_workers_and_a_gpu_by_one(monkeypatch) -> None
     from latentdrift.devices import parallel_workers
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: True)
     assert parallel_workers(torch.device("cpu")) == 2
     assert parallel_workers(torch.device("cuda", 0)) == 1
     assert parallel_workers(torch.device("mps")) == 1
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: False)
+    assert parallel_workers(torch.device("cpu")) == 1  # torch's native pool: one thread count for all
+    monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: True)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert parallel_workers(torch.device("cpu")) == 1
