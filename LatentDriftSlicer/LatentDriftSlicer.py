@@ -185,6 +185,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.modeTabWidget.connect("currentChanged(int)", self.populateModels)
         self.ui.editModeComboBox.connect("currentIndexChanged(int)", self.populateModels)
+        self.ui.schemeComboBox.connect("currentIndexChanged(int)", self.populateModels)
         self._timer.connect("timeout()", self.onTimer)
 
         self.populateDevices()
@@ -289,12 +290,12 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         Preselects the model last chosen for the task, else the task's default model, else the first.
         """
         assert self.logic is not None
-        kinds = self.logic.modelKinds(self.currentMode())
+        scheme = str(self.ui.schemeComboBox.currentText or "")
         saved = qt.QSettings().value(f"{SETTINGS_GROUP}/model/{self.currentTask()}", "")
         self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
-        for label, folder in self.logic.modelChoices(kinds, self.modelFolders()):
-            self.ui.modelComboBox.addItem(label, str(folder))
+        for label, folder in self.logic.modelChoices(self.currentMode(), scheme, self.modelFolders()):
+            self.ui.modelComboBox.addItem(label, folder)
         if self.ui.modelComboBox.count == 0:
             self.ui.modelComboBox.addItem("(no model found: add a model folder)", "")
         preferred = (saved, self.logic.defaultModel(self.currentTask()))
@@ -611,11 +612,6 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         return ""
 
     @staticmethod
-    def modelKinds(mode: str) -> tuple[str, ...]:
-        """Model kinds that fit a tab."""
-        return ("ldseg",) if mode == "segment" else ("instruct-pix2pix", "stable-diffusion")
-
-    @staticmethod
     def defaultModel(task: str) -> str:
         """The folder of ``task``'s default model ('' when it is not installed; no heavy imports)."""
         from latentdrift.console import default_model_folder
@@ -623,11 +619,11 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         return str(default_model_folder(task) or "")
 
     @staticmethod
-    def modelChoices(kinds: tuple[str, ...], folders: list[str]) -> list[tuple[str, Path]]:
-        """Registry models and the user's folders (no heavy imports)."""
-        from latentdrift.console import model_choices
+    def modelChoices(mode: str, scheme: str, folders: list[str]) -> list[tuple[str, str]]:
+        """``(label, folder)`` that fit a tab (and the fine-tuning scheme): registry models and the user's folders."""
+        from latentdrift.console import panel_model_choices
 
-        return model_choices(kinds, folders)
+        return panel_model_choices(mode, scheme, folders)
 
     def cohortReport(self, cohort: str) -> str:
         """A short check of the cohort for the panel."""
@@ -744,11 +740,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def startFinetune(p: LatentDriftSlicerParameterNode, model: str, device: str) -> Any:
-        """Start fine-tuning into the job folder.
-
-        The panel lists diffusion models on this tab, so LDSeg training starts from scratch here;
-        ``latentdrift.console.start_finetune(..., model=)`` fine-tunes an existing LDSeg model.
-        """
+        """Start fine-tuning ``model`` (for the ldseg scheme, '' trains a new model) into the job folder."""
         from latentdrift.console import start_finetune
 
         return start_finetune(
@@ -758,7 +750,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             steps=p.finetuneSteps,
             drift=p.finetuneDrift if p.useDrift and not p.searchDrift else None,
             search_drift=p.useDrift and p.searchDrift,
-            model=(model or None) if p.scheme != "ldseg" else None,
+            model=model or None,
             device=device,
             seed=p.seed,
         )

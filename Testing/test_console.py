@@ -255,6 +255,20 @@ def test_helpers_for_the_panel(tmp_path: Path) -> None:
         if path.parent == models
     ] == [models / "editor"]
 
+    def listed(tab: str, scheme: str = "") -> list[str]:
+        """The panel's entries for a tab: from scratch, or the user's models (bundled ones left out)."""
+        return [
+            folder
+            for label, folder in console.panel_model_choices(tab, scheme, [models])
+            if folder == "" or Path(folder).parent == models
+        ]
+
+    assert listed("segment") == [str(models / "seg")]
+    assert listed("finetune", "ldseg") == ["", str(models / "seg")]  # a new model first
+    assert console.panel_model_choices("finetune", "ldseg", [])[0] == (console.FROM_SCRATCH, "")
+    for tab, scheme in (("counterfactual", ""), ("finetune", "lora"), ("finetune", "instruct-pix2pix")):
+        assert listed(tab, scheme) == [str(models / "editor")]
+
 
 def test_training_status_and_loss_chart(session, tmp_path: Path) -> None:
     """status.jsonl → progress, loss curve and sample image; the chart nodes are reused on update."""

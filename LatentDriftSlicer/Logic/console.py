@@ -731,6 +731,25 @@ def default_model_folder(task: str) -> Path | None:
     return entry.path if entry is not None else None
 
 
+FROM_SCRATCH = "(a new model, trained from scratch)"
+"""The first entry of the panel's model list for LDSeg training (its folder is '')."""
+
+
+def panel_model_choices(
+    tab: str, scheme: str = "", extra_folders: Iterable[str | Path] = ()
+) -> list[tuple[str, str]]:
+    """The panel's model list for a tab, ``(label, folder)`` (see :func:`model_choices`).
+
+    ``tab``: ``counterfactual``, ``segment`` or ``finetune``. Segment lists LDSeg models; Fine-tune with
+    the ``ldseg`` scheme lists :data:`FROM_SCRATCH` (folder '') and then the LDSeg models it can
+    fine-tune; every other case lists diffusion models (InstructPix2Pix and Stable Diffusion).
+    """
+    trains_ldseg = tab == "finetune" and scheme == "ldseg"
+    kinds = ("ldseg",) if tab == "segment" or trains_ldseg else ("instruct-pix2pix", "stable-diffusion")
+    choices = [(label, str(folder)) for label, folder in model_choices(kinds, extra_folders)]
+    return [(FROM_SCRATCH, ""), *choices] if trains_ldseg else choices
+
+
 def model_choices(kinds: Iterable[str], extra_folders: Iterable[str | Path] = ()) -> list[tuple[str, Path]]:
     """``(label, folder)`` for every model of ``kinds``: registry models first, then ``extra_folders``.
 
