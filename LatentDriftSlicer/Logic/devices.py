@@ -150,8 +150,8 @@ def parallel_workers(device: torch.device) -> int:
     the batch, each on half the threads at the same time, get more done. On 2 cores: from 1.04×
     (the ≈5 M-parameter UNet, ``benchmarks/drift`` (c)) to 1.73× (LDSeg on the README sample,
     ``benchmarks/workers``). A GPU runs one kernel stream; its batch is not split. Only torch builds
-    with OpenMP (the Linux, Windows and macOS wheels) share: there each thread keeps its own thread
-    count, which torch's native thread pool, with one count for all, cannot.
+    with OpenMP share (``torch.backends.openmp.is_available()``, true of the Linux wheels): there each
+    thread keeps its own thread count, which torch's native thread pool, with one count for all, cannot.
     """
     shares = device.type == "cpu" and torch.get_num_threads() >= 2 and torch.backends.openmp.is_available()
     return 2 if shares else 1
