@@ -116,8 +116,8 @@ def segment_slices(
     was_training = model.training
     model.eval()
     try:
-        shared = workers or parallel_workers(target)
-        for index, summary in run_in_workers(lambda: run_batch, nonempty, batch_size, shared, on_progress):
+        threads = workers or parallel_workers(target)
+        for index, summary in run_in_workers(lambda: run_batch, nonempty, batch_size, threads, on_progress):
             _store(result, index, summary)
     finally:
         model.train(was_training)
