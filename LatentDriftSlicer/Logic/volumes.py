@@ -220,7 +220,7 @@ def write_dicom_series(volume: Volume, folder: Path) -> Path:
     """
     folder.mkdir(parents=True, exist_ok=True)
     voxels = volume.voxels.astype(np.float64)
-    low, high = float(voxels.min()), float(voxels.max())
+    low, high = float(np.min(voxels)), float(np.max(voxels))
     slope = max((high - low) / 65000.0, 1e-12) if not _is_int16_exact(voxels) else 1.0
     intercept = low + 32500.0 * slope if slope != 1.0 else 0.0
     stored = np.round((voxels - intercept) / slope).astype(np.int16)

@@ -173,7 +173,7 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         values /= 255.0
     elif image.dtype != bool:
-        values = (values - values.min()) / max(float(np.ptp(values)), 1e-6)
+        values = (values - np.min(values)) / max(float(np.ptp(values)), 1e-6)
     if values.ndim == 2:
         values = np.repeat(values[..., None], 3, axis=2)
     return np.ascontiguousarray(values[..., :3] * 2.0 - 1.0)
