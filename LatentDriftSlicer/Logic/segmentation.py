@@ -179,23 +179,42 @@ def _on_input_grid(
     )
     labels = full_probabilities.argmax(axis=0).astype(np.uint8)
     entropy_volume = reassemble(entropy.astype(np.float32), stack, volume, fill=0.0)
+    return assemble_segmentation(
+        volume, labels, entropy_volume, full_probabilities, config.class_names, stack, warnings
+    )
+
+
+def assemble_segmentation(
+    volume: Volume,
+    labels: np.ndarray,
+    entropy: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: list[str],
+    stack: SliceStack,
+    warnings: list[str],
+) -> VolumeSegmentation:
+    """A :class:`VolumeSegmentation` on ``volume``'s grid, with its figures (volumes per class, mean entropy).
+
+    ``labels`` uint8 and ``entropy`` ``[k, j, i]``, ``probabilities`` ``[C, k, j, i]``; ``class_names[0]``
+    is the background; ``stack`` the slices that were segmented (their axis and count are recorded).
+    """
     voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
     figures = {
         "slices": stack.count,
-        "mean_entropy": float(entropy_volume[labels > 0].mean()) if (labels > 0).any() else 0.0,
+        "mean_entropy": float(entropy[labels > 0].mean()) if (labels > 0).any() else 0.0,
         "classes": {
-            entry.name: {
+            name: {
                 "voxels": int((labels == index).sum()),
                 "volume_ml": round(float((labels == index).sum()) * voxel_ml, 3),
             }
-            for index, entry in enumerate(config.classes)
+            for index, name in enumerate(class_names)
             if index > 0
         },
     }
     return VolumeSegmentation(
         labels=volume.with_voxels(labels, name=f"{volume.name} segmentation"),
-        entropy=volume.with_voxels(entropy_volume, name=f"{volume.name} uncertainty"),
-        probabilities=full_probabilities.astype(np.float32),
+        entropy=volume.with_voxels(entropy.astype(np.float32), name=f"{volume.name} uncertainty"),
+        probabilities=probabilities.astype(np.float32),
         axis=stack.layout.axis,
         figures=figures,
         warnings=warnings,

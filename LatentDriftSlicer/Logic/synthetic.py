@@ -118,3 +118,59 @@ def _bias_field(shape: tuple[int, ...], amplitude: float, rng: np.random.Generat
     grids = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in shape], indexing="ij")
     field = sum(rng.normal(0.0, amplitude / 2) * g + rng.normal(0.0, amplitude / 4) * g**2 for g in grids)
     return np.exp(field - np.mean(field)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- synthetic heads
+
+HEAD_LAYERS = (
+    # (outer distance from the brain in mm, intensity as a fraction of white matter): the tissues a T1
+    # shows between the brain and the air, from the inside out
+    (2.0, None),  # CSF and dura: the subject's CSF intensity
+    (4.0, 0.12),  # inner table of the skull (cortical bone: dark)
+    (6.5, 0.75),  # diploë (fatty marrow: bright)
+    (8.5, 0.12),  # outer table
+    (12.5, 1.15),  # scalp fat (brighter than white matter)
+    (15.0, 0.45),  # skin and muscle
+)
+HEAD_PADDING_MM = 24.0
+
+
+def synthetic_head(image: Volume, labels: Volume, seed: int) -> tuple[Volume, Volume]:
+    """A skull-stripped synthetic brain wrapped in CSF, skull, scalp and noisy air: a stand-in head.
+
+    ``image`` and ``labels`` are a subject of :func:`synthetic_subject` (or the template). The grid is
+    padded by :data:`HEAD_PADDING_MM`; around the brain's closed outline the :data:`HEAD_LAYERS` follow
+    (thicknesses jittered by up to ±20 % per seed), then air with noise; a smooth bias field multiplies
+    the whole head. Returns (head float32, brain mask uint8 — the truth a brain extractor should find).
+    """
+    rng = np.random.default_rng(seed)
+    spacing = image.geometry.spacing
+    padding = [round(HEAD_PADDING_MM / s) for s in spacing]
+    brain_image = sitk.ConstantPad(volume_to_sitk(image), padding, padding, 0.0)
+    brain_labels = sitk.ConstantPad(volume_to_sitk(labels), padding, padding, 0)
+    voxels = sitk.GetArrayFromImage(brain_image).astype(np.float32)
+    label_voxels = sitk.GetArrayFromImage(brain_labels)
+    brain = label_voxels > BACKGROUND
+    white = float(np.median(voxels[label_voxels == WHITE_MATTER]))
+    csf = float(np.median(voxels[label_voxels == CSF]))
+    outline = sitk.BinaryMorphologicalClosing(sitk.Cast(brain_labels > BACKGROUND, sitk.sitkUInt8), [6] * 3)
+    distance = sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(
+            outline, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
+    )
+    head = rng.normal(0.0, 0.02 * white, voxels.shape).__abs__().astype(np.float32)  # air: noise only
+    inner = 0.0
+    for outer, fraction in HEAD_LAYERS:
+        outer_mm = outer * rng.uniform(0.8, 1.2)
+        layer = (distance > inner) & (distance <= outer_mm)
+        level = csf if fraction is None else fraction * white
+        head[layer] = level * (1.0 + rng.normal(0.0, 0.04, int(layer.sum())))
+        inner = outer_mm
+    head[brain | (distance <= 0)] = voxels[brain | (distance <= 0)]
+    head[(distance <= 0) & ~brain] = csf
+    head *= _bias_field(head.shape, 0.2, rng)
+    volume = volume_from_sitk(brain_image, name=image.name.replace("_t1", "") + "_head")
+    return volume.with_voxels(np.clip(head, 0.0, None).astype(np.float32)), volume.with_voxels(
+        brain.astype(np.uint8), name=f"{volume.name}_brain_mask"
+    )

@@ -619,3 +619,28 @@ def _resize_volume(volumes: np.ndarray, shape: tuple[int, int, int]) -> np.ndarr
     if reduced != tuple(shape):
         tensor = F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)
     return tensor.reshape(*lead, *shape).numpy()
+
+
+def resample_volume(
+    volume: Volume, spacing: tuple[float, float, float], direction: np.ndarray | None = None
+) -> Volume:
+    """``volume`` resampled (linearly, float32) onto a grid of ``spacing`` and ``direction`` covering it.
+
+    ``direction`` (LPS columns, default: the volume's own) orients the new grid; its extent is the
+    bounding box of the volume's corners in that orientation, so nothing of the volume is cut. Used to
+    make test and benchmark acquisitions (e.g. a coronal 2 × 2 × 3 mm scan of a 1 mm head).
+    """
+    axes = np.asarray(volume.geometry.direction if direction is None else direction, float)
+    matrix = volume.geometry.ijk_to_lps()
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in volume.shape_ijk])), float)
+    physical = (matrix[:3, :3] @ corners.T).T + matrix[:3, 3]
+    along = physical @ axes  # coordinates along the new axes
+    low, high = along.min(axis=0), along.max(axis=0)
+    size = [int(np.floor((h - lo) / s)) + 1 for lo, h, s in zip(low, high, spacing, strict=True)]
+    reference = sitk.Image(size, sitk.sitkFloat32)
+    reference.SetSpacing(tuple(float(s) for s in spacing))
+    reference.SetDirection(tuple(axes.ravel()))
+    reference.SetOrigin(tuple(float(v) for v in axes @ low))
+    image = sitk.Cast(volume_to_sitk(volume), sitk.sitkFloat32)
+    resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
+    return volume_from_sitk(resampled, name=volume.name)

@@ -33,6 +33,7 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from ..errors import ParameterError
+from ..frontend.contract import NATIVE, InputContract
 
 AXES = ("axial", "coronal", "sagittal")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
@@ -99,6 +100,10 @@ class LDSegConfig:
 
     ``spatial_dims`` is 2 (slices ``S × S`` cut along ``axis``) or 3 (the whole slice stack along
     ``axis`` resampled to ``S × S × S`` over a cube field of view); config files without it are 2D.
+
+    ``input`` is what the model expects of a volume (:class:`~latentdrift.frontend.InputContract`: a
+    brain model declares a skull-stripped, bias-corrected T1 aligned to the MNI152 template, and the
+    brain front end prepares real heads accordingly); config files without it take the volume as loaded.
     """
 
     classes: tuple[LabelClass, ...] = field(default_factory=lambda: default_classes(["background", "object"]))
@@ -122,6 +127,7 @@ class LDSegConfig:
     intensity_range: tuple[float, float] = (-1.0, 1.0)
     intensity_reference: tuple[float, float, float] | None = None
     spatial_dims: int = 2
+    input: InputContract = NATIVE
 
     def __post_init__(self) -> None:
         for problem in _config_problems(self):
@@ -261,12 +267,14 @@ _FIELD_PARSERS: dict[str, Any] = {
     "intensity_range": _pair,
     "intensity_reference": lambda v: tuple(_float(x) for x in _list(v)),
     "spatial_dims": _int,
+    "input": InputContract.from_dict,
 }
 _OPTIONAL_FIELDS = {"intensity_reference", "first_timestep"}
 _DEFAULT_WHEN_MISSING: dict[str, Any] = {
     "spatial_dims": 2,
     "latent_channels": 1,
     "mirror_samples": False,
+    "input": NATIVE,
 }  # keys added after format version 1
 
 

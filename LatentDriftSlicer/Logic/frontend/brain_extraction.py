@@ -1,0 +1,88 @@
+"""Brain extraction with deepbet (Fisch et al., 2024; MIT licence), a maintained extractor that works offline.
+
+deepbet's two networks ship as TorchScript files inside its PyPI wheel, installed in a top-level
+``data/models/`` folder of site-packages; they are located from the installed distribution's own file
+list (:func:`deepbet_weights`), never by guessing paths. Loading these files of a pinned dependency is the
+one exception to the engine's safetensors-only rule: users' model folders are still never unpickled.
+deepbet itself re-orients the head to RAS, finds the brain's bounding box with a small network, segments
+it at 256³ and keeps the largest connected component with its holes filled.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError, ModelError
+from ..volumes import Volume
+
+WEIGHT_FILES = ("data/models/model.pt", "data/models/bbox_model.pt")
+MIN_BRAIN_ML = 300.0
+"""Less brain than this (ml) means deepbet found none: the input is not a head MRI."""
+
+
+def deepbet_weights() -> tuple[Path, Path]:
+    """The installed deepbet's (segmentation, bounding-box) TorchScript files, from its distribution's file list."""
+    try:
+        distribution = metadata.distribution("deepbet")
+    except metadata.PackageNotFoundError as error:
+        raise ModelError("Brain extraction needs deepbet: pip install 'deepbet==1.0.2'.") from error
+    listed = {str(path).replace("\\", "/"): path for path in distribution.files or []}
+    located = []
+    for name in WEIGHT_FILES:
+        if name not in listed:
+            raise ModelError(
+                f"The installed deepbet lists no '{name}': reinstall it (pip install 'deepbet==1.0.2')."
+            )
+        path = Path(str(distribution.locate_file(listed[name])))
+        if not path.is_file():
+            raise ModelError(
+                f"deepbet's '{name}' is missing at {path}: reinstall it (pip install 'deepbet==1.0.2')."
+            )
+        located.append(path)
+    return located[0], located[1]
+
+
+@lru_cache(maxsize=2)
+def _extractor(device: str) -> Any:
+    """deepbet's ``BrainExtraction`` with both networks on ``device`` (loaded once per process)."""
+    from deepbet.bet import BrainExtraction
+
+    model, bbox_model = deepbet_weights()
+    extractor = BrainExtraction(no_gpu=True, model_path=str(model), bbox_model_path=str(bbox_model))
+    extractor.model.to(device)
+    extractor.bbox_model.to(device)
+    return extractor
+
+
+def extract_brain(volume: Volume, device: torch.device) -> np.ndarray:
+    """The brain mask of a T1 head: bool ``[k, j, i]`` on ``volume``'s grid.
+
+    Raises :class:`InputError` when deepbet finds no brain (less than :data:`MIN_BRAIN_ML`).
+    """
+    import nibabel as nib
+
+    image = nib.Nifti1Image(
+        np.ascontiguousarray(volume.voxels.transpose(2, 1, 0), dtype=np.float32), volume.geometry.ijk_to_ras()
+    )
+    try:
+        _, mask_image, _ = _extractor(str(device)).run(image)
+    except (AssertionError, ValueError) as error:  # deepbet's own checks: no foreground, no component
+        raise InputError(_no_brain(volume, 0.0)) from error
+    mask = np.asarray(mask_image.dataobj).transpose(2, 1, 0) > 0
+    brain_ml = float(mask.sum()) * float(np.prod(volume.geometry.spacing)) / 1000.0
+    if brain_ml < MIN_BRAIN_ML:
+        raise InputError(_no_brain(volume, brain_ml))
+    return np.ascontiguousarray(mask)
+
+
+def _no_brain(volume: Volume, brain_ml: float) -> str:
+    return (
+        f"No brain found in '{volume.name}' (brain extraction found {brain_ml:.0f} ml): this model expects a "
+        "T1-weighted MRI of the head. Give a head MRI, or run without the brain front end (--no-preprocess)."
+    )

@@ -1,0 +1,174 @@
+"""The brain models' tasks on a head: prepare it, run the model in its domain, bring the results back.
+
+:func:`segment_head` and :func:`counterfactual_head` are what ``latentdrift segment`` and
+``counterfactual`` run: a volume in, results on the volume's own grid out. A model that declares no
+brain contract sees the volume as before (the front end steps aside). How results come back:
+
+* **Segmentation**: class probabilities and entropy are resampled linearly from the model grid; inside the
+  brain mask a voxel takes its most probable *tissue* class (the front end decided it is brain), outside
+  it is background with entropy 0.
+* **Counterfactual**: only the *change* goes back. It is resampled from the model grid, multiplied by the
+  bias field (the model changed corrected intensities; the input carries the field) and added to the
+  input inside the brain, fading to nothing over :data:`FEATHER_MM` outside the mask. Every voxel
+  farther than that from the brain is the input's own, bit for bit.
+
+With ``slices`` only the input's slices in that range get results (as without the front end); the
+model works on the few model-grid slices that cover them (:meth:`~.head.PreparedHead.model_slices`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import cast
+
+import numpy as np
+from scipy import ndimage
+
+from ..counterfactual import VolumeCounterfactual, consistency_figures, counterfactual_volume
+from ..devices import resolve_device
+from ..edit import EditSettings, PipelineBundle
+from ..ldseg import LDSegNetwork
+from ..progress import ProgressCallback
+from ..segmentation import SegmentSettings, VolumeSegmentation, assemble_segmentation, segment_volume
+from ..volumes import Axis, Volume, extract_slices, reassemble
+from .contract import FrontEndSettings, InputContract
+from .head import PreparedHead, prepare_head
+
+MODEL_AXIS: Axis = "axial"
+"""The slices an image model edits on the template grid: the orientation the bundled editors were trained on."""
+FEATHER_MM = 3.0
+"""The counterfactual's change fades from full strength at the brain mask's edge to none this far outside."""
+
+
+def segment_head(
+    volume: Volume,
+    model: LDSegNetwork,
+    settings: SegmentSettings,
+    front_end: FrontEndSettings,
+    progress: ProgressCallback | None = None,
+    head: PreparedHead | None = None,
+) -> tuple[VolumeSegmentation, PreparedHead]:
+    """LDSeg of ``volume`` through the front end its model's contract asks for; results on ``volume``'s grid.
+
+    ``settings.axis`` and ``settings.slices`` name the *input's* slices; on a prepared head the model
+    segments its own axis on its grid. ``head`` reuses a preparation of the same volume (the demo's).
+    """
+    contract = model.config.input
+    head = head or prepare_head(volume, contract, front_end, resolve_device(settings.device))
+    if not head.active:
+        return segment_volume(volume, model, settings, progress), head
+    model_axis = cast(Axis, model.config.axis)
+    axis = settings.axis or model_axis
+    model_slices = head.model_slices(contract, axis, settings.slices, model_axis)
+    on_grid = replace(settings, axis=None, slices=model_slices)
+    result = segment_volume(head.model_input(contract), model, on_grid, progress)
+    return segmentation_on_input(head, result, model.config.class_names, axis, settings.slices), head
+
+
+def counterfactual_head(
+    volume: Volume,
+    bundle: PipelineBundle,
+    contract: InputContract,
+    settings: EditSettings,
+    front_end: FrontEndSettings,
+    axis: Axis = "axial",
+    slices: str | None = None,
+    blend: float = 0.0,
+    batch_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    head: PreparedHead | None = None,
+) -> tuple[VolumeCounterfactual, PreparedHead]:
+    """A Latent Drift counterfactual of ``volume`` through the front end ``contract`` asks for.
+
+    ``axis`` and ``slices`` name the input's slices; on a prepared head the model edits axial slices of
+    its grid (the orientation it was trained on). ``head`` reuses a preparation of the same volume.
+    """
+    head = head or prepare_head(volume, contract, front_end, bundle.device)
+    if not head.active:
+        return counterfactual_volume(
+            volume, bundle, settings, axis, slices, blend, batch_size, progress
+        ), head
+    model_slices = head.model_slices(contract, axis, slices, MODEL_AXIS)
+    model_input = head.model_input(contract)
+    result = counterfactual_volume(
+        model_input, bundle, settings, MODEL_AXIS, model_slices, blend, batch_size, progress
+    )
+    return counterfactual_on_input(head, result, axis, slices), head
+
+
+def segmentation_on_input(
+    head: PreparedHead, result: VolumeSegmentation, class_names: list[str], axis: Axis, slices: str | None
+) -> VolumeSegmentation:
+    """A segmentation the model made of ``head.model_input`` (on its grid) as a segmentation of ``head.source``."""
+    source = head.source
+    probabilities = np.stack(
+        [
+            head.to_input_grid(
+                result.labels.with_voxels(result.probabilities[c]), fill=1.0 if c == 0 else 0.0
+            )
+            for c in range(len(class_names))
+        ]
+    )
+    entropy = np.clip(head.to_input_grid(result.entropy), 0.0, 1.0)
+    tissue = 1 + probabilities[1:].argmax(axis=0)
+    inside = head.brain_mask if head.brain_mask is not None else probabilities.argmax(axis=0) > 0
+    inside = inside & _slab(source, axis, slices)
+    labels = np.where(inside, tissue, 0).astype(np.uint8)
+    probabilities[:, ~inside] = 0.0
+    probabilities[0, ~inside] = 1.0
+    entropy[~inside] = 0.0
+    stack = extract_slices(source, axis, slices)
+    return assemble_segmentation(
+        source, labels, entropy, probabilities, class_names, stack, list(result.warnings)
+    )
+
+
+def counterfactual_on_input(
+    head: PreparedHead, result: VolumeCounterfactual, axis: Axis, slices: str | None
+) -> VolumeCounterfactual:
+    """A counterfactual the model made of ``head.model_input`` as a counterfactual of ``head.source``."""
+    source = head.source
+    change = head.to_input_grid(result.difference)
+    if head.bias_field is not None:
+        change *= head.bias_field
+    weight = _feather(head.brain_mask, source) * _slab(source, axis, slices)
+    dtype = np.promote_types(source.voxels.dtype, np.float32)
+    before = source.voxels.astype(dtype)
+    after = before.copy()
+    near = weight > 0
+    after[near] = np.clip(before[near] + weight[near] * change[near], before.min(), before.max())
+    stack = extract_slices(source, axis, slices)
+    brain = head.brain_mask if head.brain_mask is not None else np.ones(source.voxels.shape, bool)
+    figures = {
+        **result.figures,
+        **consistency_figures(
+            stack.slices,
+            extract_slices(source.with_voxels(after), axis, slices).slices,
+            extract_slices(source.with_voxels(brain), axis, slices).slices,
+        ),
+        "feather_mm": FEATHER_MM,
+    }
+    return VolumeCounterfactual(
+        counterfactual=source.with_voxels(after, name=f"{source.name} counterfactual"),
+        difference=source.with_voxels(after - before, name=f"{source.name} difference"),
+        axis=axis,
+        indices=stack.indices,
+        figures=figures,
+        warnings=list(result.warnings),
+    )
+
+
+def _feather(mask: np.ndarray | None, volume: Volume) -> np.ndarray:
+    """Float32 ``[k, j, i]``: 1 inside ``mask``, falling linearly to 0 at :data:`FEATHER_MM` outside (1 everywhere without a mask)."""
+    if mask is None:
+        return np.ones(volume.voxels.shape, np.float32)
+    distance = ndimage.distance_transform_edt(~mask, sampling=volume.geometry.spacing[::-1])
+    return np.clip(1.0 - distance / FEATHER_MM, 0.0, 1.0).astype(np.float32)
+
+
+def _slab(volume: Volume, axis: Axis, slices: str | None) -> np.ndarray:
+    """Bool ``[k, j, i]``: the voxels of ``volume``'s slices ``slices`` along ``axis`` (all for None)."""
+    if slices is None:
+        return np.ones(volume.voxels.shape, bool)
+    stack = extract_slices(volume.with_voxels(np.zeros(volume.voxels.shape, bool)), axis, slices)
+    return reassemble(np.ones_like(stack.slices), stack, volume)
