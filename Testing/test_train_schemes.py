@@ -63,6 +63,7 @@ def test_full_pipeline_schemes_load_with_stock_diffusers(setup, scheme: str) -> 
     card = (model / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert scheme in card and "0.05" in card and metadata["cohort_key"] in card
     assert (model / "loss_curve.png").is_file()
+    assert _trained_resolution(model) == 16  # the base works at 32 pixels: the model says what it learned
     job = model.parent
     records = [json.loads(line) for line in (job / "status.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == [1, 2]
@@ -85,6 +86,14 @@ def test_lora_saves_diffusers_lora_weights_and_a_merged_pipeline(setup) -> None:
     )
     assert not np.array_equal(plain, adapted)
     assert np.allclose(adapted, merged, atol=2e-3)
+    assert _trained_resolution(model) == 16
+
+
+def _trained_resolution(model: Path) -> int:
+    """The pixel size a saved model declares: its UNet's sample_size times the VAE's scale factor."""
+    unet = json.loads((model / "unet" / "config.json").read_text(encoding="utf-8"))
+    vae = json.loads((model / "vae" / "config.json").read_text(encoding="utf-8"))
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def test_textual_inversion_saves_an_embedding_stock_pipelines_load(setup) -> None:

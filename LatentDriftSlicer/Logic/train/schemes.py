@@ -75,6 +75,11 @@ class Parts:
     noise_scheduler: Any
 
 
+def record_resolution(unet: Any, vae: Any, resolution: int) -> None:
+    """Set ``unet``'s ``sample_size`` to the latent size of ``resolution``-pixel images."""
+    unet.register_to_config(sample_size=resolution // 2 ** (len(vae.config.block_out_channels) - 1))
+
+
 def load_parts(folder: str | Path) -> Parts:
     """Load a diffusers-format Stable Diffusion folder (safetensors, local files only) for training."""
     folder = Path(folder)
@@ -137,10 +142,15 @@ class Scheme:
         return DEFAULT_MODALITY
 
     def setup(self, parts: Parts) -> None:
-        """Freeze what does not train and change the modules as the scheme needs (called once)."""
+        """Freeze what does not train and change the modules as the scheme needs (called once).
+
+        The UNet's ``sample_size`` becomes the training resolution's latent size, so the saved model says
+        the resolution it was trained at (the engine edits at ``sample_size`` × the VAE's scale factor).
+        """
         for module in (parts.vae, parts.text_encoder, parts.unet):
             module.requires_grad_(False)
         parts.unet.requires_grad_(True)
+        record_resolution(parts.unet, parts.vae, self.config.resolution)
 
     def trained(self, parts: Parts) -> dict[str, nn.Module]:
         """The modules that hold trainable parameters, by name (they go through ``accelerator.prepare``)."""
@@ -220,6 +230,7 @@ class LoraScheme(Scheme):
                 lora_folder, unet_lora_layers=layers, safe_serialization=True
             )
             pipeline.load_lora_weights(lora_folder)
+            record_resolution(pipeline.unet, pipeline.vae, self.config.resolution)
             pipeline.fuse_lora()
             pipeline.unload_lora_weights()
             pipeline.save_pretrained(folder, safe_serialization=True)
