@@ -13,7 +13,7 @@ what is wrong and how to fix it).
 * :class:`EditSettings` — one slice-level edit or generation (mode, text, Latent Drift δ, sampling).
 * :class:`SegmentSettings` — ``latentdrift segment``: LDSeg on a volume.
 * :class:`CounterfactualSettings` — ``latentdrift counterfactual``: an :class:`EditSettings` applied to
-  every slice of a volume, with the model, slicing, blending, batching and device.
+  every slice of a volume (a :class:`DiffusionRun`: model, batching, device), with slicing and blending.
 * :class:`GenerateSettings` — ``latentdrift generate``: new slices from text.
 * :class:`DemoSettings` — ``latentdrift demo``: the main job with the default models.
 """
@@ -244,35 +244,39 @@ class SegmentSettings:
 
 
 @dataclass(frozen=True)
-class CounterfactualSettings:
-    """``latentdrift counterfactual``: ``edit`` applied to every slice of a volume.
+class DiffusionRun:
+    """What every Stable Diffusion run has: its ``edit`` settings and where the model runs.
 
-    ``model``: a Stable Diffusion folder or name (None: the edit mode's default model); ``axis`` and
-    ``slices`` (``"a:b"``, None: all) choose the slices; ``blend`` in [0, 1) mixes each slice's edit
-    with its neighbours'; ``batch_size`` slices in flight (None: from free memory); ``full_precision``
-    keeps float32 on CUDA.
+    ``model``: a Stable Diffusion folder or name (None: the edit mode's default model);
+    ``batch_size`` slices in flight (None: from free memory); ``device``; ``full_precision`` keeps
+    float32 on CUDA.
     """
 
     edit: EditSettings
     model: str | None = None
-    axis: Axis = "axial"
-    slices: str | None = None
-    blend: float = 0.0
     batch_size: int | None = None
     device: str = "auto"
     full_precision: bool = False
 
 
 @dataclass(frozen=True)
-class GenerateSettings:
+class CounterfactualSettings(DiffusionRun):
+    """``latentdrift counterfactual``: ``edit`` applied to every slice of a volume.
+
+    ``axis`` and ``slices`` (``"a:b"``, None: all) choose the slices; ``blend`` in [0, 1) mixes each
+    slice's edit with its neighbours'.
+    """
+
+    axis: Axis = "axial"
+    slices: str | None = None
+    blend: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerateSettings(DiffusionRun):
     """``latentdrift generate``: ``count`` new slices from ``edit`` (mode ``generate``); sample *i* uses seed + i."""
 
-    edit: EditSettings
-    model: str | None = None
     count: int = 4
-    batch_size: int | None = None
-    device: str = "auto"
-    full_precision: bool = False
 
 
 @dataclass(frozen=True)
@@ -329,6 +333,7 @@ def demo_settings(**options: Any) -> DemoSettings:
 def _split(kind: type[T], options: Mapping[str, Any]) -> T:
     values = edit_fields(options)
     outer = {f.name for f in fields(kind)} - {"edit"}  # type: ignore[arg-type]
+    _refuse_unknown(kind.__name__, values, outer | {f.name for f in fields(EditSettings)})
     edit = build_settings(EditSettings, {k: v for k, v in values.items() if k not in outer})
     return build_settings(kind, {"edit": edit, **{k: v for k, v in values.items() if k in outer}})
 
@@ -336,15 +341,19 @@ def _split(kind: type[T], options: Mapping[str, Any]) -> T:
 def build_settings(kind: type[T], values: Mapping[str, Any]) -> T:
     """``kind(**values)``, with a :class:`ParameterError` naming any unknown or missing setting."""
     known = {f.name: f for f in fields(kind)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ParameterError(
-            f"Unknown {kind.__name__} setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}."
-        )
+    _refuse_unknown(kind.__name__, values, set(known))
     missing = [name for name, f in known.items() if name not in values and _required(f)]
     if missing:
         raise ParameterError(f"{kind.__name__} needs {', '.join(missing)}.")
     return kind(**values)
+
+
+def _refuse_unknown(name: str, values: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ParameterError(
+            f"Unknown {name} setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}."
+        )
 
 
 def _required(setting: Any) -> bool:

@@ -15,7 +15,14 @@ from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
 from ..scene import COUNTERFACTUAL_ROLES
-from ..settings import SCENE_DEFAULT, CounterfactualSettings, EditSettings, GenerateSettings, SceneChoice
+from ..settings import (
+    SCENE_DEFAULT,
+    CounterfactualSettings,
+    DiffusionRun,
+    EditSettings,
+    GenerateSettings,
+    SceneChoice,
+)
 from ..volumes import Geometry, Volume, extract_slices, read_volume, write_volume
 from .common import SceneLayer, outputs_of, scene_wanted, write_scene
 
@@ -23,14 +30,12 @@ FADE = 0.5
 """Opacity of the counterfactual over the input in the saved scene's slice views."""
 
 
-def open_model(
-    model: str | Path | None, settings: EditSettings, device: str = "auto", full_precision: bool = False
-) -> PipelineBundle:
-    """Resolve and load a Stable Diffusion folder that fits ``settings.mode`` (checked before any weights load).
+def open_model(run: DiffusionRun) -> PipelineBundle:
+    """Resolve and load the run's Stable Diffusion folder, checked to fit its edit mode before any weights load.
 
-    ``model`` None means the mode's default model (:data:`latentdrift.models.DEFAULT_MODELS`).
+    ``run.model`` None means the mode's default model (:data:`latentdrift.models.DEFAULT_MODELS`).
     """
-    return load_bundle(choose_model(model, settings.mode).path, device, full_precision)
+    return load_bundle(choose_model(run.model, run.edit.mode).path, run.device, run.full_precision)
 
 
 def counterfactual_file(
@@ -50,7 +55,7 @@ def counterfactual_file(
     is the ``model`` input recorded).
     """
     with_scene = scene_wanted(scene)
-    bundle = open_model(settings.model, settings.edit, settings.device, settings.full_precision)
+    bundle = open_model(settings)
     inputs = {"volume": str(input_path), "model": str(bundle.folder)}
     run = {
         "axis": settings.axis,
@@ -108,7 +113,7 @@ def generate_file(
     Sample *i* uses seed ``settings.edit.seed + i``; ``settings.model`` None means the default
     text-to-image model.
     """
-    bundle = open_model(settings.model, settings.edit, settings.device, settings.full_precision)
+    bundle = open_model(settings)
     size = model_resolution(bundle)
     chosen = settings.batch_size or choose_batch_size(bundle, settings.edit, size)
     edit = replace(settings.edit, batch_size=chosen)
