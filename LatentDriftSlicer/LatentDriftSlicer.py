@@ -841,12 +841,16 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
     """
 
     def setUp(self) -> None:
-        """A clean scene."""
+        """Dependencies there (or skip, saying why) and a clean scene.
+
+        Also where unittest starts each ``test_*`` method (``slicer.testing.runUnitTest``, the CTest of
+        the extension build machines), so those skip too.
+        """
+        self.skipUnlessReady()
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        """Run every test (or skip them all with a clear message)."""
-        self.skipUnlessReady()
+        """Run every test (Slicer's Reload and Test calls this)."""
         self.setUp()
         self.test_scene_round_trip()
         self.setUp()
