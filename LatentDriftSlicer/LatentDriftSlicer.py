@@ -227,7 +227,10 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.schemeComboBox.connect("currentIndexChanged(int)", self.populateModels)
         self._timer.connect("timeout()", self.onTimer)
 
-        self.populateDevices(self.cachedDeviceReport())
+        report = self.cachedDeviceReport()
+        self.populateDevices(report)
+        if report is None:  # the first time: list the devices in the background
+            self.refreshDevices()
         self.populateModels()
         self.initializeParameterNode()
 
