@@ -204,6 +204,42 @@ def test_slice_index_at_ras_matches_the_engine_slicing(session, axis: str, rng: 
         console.slice_index_at_ras(node, (1e4, 1e4, 1e4), axis)
 
 
+@pytest.mark.parametrize(
+    ("axis", "orientation"), [("axial", "Axial"), ("coronal", "Coronal"), ("sagittal", "Sagittal")]
+)
+def test_the_preview_takes_the_slice_a_view_shows(session, axis: str, orientation: str) -> None:
+    """The view showing the axis is found; the slice its plane (slice offset) cuts is the engine's slice."""
+    import slicer
+
+    volume = Volume(
+        np.arange(9 * 11 * 13, dtype=np.float32).reshape(9, 11, 13),
+        Geometry((0.7, 1.3, 2.5), (12.5, -30.25, 7.0)),
+    )
+    node = volume_to_node(session, volume, "grid")
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(session.scene)
+    for name, shown in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        view = session.scene.CreateNodeByClass("vtkMRMLSliceNode")
+        view.SetLayoutName(name)
+        session.scene.AddNode(view)
+        view.SetOrientation(shown)
+    view = console.slice_node_showing(axis, session)
+    assert view.GetOrientation() == orientation
+    count = console.slice_count(node, axis)
+    for index in (0, 3, count - 1):
+        stack = extract_slices(volume, axis, f"{index}:{index + 1}")
+        k, j, i = np.argwhere(volume.voxels == stack.slices[0][2, 2])[0]
+        point = volume.geometry.ijk_to_ras() @ np.array([i, j, k, 1.0])
+        normal = np.array([view.GetSliceToRAS().GetElement(r, 2) for r in range(3)])
+        view.SetSliceOffset(float(np.dot(point[:3], normal)))  # the plane through that voxel
+        assert console.shown_slice_index(node, view, axis) == index
+    view.SetSliceOffset(1e4)
+    with pytest.raises(errors.SliceRangeError):
+        console.shown_slice_index(node, view, axis)
+    assert view.SetOrientation("Coronal" if orientation != "Coronal" else "Axial")
+    with pytest.raises(errors.InputError, match=f"No slice view shows {axis} slices"):
+        console.slice_node_showing(axis, session)
+
+
 def test_helpers_for_the_panel(tmp_path: Path) -> None:
     assert console.attributes_text(70, "F", "CN") == "age=70,sex=F,dx=CN"
     assert console.attributes_text(-1, "unknown", " ") == ""
