@@ -6,9 +6,10 @@ child's standard input, ``--settings -``; :func:`read_settings` reads them back,
 so an option crosses the process boundary once, by name, instead of being spelled into
 command-line arguments and parsed back.
 
-Nothing here imports torch or any model library: the Slicer panel imports this module when Slicer
-starts. The settings check themselves when they are made (a :class:`~.errors.ParameterError` says
-what is wrong and how to fix it).
+Nothing here imports torch, SimpleITK or any model library: the Slicer panel imports this module
+when Slicer starts. Unknown or missing settings are refused when the objects are built
+(:func:`build_settings`); :class:`EditSettings` checks its values too, and the engine checks the
+others where it uses them (a :class:`~.errors.ParameterError` says what is wrong and how to fix it).
 
 * :class:`EditSettings` — one slice-level edit or generation (mode, text, Latent Drift δ, sampling).
 * :class:`SegmentSettings` — ``latentdrift segment``: LDSeg on a volume.
