@@ -123,8 +123,12 @@ def test_outputs_load_by_role_with_display(session, volume_node, tmp_path: Path)
         }
     }
 
+    _write_segmentation(template, out / "brain.seg.nrrd")
+    summary["outputs"]["brain_mask"] = "brain.seg.nrrd"  # the brain front end's role: loaded once written
     run = console.prepare_segment(volume_node, SegmentSettings(), session=session, output=out)
-    segmented = console.as_segment_result(run.load(summary))
+    loaded = run.load(summary)
+    assert loaded.node("brain_mask").GetSegmentation().GetNumberOfSegments() == 2
+    segmented = console.as_segment_result(loaded)
     segments = segmented.segmentation_node.GetSegmentation()
     assert [segments.GetNthSegment(n).GetName() for n in range(segments.GetNumberOfSegments())] == [
         "lesion",

@@ -132,6 +132,8 @@ def test_brain_mask_role_loads_as_a_segmentation(session, oblique_nifti: Path, t
     segment = loaded.GetSegmentation().GetNthSegment(0)
     assert (segment.GetName(), segment.GetTerminology()) == ("Brain", brain.terminology)
     assert loaded.GetName() == "oblique brain_mask"
+    display = loaded.GetDisplayNode()  # outlined, not filled over the other results
+    assert display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
     assert np.array_equal(segmentation_to_labels(loaded, node), mask.voxels)
 
 

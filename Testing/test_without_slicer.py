@@ -56,10 +56,8 @@ ROLES = {
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, default_models: Path) -> dict[str, Path]:
+def _run_every_command(root: Path, default_models: Path) -> dict[str, Path]:
     """Every command, run once in one process without ``slicer``; their result folders by command."""
-    root = tmp_path_factory.mktemp("without-slicer")
     from conftest import oblique_direction, write_image
 
     k, j, i = np.meshgrid(np.arange(9), np.arange(11), np.arange(13), indexing="ij")
@@ -117,21 +115,27 @@ def _listed(summary: dict, role: str) -> list[str]:
     return [value] if isinstance(value, str) else value
 
 
-@pytest.mark.parametrize("command", sorted(ROLES))
-def test_each_command_writes_its_files_by_role_and_no_scene(runs: dict[str, Path], command: str) -> None:
-    out = runs[command]
+def test_every_command_runs_without_slicer_and_the_panel_loads_its_files(
+    tmp_path: Path, default_models: Path, session
+) -> None:
+    """One test, so that the one child process running every command runs once (not once per xdist worker)."""
+    runs = _run_every_command(tmp_path, default_models)
+    for command, roles in ROLES.items():
+        _check_files_by_role(runs[command], roles)
+    batch = json.loads((runs["batch"] / "oblique" / "summary.json").read_text())
+    assert {"segmentation", "uncertainty"} <= set(batch["outputs"])
+    _check_the_panels_loader(runs, session)
+
+
+def _check_files_by_role(out: Path, roles: set[str]) -> None:
+    """The roles written, each file there, no scene (nor its input copy), the segmentation a .seg.nrrd."""
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["outputs"]) == ROLES[command]  # no scene, scene_bundle or input without slicer
+    assert set(summary["outputs"]) == roles, out.name
     for role in summary["outputs"]:
         assert all((out / name).is_file() for name in _listed(summary, role))
-    if command in ("segment", "demo"):
+    if "segmentation" in roles:
         (segmentation,) = _listed(summary, "segmentation")
         assert segmentation.endswith(".seg.nrrd")
-
-
-def test_batch_writes_each_subject_by_role(runs: dict[str, Path]) -> None:
-    summary = json.loads((runs["batch"] / "oblique" / "summary.json").read_text())
-    assert {"segmentation", "uncertainty"} <= set(summary["outputs"])
 
 
 def _matrix(node) -> np.ndarray:
@@ -140,7 +144,7 @@ def _matrix(node) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def test_the_panels_loader_makes_nodes_of_them_on_the_input_grid(runs: dict[str, Path], session) -> None:
+def _check_the_panels_loader(runs: dict[str, Path], session) -> None:
     """What the panel does with a run's folder, on slicer-core: nodes on the input's geometry, named,
     coloured segments with their terminology."""
     node = load_volume_node(session, runs["input"])

@@ -320,22 +320,29 @@ def _map_loader(colormap: Sequence[str], symmetric: bool) -> Callable[..., Any]:
     return load
 
 
-def _load_segmentation(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
-    """A ``.seg.nrrd`` (segment names, colours, terminology from its header) as a new segmentation node."""
-    slicer = _slicer()
-    node = session.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", session.scene.GenerateUniqueName(name))
-    reader = slicer.vtkMRMLSegmentationStorageNode()  # not added to the scene: no link to the file
-    reader.SetFileName(str(path))
-    if not reader.ReadData(node):
-        session.scene.RemoveNode(node)
-        raise UnreadableFileError(f"Could not read the segmentation '{path}'.")
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-    display = node.GetDisplayNode()
-    display.SetVisibility2DFill(True)
-    display.SetVisibility2DOutline(True)
-    display.SetOpacity2DFill(0.35)
-    return node
+def _segmentation_loader(fill: bool) -> Callable[..., Any]:
+    """A loader for ``.seg.nrrd`` files (segment names, colours, terminology from the header): a new
+    segmentation node shown with outlines, and with a translucent fill when ``fill``."""
+
+    def load(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
+        slicer = _slicer()
+        node = session.scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", session.scene.GenerateUniqueName(name)
+        )
+        reader = slicer.vtkMRMLSegmentationStorageNode()  # not added to the scene: no link to the file
+        reader.SetFileName(str(path))
+        if not reader.ReadData(node):
+            session.scene.RemoveNode(node)
+            raise UnreadableFileError(f"Could not read the segmentation '{path}'.")
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        display = node.GetDisplayNode()
+        display.SetVisibility2DFill(fill)
+        display.SetVisibility2DOutline(True)
+        display.SetOpacity2DFill(0.35)
+        return node
+
+    return load
 
 
 def _voxels_on_grid(path: Path, template: Volume) -> np.ndarray:
@@ -357,16 +364,17 @@ ROLE_LOADERS: dict[str, Callable[..., Any]] = {
     "difference": _map_loader(DIFFERENCE_COLORMAP, symmetric=True),
     "uncertainty": _map_loader(UNCERTAINTY_COLORMAP, symmetric=False),
     "probability": _map_loader(PROBABILITY_COLORMAP, symmetric=False),
-    "segmentation": _load_segmentation,
-    "brain_mask": _load_segmentation,
+    "segmentation": _segmentation_loader(fill=True),
+    "brain_mask": _segmentation_loader(fill=False),
 }
 """Each output role a result folder can hold, and how its files become nodes (``.seg.nrrd`` roles:
 segmentation nodes; volumes: scalar volume nodes on the input's grid)."""
 FOREGROUND_ROLES = ("counterfactual", "volume", "uncertainty")
 """The roles shown over the input, by preference."""
-SEGMENT_ROLES = ("segmentation", "uncertainty", "probability")
-"""The roles of ``latentdrift segment``'s result files that show over the input."""
-COUNTERFACTUAL_ROLES = ("counterfactual", "difference")
+SEGMENT_ROLES = ("segmentation", "uncertainty", "probability", "brain_mask")
+"""The roles of ``latentdrift segment``'s result files that show over the input (a role a run did not
+write is skipped: ``brain_mask`` appears once the brain front end writes it)."""
+COUNTERFACTUAL_ROLES = ("counterfactual", "difference", "brain_mask")
 """The roles of ``latentdrift counterfactual``'s result files that show over the input."""
 
 
