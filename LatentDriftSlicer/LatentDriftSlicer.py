@@ -1,22 +1,27 @@
 """LatentDriftSlicer: Latent Drift counterfactuals, LDSeg segmentation and fine-tuning in 3D Slicer.
 
 The module is a thin GUI over the engine in ``Logic/`` (imported as ``latentdrift``): every action
-runs a ``latentdrift`` command in a child process (``latentdrift.processes``) and loads its results as
-new nodes (``latentdrift.console``), so the GUI never freezes and Cancel ends the whole process tree.
+runs a ``latentdrift`` command in a child process (``latentdrift.processes``) that writes its results
+as files by role, and the panel loads them as new nodes (``latentdrift.console``), so the GUI never
+freezes and Cancel ends the whole process tree without waiting for it.
 
 Engine registration: when this file is imported (Slicer does it at start-up), :func:`registerEngine`
 loads ``Logic/__init__.py`` as the package ``latentdrift`` with ``importlib`` (its submodules are found
 in ``Logic/`` through the spec's ``submodule_search_locations``). ``Logic`` itself is never put on
 ``sys.path``, so its modules (``errors``, ``models``, …) cannot shadow other packages. A pip install
-maps the same folder to the same name (``pyproject.toml``). Nothing heavy is imported here: torch
-and the engine's other dependencies are installed on first use, after one confirmation.
+maps the same folder to the same name (``pyproject.toml``). Nothing heavy is imported into Slicer's
+process: the engine modules this file imports load no torch, psutil, tqdm or model library (devices
+are listed by a child process), and the engine's dependencies are installed on first use, after one
+confirmation. The module needs 3D Slicer 5.10 or later (Python 3.12); an older Slicer shows one
+message instead of the panel, and this file imports no engine module there.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
+import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,8 +40,26 @@ from slicer.util import VTKObservationMixin
 
 ENGINE_FOLDER = Path(__file__).resolve().parent / "Logic"
 SETTINGS_GROUP = "LatentDriftSlicer"
-TORCH_REQUIREMENT = ">=2.4"
 POLL_INTERVAL_MS = 200
+MINIMUM_SLICER_VERSION = (5, 10)
+"""The oldest Slicer the module runs in: 5.10 ships Python 3.12 (5.8 ships 3.9, which the engine cannot run on)."""
+
+
+def slicerVersion() -> tuple[int, int]:
+    """This Slicer's ``(major, minor)`` version."""
+    return (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+
+
+def unsupportedMessage() -> str:
+    """The one message an older Slicer shows instead of the panel ('' where the module runs)."""
+    if slicerVersion() >= MINIMUM_SLICER_VERSION:
+        return ""
+    minimum = ".".join(map(str, MINIMUM_SLICER_VERSION))
+    version = ".".join(map(str, slicerVersion()))
+    return (
+        f"LatentDrift needs 3D Slicer {minimum} or later (Python 3.12); this is Slicer {version}. "
+        f"Install a current 3D Slicer from download.slicer.org to use it."
+    )
 
 
 def registerEngine() -> None:
@@ -53,9 +76,13 @@ def registerEngine() -> None:
     spec.loader.exec_module(module)
 
 
-registerEngine()
-
-from latentdrift.train import SCHEMES  # noqa: E402  (the engine's list; light, no torch)
+SUPPORTED = not unsupportedMessage()
+if SUPPORTED:
+    registerEngine()
+    # The engine's light modules: its settings hold every option's default (no torch, no SimpleITK).
+    from latentdrift.settings import AXES, EDIT_MODES, CounterfactualSettings, EditSettings, SegmentSettings
+    from latentdrift.train import SCHEMES
+    from latentdrift.train.config import FinetuneConfig
 
 # --------------------------------------------------------------------------- module
 
@@ -72,11 +99,11 @@ class LatentDriftSlicer(ScriptedLoadableModule):
         self.parent.helpText = (
             "Counterfactual editing of medical volumes with Latent Drift (InstructPix2Pix, img2img or "
             "direction edits with a drift δ), LDSeg latent-diffusion segmentation with an uncertainty "
-            "map, and fine-tuning on your own cohort. Models run in a separate process: the GUI stays "
-            "responsive and Cancel stops the work. The same functions are available in the Python "
-            "console (<code>import latentdrift.console</code>) and as the <code>latentdrift</code> "
-            "command. See <a href='https://github.com/LatentDriftSlicer/LatentDriftSlicer/blob/main/"
-            "docs/slicer-module.md'>the module documentation</a>."
+            "map, and fine-tuning on your own cohort. Needs 3D Slicer 5.10 or later. Models run in a "
+            "separate process: the GUI stays responsive and Cancel stops the work. The same functions "
+            "are available in the Python console (<code>import latentdrift.console</code>) and as the "
+            "<code>latentdrift</code> command. See <a href='https://github.com/LatentDriftSlicer/"
+            "SlicerLatentDrift/blob/main/docs/slicer-module.md'>the module documentation</a>."
         )
         self.parent.acknowledgementText = (
             'Methods: Yeganeh et al., "Latent Drifting in Diffusion Models for Counterfactual Medical '
@@ -89,53 +116,55 @@ class LatentDriftSlicer(ScriptedLoadableModule):
 # --------------------------------------------------------------------------- parameters
 
 
-EDIT_MODES = ("instruct", "img2img", "direction")
-AXES = ("axial", "coronal", "sagittal")
 SEXES = ("unknown", "female", "male")
 
+if SUPPORTED:
 
-@parameterNodeWrapper
-class LatentDriftSlicerParameterNode:
-    """The panel's state, saved with the scene. Every field is bound to one widget (SlicerParameterName)."""
+    @parameterNodeWrapper
+    class LatentDriftSlicerParameterNode:
+        """The panel's state, saved with the scene. Every field is bound to one widget (SlicerParameterName).
 
-    inputVolume: vtkMRMLScalarVolumeNode
-    axis: Annotated[str, Choice(AXES)] = "axial"
-    allSlices: bool = True
-    sliceStart: Annotated[int, WithinRange(0, 100000)] = 0
-    sliceStop: Annotated[int, WithinRange(0, 100000)] = 1
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
-    # Counterfactual
-    editMode: Annotated[str, Choice(EDIT_MODES)] = "instruct"
-    instruction: str = ""
-    prompt: str = ""
-    fromAge: Annotated[float, WithinRange(-1.0, 120.0)] = -1.0
-    toAge: Annotated[float, WithinRange(-1.0, 120.0)] = -1.0
-    fromSex: Annotated[str, Choice(SEXES)] = "unknown"
-    toSex: Annotated[str, Choice(SEXES)] = "unknown"
-    fromDiagnosis: str = ""
-    toDiagnosis: str = ""
-    drift: Annotated[float, WithinRange(-0.2, 0.2)] = 0.0
-    strength: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    editSteps: Annotated[int, WithinRange(1, 1000)] = 20
-    guidance: Annotated[float, WithinRange(0.0, 30.0)] = 7.5
-    imageGuidance: Annotated[float, WithinRange(0.0, 10.0)] = 1.5
-    factualReference: bool = True
-    fade: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
-    counterfactualVolume: vtkMRMLScalarVolumeNode
-    # Segment
-    samples: Annotated[int, WithinRange(1, 64)] = 8
-    segmentSteps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model's default
-    probabilities: bool = False
-    outputSegmentation: vtkMRMLSegmentationNode
-    outputUncertainty: vtkMRMLScalarVolumeNode
-    # Fine-tune
-    cohort: str = ""
-    scheme: Annotated[str, Choice(SCHEMES)] = "lora"
-    useDrift: bool = True
-    finetuneDrift: Annotated[float, WithinRange(-0.2, 0.2)] = 0.05
-    searchDrift: bool = False
-    finetuneSteps: Annotated[int, WithinRange(1, 1000000)] = 1000
-    jobDir: str = ""
+        Engine options take their defaults from the engine's settings (``latentdrift.settings``).
+        """
+
+        inputVolume: vtkMRMLScalarVolumeNode
+        axis: Annotated[str, Choice(AXES)] = CounterfactualSettings.axis
+        allSlices: bool = True
+        sliceStart: Annotated[int, WithinRange(0, 100000)] = 0
+        sliceStop: Annotated[int, WithinRange(0, 100000)] = 1
+        seed: Annotated[int, WithinRange(0, 2147483647)] = EditSettings.seed
+        # Counterfactual
+        editMode: Annotated[str, Choice(EDIT_MODES)] = EditSettings.mode
+        instruction: str = ""
+        prompt: str = ""
+        fromAge: Annotated[float, WithinRange(-1.0, 120.0)] = -1.0
+        toAge: Annotated[float, WithinRange(-1.0, 120.0)] = -1.0
+        fromSex: Annotated[str, Choice(SEXES)] = "unknown"
+        toSex: Annotated[str, Choice(SEXES)] = "unknown"
+        fromDiagnosis: str = ""
+        toDiagnosis: str = ""
+        drift: Annotated[float, WithinRange(-0.2, 0.2)] = EditSettings.drift
+        strength: Annotated[float, WithinRange(0.0, 1.0)] = EditSettings.strength
+        editSteps: Annotated[int, WithinRange(1, 1000)] = EditSettings.steps
+        guidance: Annotated[float, WithinRange(0.0, 30.0)] = EditSettings.guidance
+        imageGuidance: Annotated[float, WithinRange(0.0, 10.0)] = EditSettings.image_guidance
+        factualReference: bool = EditSettings.factual_reference
+        fade: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
+        counterfactualVolume: vtkMRMLScalarVolumeNode
+        # Segment
+        samples: Annotated[int, WithinRange(1, 64)] = SegmentSettings.samples
+        segmentSteps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model's default
+        probabilities: bool = SegmentSettings.probabilities
+        outputSegmentation: vtkMRMLSegmentationNode
+        outputUncertainty: vtkMRMLScalarVolumeNode
+        # Fine-tune
+        cohort: str = ""
+        scheme: Annotated[str, Choice(SCHEMES)] = "lora"
+        useDrift: bool = True
+        finetuneDrift: Annotated[float, WithinRange(-0.2, 0.2)] = 0.05
+        searchDrift: bool = False
+        finetuneSteps: Annotated[int, WithinRange(1, 1000000)] = FinetuneConfig.steps
+        jobDir: str = ""
 
 
 # --------------------------------------------------------------------------- widget
@@ -148,19 +177,28 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic: LatentDriftSlicerLogic | None = None
-        self._parameterNode: LatentDriftSlicerParameterNode | None = None
+        self._parameterNode: Any = None
         self._parameterNodeGuiTag: Any = None
         self._job: Any = None  # a latentdrift.console NodeJob or TrainingJob
         self._jobButton: Any = None
         self._jobButtonText = ""
+        self._lossChart: Any = None
+        self._sampleImage: Path | None = None
+        self._infoProcess: Any = None  # `latentdrift info` listing the devices
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
 
     # ----------------------------------------------------------------- set-up
 
     def setup(self) -> None:
-        """Build the panel from the .ui file and connect it."""
+        """Build the panel from the .ui file and connect it (on an older Slicer: one message instead)."""
         ScriptedLoadableModuleWidget.setup(self)
+        if not SUPPORTED:
+            message = qt.QLabel(unsupportedMessage())
+            message.wordWrap = True
+            self.layout.addWidget(message)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/LatentDriftSlicer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -176,6 +214,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.startFinetuneButton.connect("clicked(bool)", self.onStartFinetuneButton)
         self.ui.resumeButton.connect("clicked(bool)", self.onResumeButton)
         self.ui.addModelFolderButton.connect("clicked(bool)", self.onAddModelFolder)
+        self.ui.refreshDevicesButton.connect("clicked(bool)", self.refreshDevices)
         self.ui.cohortFileButton.connect("clicked(bool)", self.onPickCohortFile)
         self.ui.cohortFolderButton.connect("clicked(bool)", self.onPickCohortFolder)
         self.ui.jobDirButton.connect("clicked(bool)", self.onPickJobDir)
@@ -188,20 +227,33 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.schemeComboBox.connect("currentIndexChanged(int)", self.populateModels)
         self._timer.connect("timeout()", self.onTimer)
 
-        self.populateDevices()
+        report = self.cachedDeviceReport()
+        self.populateDevices(report)
+        if report is None:  # the first time: list the devices in the background
+            self.refreshDevices()
         self.populateModels()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Called when the application closes and the module widget is destroyed."""
+        """Called when the application closes and the module widget is destroyed (or reloaded)."""
         self._timer.stop()
         if self._job is not None:
             self._job.cancel()
         self.removeObservers()
 
+    def onReload(self) -> None:
+        """Developer mode's Reload: forget the engine's modules too, so that the module file, run again,
+        registers the engine anew from ``Logic/`` instead of keeping the old modules."""
+        for name in [
+            name for name in sys.modules if name == "latentdrift" or name.startswith("latentdrift.")
+        ]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self) -> None:
         """Called each time the user opens this module."""
-        self.initializeParameterNode()
+        if SUPPORTED:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
@@ -228,7 +280,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if first:
                 self._parameterNode.inputVolume = first
 
-    def setParameterNode(self, parameterNode: LatentDriftSlicerParameterNode | None) -> None:
+    def setParameterNode(self, parameterNode: Any) -> None:
         """Bind the panel to ``parameterNode`` (and unbind the previous one)."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
@@ -255,13 +307,51 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     # ----------------------------------------------------------------- devices and models
 
-    def populateDevices(self) -> None:
-        """Fill the device selector (auto, each GPU with its memory, MPS, CPU) when torch is there."""
+    @staticmethod
+    def cachedDeviceReport() -> dict[str, Any] | None:
+        """The last device list a ``latentdrift info`` process gave (kept in the settings), or None."""
+        text = qt.QSettings().value(f"{SETTINGS_GROUP}/engineInfo", "")
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            return None
+
+    def refreshDevices(self) -> None:
+        """List the devices again in a child process (torch never loads here); the timer collects the list."""
         assert self.logic is not None
+        if self._infoProcess is not None:
+            return
+        if not self.logic.dependenciesReady():
+            self.ui.deviceWarningLabel.text = (
+                "Install the dependencies (run any action once) to list the GPUs."
+            )
+            return
+        with slicer.util.tryWithErrorDisplay("Could not list the devices."):
+            self._infoProcess = self.logic.startInfo()
+            self.ui.refreshDevicesButton.enabled = False
+            self.ui.deviceWarningLabel.text = "Listing the devices…"
+            self._timer.start()
+
+    def collectDevices(self) -> None:
+        """Take the device list of a finished ``latentdrift info`` process, and remember it."""
+        process, self._infoProcess = self._infoProcess, None
+        self.ui.refreshDevicesButton.enabled = True
+        error = process.state.error()
+        if error is not None:
+            self.ui.deviceWarningLabel.text = f"Could not list the devices: {error}"
+            return
+        report = process.state.summary
+        qt.QSettings().setValue(f"{SETTINGS_GROUP}/engineInfo", json.dumps(report))
+        self.populateDevices(report)
+
+    def populateDevices(self, report: dict[str, Any] | None) -> None:
+        """Fill the device selector from an ``info`` report (auto and the CPU without one); keep the choice."""
+        from latentdrift.console import device_choices
+
         saved = qt.QSettings().value(f"{SETTINGS_GROUP}/device", "auto")
         self.ui.deviceComboBox.blockSignals(True)
         self.ui.deviceComboBox.clear()
-        for value, label in self.logic.deviceChoices():
+        for value, label in device_choices(report):
             self.ui.deviceComboBox.addItem(label, value)
         index = self.ui.deviceComboBox.findData(saved)
         self.ui.deviceComboBox.setCurrentIndex(max(index, 0))
@@ -270,10 +360,11 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onDeviceChanged(self, index: int = 0) -> None:
         """Remember the device; warn that the CPU is slow."""
-        assert self.logic is not None
+        from latentdrift.console import CPU_WARNING
+
         device = self.currentDevice()
         qt.QSettings().setValue(f"{SETTINGS_GROUP}/device", device)
-        self.ui.deviceWarningLabel.text = self.logic.deviceWarning(device)
+        self.ui.deviceWarningLabel.text = CPU_WARNING if device == "cpu" else ""
 
     def currentDevice(self) -> str:
         """The device value chosen in the selector."""
@@ -351,10 +442,11 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._parameterNode.jobDir = path
 
     def updateCohortReport(self) -> None:
-        """Show a short check of the cohort (needs the engine's dependencies)."""
-        assert self.logic is not None
+        """Show a short check of the cohort."""
+        from latentdrift.console import describe_cohort
+
         if self._parameterNode and self._parameterNode.cohort:
-            self.ui.cohortReportLabel.text = self.logic.cohortReport(self._parameterNode.cohort)
+            self.ui.cohortReportLabel.text = describe_cohort(self._parameterNode.cohort)
 
     # ----------------------------------------------------------------- actions
 
@@ -363,7 +455,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.runNodeAction(self.ui.applyButton, "Counterfactual failed.", preview=False)
 
     def onPreviewButton(self) -> None:
-        """Counterfactual of the slice under the crosshair only."""
+        """Counterfactual of the slice shown in the view of the chosen axis only."""
         self.runNodeAction(self.ui.previewButton, "Preview failed.", preview=True)
 
     def onSegmentButton(self) -> None:
@@ -381,10 +473,9 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 return
             p, model, device = self._parameterNode, self.currentModel(), self.currentDevice()
             if button is self.ui.segmentButton:
-                job = self.logic.startSegment(p, model, device, self.onEvent)
+                job = self.logic.startSegment(p, model, device)
             else:
-                ras = self.logic.crosshairRAS() if preview else None
-                job = self.logic.startCounterfactual(p, model, device, ras, self.onEvent)
+                job = self.logic.startCounterfactual(p, model, device, preview)
             self.startedJob(job, button)
 
     def onStartFinetuneButton(self) -> None:
@@ -409,35 +500,40 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.startedJob(job, self.ui.startFinetuneButton)
 
     def startedJob(self, job: Any, button: Any) -> None:
-        """A job runs: its button turns into Cancel, the timer polls it."""
+        """A job runs: its button turns into Cancel, the timer polls it; a training job's chart is shown once."""
+        assert self.logic is not None
         self._job, self._jobButton, self._jobButtonText = job, button, button.text
         button.text = "Cancel"
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = "Starting…"
         self.ui.logTextEdit.clear()
+        if hasattr(job, "new_records"):
+            self._lossChart, self._sampleImage = self.logic.showLossChart(), None
         self._timer.start()
         self.updateButtons()
 
     def cancelJob(self) -> None:
-        """Stop the running job and its whole process tree."""
-        with slicer.util.tryWithErrorDisplay("Cancel failed.", waitCursor=True):
-            self._job.cancel()  # the timer sees the job end and restores the panel
+        """Ask the running job's whole process tree to stop; returns at once (the timer sees it end)."""
+        self.ui.statusLabel.text = "Cancelling…"
+        self._job.cancel()
 
     # ----------------------------------------------------------------- progress
 
     def onTimer(self) -> None:
-        """Drain the running job's events (engine-process runs) and its training status."""
-        if self._job is None:
-            self._timer.stop()
-            return
-        for event in self._job.poll():
-            self.onEvent(event)
-        if hasattr(self._job, "status"):
-            self.showTrainingStatus()
-            if not self._job.running:
+        """Drain the running job's events and new training status; collect a device list that arrived."""
+        if self._infoProcess is not None and not self._infoProcess.running:
+            self.collectDevices()
+        if self._job is not None:
+            for event in self._job.poll():
+                self.onEvent(event)
+            if hasattr(self._job, "new_records"):
+                self.showTrainingStatus(self._job.new_records())
+                if not self._job.running:
+                    self.onJobFinished()
+            elif self._job.done:
                 self.onJobFinished()
-        elif self._job.done:
-            self.onJobFinished()
+        if self._job is None and self._infoProcess is None:
+            self._timer.stop()
 
     def onEvent(self, event: dict[str, Any]) -> None:
         """Show one engine event: progress bar and ETA, or a log line."""
@@ -452,11 +548,12 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         elif kind in ("log", "error"):
             self.ui.logTextEdit.appendPlainText(str(event.get("message", "")))
 
-    def showTrainingStatus(self) -> None:
-        """Progress, ETA, loss curve and latest sample image of the fine-tuning job."""
-        assert self.logic is not None and self._parameterNode is not None
-        status = self._job.status()
-        latest = status.latest
+    def showTrainingStatus(self, records: list[dict[str, Any]]) -> None:
+        """Progress, ETA, loss curve (new rows only) and the newest sample image, from the new status records."""
+        assert self._parameterNode is not None
+        if not records:
+            return
+        latest = records[-1]
         if latest.get("step") is not None:
             self.ui.finetuneProgressBar.value = int(
                 100 * latest["step"] / max(1, self._parameterNode.finetuneSteps)
@@ -465,15 +562,16 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.etaLabel.text = (
                 f"step {latest.get('step')}, loss {latest.get('loss')}, about {latest['eta_s']:.0f} s left"
             )
-        self.logic.showLossChart(status)
-        image = status.sample_image(self._job.job_dir)
-        if image is not None:
+        self._lossChart.append(records)
+        samples = [self._job.job_dir / str(r["sample_image"]) for r in records if r.get("sample_image")]
+        image = next((path for path in reversed(samples) if path.is_file()), None)
+        if image is not None and image != self._sampleImage:
+            self._sampleImage = image
             self.ui.sampleImageLabel.setPixmap(qt.QPixmap(str(image)).scaledToWidth(256))
 
     def onJobFinished(self) -> None:
         """Restore the button; select the new nodes or show why the job failed."""
         job, self._job = self._job, None
-        self._timer.stop()
         if self._jobButton is not None:
             self._jobButton.text = self._jobButtonText
             self._jobButton = None
@@ -493,8 +591,9 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onFadeChanged(self, value: float) -> None:
         """Blend between the input (0) and the counterfactual (1) in the slice views."""
-        assert self.logic is not None
-        self.logic.setFade(value)
+        from latentdrift.console import set_fade
+
+        set_fade(value)
 
 
 # --------------------------------------------------------------------------- logic
@@ -503,7 +602,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     """Thin layer between the panel and ``latentdrift.console``; usable from scripts without the panel."""
 
-    def getParameterNode(self) -> LatentDriftSlicerParameterNode:
+    def getParameterNode(self) -> Any:
         """The module's parameter node (typed)."""
         return LatentDriftSlicerParameterNode(super().getParameterNode())
 
@@ -511,46 +610,41 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def requirements() -> list[str]:
-        """The engine's pip requirements (Resources/requirements.txt; torch comes from PyTorchUtils)."""
-        path = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
-        lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-        return [line for line in lines if line]
+        """The engine's pip requirements (Resources/requirements.txt; torch comes from the PyTorch extension)."""
+        from latentdrift.dependencies import read_requirements
 
-    def missingRequirements(self) -> list[str]:
-        """Requirements not satisfied in Slicer's Python."""
-        from importlib import metadata
-
-        from packaging.requirements import Requirement
-
-        missing = []
-        for text in self.requirements():
-            requirement = Requirement(text)
-            try:
-                installed = metadata.version(requirement.name)
-            except metadata.PackageNotFoundError:
-                missing.append(text)
-                continue
-            if not requirement.specifier.contains(installed, prereleases=True):
-                missing.append(text)
-        return missing
+        return read_requirements(Path(__file__).resolve().parent / "Resources" / "requirements.txt")
 
     def dependenciesReady(self) -> bool:
         """True when torch and every requirement are installed (nothing is imported or installed)."""
-        return importlib.util.find_spec("torch") is not None and not self.missingRequirements()
+        from latentdrift.dependencies import installed_version, missing_requirements
+
+        return installed_version("torch") is not None and not missing_requirements(self.requirements())
 
     def ensureDependencies(self) -> bool:
         """Install what is missing after ONE confirmation; False when the user declines or it fails.
 
-        torch comes from the PyTorch extension (it picks the CUDA build for this GPU); the rest through
-        ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.11) or ``slicer.util.pip_install``. Main thread only.
+        torch comes from the PyTorch extension (it picks the CUDA build for this GPU) and must be at
+        least the engine's minimum; the rest through ``slicer.packaging.pip_ensure`` (Slicer ≥ 5.11) or
+        ``slicer.util.pip_install``, constrained so that neither torch nor Slicer's own packages change.
+        Main thread only.
         """
-        torchMissing = importlib.util.find_spec("torch") is None
-        missing = self.missingRequirements()
+        from latentdrift.dependencies import (
+            TORCH_REQUIREMENT,
+            installed_version,
+            missing_requirements,
+            torch_problem,
+        )
+
+        problem = torch_problem()
+        if problem:
+            slicer.util.errorDisplay(problem)
+            return False
+        torchMissing = installed_version("torch") is None
+        missing = missing_requirements(self.requirements())
         if not torchMissing and not missing:
             return True
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError:
+        if torchMissing and importlib.util.find_spec("PyTorchUtils") is None:
             slicer.util.errorDisplay(
                 "LatentDrift needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, "
                 "restart Slicer, and try again."
@@ -564,8 +658,11 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         ):
             return False
         if torchMissing:
+            import PyTorchUtils
+
+            requirement = TORCH_REQUIREMENT.removeprefix("torch")
             torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT
+                askConfirmation=False, torchVersionRequirement=requirement
             )
             if torch is None:
                 slicer.util.errorDisplay(
@@ -578,38 +675,26 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _pipInstall(requirements: list[str]) -> None:
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            from packaging.requirements import Requirement
+        """pip-install ``requirements`` with the installed torch and Slicer's own packages pinned."""
+        from latentdrift.dependencies import constraints_text, pip_ensure_arguments, pip_install_arguments
 
-            packaging.pip_ensure(
-                [Requirement(text) for text in requirements],
-                skip_packages=["torch", "torchvision"],
-                prompt_install=False,
-                requester="LatentDrift",
-            )
-        else:
-            slicer.util.pip_install(requirements)
+        with tempfile.TemporaryDirectory(prefix="latentdrift-") as folder:
+            constraints = Path(folder) / "constraints.txt"
+            constraints.write_text(constraints_text(), encoding="utf-8")
+            packaging = getattr(slicer, "packaging", None)
+            if packaging is not None and hasattr(packaging, "pip_ensure"):
+                packaging.pip_ensure(**pip_ensure_arguments(requirements, constraints))
+            else:
+                slicer.util.pip_install(pip_install_arguments(requirements, constraints))
 
     # ----------------------------------------------------------------- choices
 
     @staticmethod
-    def deviceChoices() -> list[tuple[str, str]]:
-        """Device selector entries; only ``auto`` until torch is installed."""
-        if importlib.util.find_spec("torch") is None:
-            return [("auto", "auto (install dependencies to list GPUs)")]
-        from latentdrift.console import device_choices
+    def startInfo() -> Any:
+        """A ``latentdrift info`` process listing versions and devices (torch loads there, not here)."""
+        from latentdrift.console import start_info
 
-        return device_choices()
-
-    @staticmethod
-    def deviceWarning(device: str) -> str:
-        """The CPU-speed warning when the chosen device is (or resolves to) the CPU."""
-        if device == "cpu":
-            from latentdrift.console import CPU_WARNING
-
-            return CPU_WARNING
-        return ""
+        return start_info()
 
     @staticmethod
     def defaultModel(task: str) -> str:
@@ -625,75 +710,65 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
         return panel_model_choices(mode, scheme, folders)
 
-    def cohortReport(self, cohort: str) -> str:
-        """A short check of the cohort for the panel."""
-        if not self.dependenciesReady():
-            return "The cohort is checked once the dependencies are installed."
-        from latentdrift.console import describe_cohort
-
-        return describe_cohort(cohort)
-
     # ----------------------------------------------------------------- runs
 
     @staticmethod
-    def sliceRange(p: LatentDriftSlicerParameterNode) -> str | None:
-        """The ``--slices`` text of the panel (None for all slices)."""
+    def sliceRange(p: Any) -> str | None:
+        """The ``slices`` setting of the panel (None for all slices)."""
         return None if p.allSlices else f"{p.sliceStart}:{p.sliceStop}"
 
     @staticmethod
-    def crosshairRAS() -> tuple[float, float, float]:
-        """Where the crosshair is (RAS, mm)."""
-        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-        ras = crosshair.GetCrosshairRAS()
-        return (float(ras[0]), float(ras[1]), float(ras[2]))
-
-    def startCounterfactual(
-        self,
-        p: LatentDriftSlicerParameterNode,
-        model: str,
-        device: str,
-        previewRAS: tuple[float, float, float] | None,
-        onEvent: Any,
-    ) -> Any:
-        """Start a counterfactual of the slice range, or of the slice at ``previewRAS``."""
+    def previewSlices(p: Any) -> str:
+        """The one slice the chosen axis's slice view shows, as a ``slices`` range."""
         from latentdrift import console
 
-        slices = self.sliceRange(p)
-        if previewRAS is not None:
-            index = console.slice_index_at_ras(p.inputVolume, previewRAS, p.axis)
-            slices = f"{index}:{index + 1}"
+        view = console.slice_node_showing(p.axis)
+        index = console.shown_slice_index(p.inputVolume, view, p.axis)
+        return f"{index}:{index + 1}"
+
+    def counterfactualSettings(self, p: Any, model: str, device: str, preview: bool) -> Any:
+        """The engine's CounterfactualSettings of the panel (the slice shown only, for a preview)."""
+        from latentdrift import console
+        from latentdrift.settings import counterfactual_settings
+
         source = console.attributes_text(p.fromAge, p.fromSex, p.fromDiagnosis)
         target = console.attributes_text(p.toAge, p.toSex, p.toDiagnosis)
-        run = console.prepare_counterfactual(
-            p.inputVolume,
-            edit=p.editMode,
+        attributes = bool(source or target) and not p.instruction
+        return counterfactual_settings(
+            mode=p.editMode,
             instruction=p.instruction or None,
             prompt=p.prompt or None,
-            source=source if (source or target) and not p.instruction else None,
-            target=target if (source or target) and not p.instruction else None,
+            source=source if attributes else None,
+            target=target if attributes else None,
             model=model or None,
             drift=p.drift,
             strength=p.strength,
             steps=p.editSteps,
             guidance=p.guidance,
-            image_guidance=p.imageGuidance if p.editMode == "instruct" else None,
+            image_guidance=p.imageGuidance,
             factual_reference=p.factualReference,
             axis=p.axis,
-            slices=slices,
+            slices=self.previewSlices(p) if preview else self.sliceRange(p),
             device=device,
             seed=p.seed,
-            fade=p.fade,
         )
-        return self.start(run, console.as_counterfactual_result, onEvent)
 
-    def startSegment(self, p: LatentDriftSlicerParameterNode, model: str, device: str, onEvent: Any) -> Any:
+    def startCounterfactual(self, p: Any, model: str, device: str, preview: bool) -> Any:
+        """Start a counterfactual of the slice range, or of the slice shown (``preview``)."""
+        from latentdrift import console
+
+        settings = self.counterfactualSettings(p, model, device, preview)
+        run = console.prepare_counterfactual(p.inputVolume, settings, fade=p.fade)
+        return console.start_run(run, console.as_counterfactual_result)
+
+    def startSegment(self, p: Any, model: str, device: str) -> Any:
         """Start LDSeg on the slice range."""
         from latentdrift import console
+        from latentdrift.settings import SegmentSettings
 
         if not model:
             raise ValueError("Choose a segmentation model (or add a model folder).")
-        run = console.prepare_segment(
-            p.inputVolume,
+        settings = SegmentSettings(
             model=model,
             samples=p.samples,
             steps=p.segmentSteps or None,
@@ -703,43 +778,10 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             device=device,
             seed=p.seed,
         )
-        return self.start(run, console.as_segment_result, onEvent)
+        return console.start_run(console.prepare_segment(p.inputVolume, settings), console.as_segment_result)
 
     @staticmethod
-    def start(run: Any, convert: Any, onEvent: Any) -> Any:
-        """Run ``run`` in the background; returns its ``NodeJob`` (the widget's timer sees it end).
-
-        Slicer ≥ 5.12 runs the process with its own non-blocking ``launchConsoleProcess`` (lines go to
-        ``onEvent`` as they arrive); older versions use the engine's runner, which the timer polls.
-        """
-        from latentdrift.console import NodeJob
-        from latentdrift.processes import EngineProcess, child_environment
-
-        launcher = getattr(slicer.util, "launchConsoleProcess", None)
-        if launcher is None or "blocking" not in inspect.signature(launcher).parameters:
-            return NodeJob(run, convert, EngineProcess(run.argv))
-        job = NodeJob(run, convert)
-
-        def onLine(line: str) -> None:
-            onEvent(job.feed_line(line))
-
-        def onCompleted(returncode: int) -> None:
-            job.feed_exit(returncode)
-
-        environment = {"PYTHONUNBUFFERED": child_environment()["PYTHONUNBUFFERED"]}
-        process = launcher(
-            run.argv,
-            useStartupEnvironment=False,
-            updateEnvironment=environment,
-            blocking=False,
-            logCallback=onLine,
-            completedCallback=onCompleted,
-        )
-        job.pid = process.pid
-        return job
-
-    @staticmethod
-    def startFinetune(p: LatentDriftSlicerParameterNode, model: str, device: str) -> Any:
+    def startFinetune(p: Any, model: str, device: str) -> Any:
         """Start fine-tuning ``model`` (for the ldseg scheme, '' trains a new model) into the job folder."""
         from latentdrift.console import start_finetune
 
@@ -763,16 +805,16 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         return TrainingJob(jobDir).resume()
 
     @staticmethod
-    def showLossChart(status: Any) -> None:
-        """Update the loss chart node and show it in the layout's plot view."""
+    def showLossChart() -> Any:
+        """A new, empty loss chart, shown ONCE in the layout's plot view (its rows are added as the job goes)."""
         from latentdrift.console import loss_chart
 
-        if status.losses:
-            chart = loss_chart(status)
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
+        chart = loss_chart()
+        slicer.modules.plots.logic().ShowChartInLayout(chart.chart_node)
+        return chart
 
     @staticmethod
-    def selectResult(p: LatentDriftSlicerParameterNode | None, result: Any) -> None:
+    def selectResult(p: Any, result: Any) -> None:
         """Point the panel's output selectors at the new nodes."""
         if p is None:
             return
@@ -781,13 +823,6 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         if hasattr(result, "segmentation_node"):
             p.outputSegmentation = result.segmentation_node
             p.outputUncertainty = result.uncertainty_node
-
-    @staticmethod
-    def setFade(value: float) -> None:
-        """Foreground opacity in every slice view."""
-        from latentdrift.console import set_fade
-
-        set_fade(value)
 
     @staticmethod
     def explain(error: Exception) -> str:
@@ -802,18 +837,45 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
 
 class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
-    """Self-test on the CPU in seconds: a synthetic volume through the engine process and back."""
+    """Self-test on the CPU in seconds: tiny models on a synthetic volume, through the engine process and back.
+
+    Skipped, with the reason, where it cannot run: an older Slicer, or missing dependencies that the
+    test may not install (a testing run, or a user who declines).
+    """
 
     def setUp(self) -> None:
-        """A clean scene."""
+        """Dependencies there (or skip, saying why) and a clean scene.
+
+        Also where unittest starts each ``test_*`` method (``slicer.testing.runUnitTest``, the CTest of
+        the extension build machines), so those skip too.
+        """
+        self.skipUnlessReady()
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        """Run every test."""
+        """Run every test (Slicer's Reload and Test calls this)."""
         self.setUp()
         self.test_scene_round_trip()
         self.setUp()
-        self.test_crosshair_slice_index()
+        self.test_shown_slice_index()
+        self.setUp()
+        self.test_tiny_models()
+
+    def skipUnlessReady(self) -> None:
+        """Install the dependencies (after one confirmation) or skip, saying why."""
+        import unittest
+
+        if not SUPPORTED:
+            raise unittest.SkipTest(unsupportedMessage())
+        logic = LatentDriftSlicerLogic()
+        if logic.dependenciesReady():
+            return
+        if slicer.app.testingEnabled() or not logic.ensureDependencies():
+            raise unittest.SkipTest(
+                "LatentDrift self-test skipped: its Python dependencies (PyTorch through the PyTorch "
+                "extension, and Resources/requirements.txt) are not installed. Open the module and run "
+                "any action once to install them."
+            )
 
     def _syntheticVolume(self) -> Any:
         import numpy as np
@@ -834,7 +896,7 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Scene round trip through the engine process")
         node = self._syntheticVolume()
         before = slicer.util.arrayFromVolume(node).copy()
-        result = console.run_on_node(node, "scene", ["--axis", "coronal"], ["volume"], device="cpu")
+        result = console.run_on_node(node, "scene", ["--axis", "coronal", "--device", "cpu"], ["volume"])
         rebuilt = result.node("volume")
         self.assertIsNotNone(rebuilt)
         self.assertNotEqual(rebuilt.GetID(), node.GetID())
@@ -842,13 +904,38 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
         self.delayDisplay("Test passed")
 
-    def test_crosshair_slice_index(self) -> None:
-        """The slice under a point is the one the engine cuts."""
+    def test_shown_slice_index(self) -> None:
+        """The preview's slice is the one the axial view shows (its slice offset), as the engine counts it."""
         from latentdrift import console
 
         node = self._syntheticVolume()
-        ras = [0.0, 0.0, 0.0, 1.0]
-        node.GetIJKToRASMatrix(matrix := vtk.vtkMatrix4x4())
-        matrix.MultiplyPoint([3, 4, 5, 1], ras)
-        self.assertEqual(console.slice_index_at_ras(node, ras[:3], "axial"), 5)
+        view = console.slice_node_showing("axial")
+        view.SetSliceOffset(3.0 + 2.0 * 5)  # origin k 3.0 mm, 2 mm apart: axial slice 5
+        self.assertEqual(console.shown_slice_index(node, view, "axial"), 5)
+        self.delayDisplay("Test passed")
+
+    def test_tiny_models(self) -> None:
+        """Tiny random models (built by the engine process) segment and edit the volume into new nodes."""
+        from latentdrift import console
+        from latentdrift.processes import EngineProcess, engine_python
+
+        self.delayDisplay("Tiny models on a synthetic volume")
+        folder = Path(tempfile.mkdtemp(prefix="latentdrift-selftest-"))
+        code = (
+            "from latentdrift.tiny_models import build_self_test_models; build_self_test_models(sys.argv[1])"
+        )
+        building = EngineProcess(engine_python(code, [str(folder)]))
+        self.assertTrue(building.join(timeout=300), "building the tiny models took over 300 s")
+        self.assertEqual(building.state.returncode, 0, "\n".join(building.state.log_tail))
+        node = self._syntheticVolume()
+        segmented = console.segment(node, model=str(folder / "ldseg"), samples=2, steps=2, device="cpu")
+        segments = segmented.segmentation_node.GetSegmentation()
+        self.assertEqual(segments.GetNthSegment(0).GetName(), "object")
+        edited = console.counterfactual(
+            node, instruction="make it older", model=str(folder / "instruct"), steps=2, device="cpu"
+        )
+        self.assertEqual(
+            slicer.util.arrayFromVolume(edited.counterfactual_node).shape,
+            slicer.util.arrayFromVolume(node).shape,
+        )
         self.delayDisplay("Test passed")

@@ -12,15 +12,9 @@ from conftest import oblique_direction
 
 from latentdrift import console, errors
 from latentdrift.models import LDSEG_FORMAT
-from latentdrift.scene import (
-    SceneSession,
-    SegmentClass,
-    add_segmentation_node,
-    find_nodes,
-    load_volume_node,
-    node_to_volume,
-    volume_to_node,
-)
+from latentdrift.scene import SceneSession, find_nodes, load_volume_node, node_to_volume, volume_to_node
+from latentdrift.segmentation_file import SegmentClass, write_segmentation_file
+from latentdrift.settings import SegmentSettings, counterfactual_settings
 from latentdrift.volumes import Geometry, Volume, extract_slices, write_volume
 
 
@@ -102,16 +96,12 @@ def test_mode_functions_report_engine_errors(session, volume_node, tmp_path: Pat
 
 
 def _write_segmentation(reference: Volume, path: Path) -> np.ndarray:
-    """A .seg.nrrd with two segments, written from a separate scene."""
-    other = SceneSession.headless()
+    """A .seg.nrrd with two segments, as the engine process writes it."""
     labels = np.zeros(reference.voxels.shape, np.uint8)
     labels[2:5, 3:8, 2:6] = 1
     labels[5:7, 1:4, 6:11] = 2
     classes = [SegmentClass(1, "lesion", (1.0, 0.2, 0.2)), SegmentClass(2, "edema", (0.2, 0.8, 0.2))]
-    node = add_segmentation_node(other, reference.with_voxels(labels), classes, "seg")
-    storage = node.CreateDefaultStorageNode()
-    storage.SetFileName(str(path))
-    assert storage.WriteData(node)
+    write_segmentation_file(reference.with_voxels(labels), classes, path)
     return labels
 
 
@@ -133,8 +123,12 @@ def test_outputs_load_by_role_with_display(session, volume_node, tmp_path: Path)
         }
     }
 
-    run = console.prepare_run(volume_node, "segment", [], console.SEGMENT_ROLES, session=session, output=out)
-    segmented = console.as_segment_result(run.load(summary))
+    _write_segmentation(template, out / "brain.seg.nrrd")
+    summary["outputs"]["brain_mask"] = "brain.seg.nrrd"  # the brain front end's role: loaded once written
+    run = console.prepare_segment(volume_node, SegmentSettings(), session=session, output=out)
+    loaded = run.load(summary)
+    assert loaded.node("brain_mask").GetSegmentation().GetNumberOfSegments() == 2
+    segmented = console.as_segment_result(loaded)
     segments = segmented.segmentation_node.GetSegmentation()
     assert [segments.GetNthSegment(n).GetName() for n in range(segments.GetNumberOfSegments())] == [
         "lesion",
@@ -160,15 +154,8 @@ def test_outputs_load_by_role_with_display(session, volume_node, tmp_path: Path)
     difference[0, 0, 0] = 2.0
     write_volume(template.with_voxels(template.voxels + 1), out / "cf.nrrd")
     write_volume(template.with_voxels(difference), out / "diff.nrrd")
-    run = console.prepare_run(
-        volume_node,
-        "counterfactual",
-        [],
-        console.COUNTERFACTUAL_ROLES,
-        session=session,
-        output=out,
-        foreground_opacity=0.7,
-    )
+    settings = counterfactual_settings(instruction="make it older")
+    run = console.prepare_counterfactual(volume_node, settings, fade=0.7, session=session, output=out)
     edited = console.as_counterfactual_result(
         run.load({"outputs": {"counterfactual": "cf.nrrd", "difference": "diff.nrrd"}})
     )
@@ -197,7 +184,9 @@ def test_bad_calls_fail_before_any_process(session, volume_node) -> None:
     with pytest.raises(errors.InputError, match="scalar volume"):
         console.run_on_node(None, "scene", [], ["volume"], session=session)
     with pytest.raises(errors.ParameterError, match="edit mode"):
-        console.counterfactual(volume_node, edit="paint", session=session)
+        console.counterfactual(volume_node, mode="paint", session=session)
+    with pytest.raises(errors.ParameterError, match="Unknown SegmentSettings setting"):
+        console.segment(volume_node, sample=2, session=session)
     with pytest.raises(errors.ParameterError, match="scheme"):
         console.start_finetune("cohort", "magic", "job")
 
@@ -219,13 +208,61 @@ def test_slice_index_at_ras_matches_the_engine_slicing(session, axis: str, rng: 
         console.slice_index_at_ras(node, (1e4, 1e4, 1e4), axis)
 
 
+@pytest.mark.parametrize(
+    ("axis", "orientation"), [("axial", "Axial"), ("coronal", "Coronal"), ("sagittal", "Sagittal")]
+)
+def test_the_preview_takes_the_slice_a_view_shows(session, axis: str, orientation: str) -> None:
+    """The view showing the axis is found; the slice its plane (slice offset) cuts is the engine's slice."""
+    import slicer
+
+    volume = Volume(
+        np.arange(9 * 11 * 13, dtype=np.float32).reshape(9, 11, 13),
+        Geometry((0.7, 1.3, 2.5), (12.5, -30.25, 7.0)),
+    )
+    node = volume_to_node(session, volume, "grid")
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(session.scene)
+    for name, shown in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        view = session.scene.CreateNodeByClass("vtkMRMLSliceNode")
+        view.SetLayoutName(name)
+        session.scene.AddNode(view)
+        view.SetOrientation(shown)
+    view = console.slice_node_showing(axis, session)
+    assert view.GetOrientation() == orientation
+    count = console.slice_count(node, axis)
+    for index in (0, 3, count - 1):
+        stack = extract_slices(volume, axis, f"{index}:{index + 1}")
+        k, j, i = np.argwhere(volume.voxels == stack.slices[0][2, 2])[0]
+        point = volume.geometry.ijk_to_ras() @ np.array([i, j, k, 1.0])
+        normal = np.array([view.GetSliceToRAS().GetElement(r, 2) for r in range(3)])
+        view.SetSliceOffset(float(np.dot(point[:3], normal)))  # the plane through that voxel
+        assert console.shown_slice_index(node, view, axis) == index
+    view.SetSliceOffset(1e4)
+    with pytest.raises(errors.SliceRangeError):
+        console.shown_slice_index(node, view, axis)
+    assert view.SetOrientation("Coronal" if orientation != "Coronal" else "Axial")
+    with pytest.raises(errors.InputError, match=f"No slice view shows {axis} slices"):
+        console.slice_node_showing(axis, session)
+
+
 def test_helpers_for_the_panel(tmp_path: Path) -> None:
     assert console.attributes_text(70, "F", "CN") == "age=70,sex=F,dx=CN"
     assert console.attributes_text(-1, "unknown", " ") == ""
     assert console.attributes_text(77.5, None, "MCI") == "age=77.5,dx=MCI"
 
-    choices = console.device_choices()
-    assert choices[0][0] == "auto" and any(value == "cpu" for value, _ in choices)
+    report = console.start_info().wait(timeout=180)  # torch is imported in that process, not here
+    assert report["python"] and any(device["name"] == "cpu" for device in report["devices"])
+    assert ("cpu", "cpu: " + report["devices"][-1]["description"]) in console.device_choices(report)
+    assert console.device_choices(None) == [("auto", "auto (best available)"), ("cpu", "cpu: CPU")]
+    report = {
+        "devices": [
+            {"name": "cuda:0", "description": "NVIDIA H200", "memory_gb": 139.8},
+            {"name": "cpu", "description": "CPU (16 threads)", "memory_gb": None},
+        ]
+    }
+    assert console.device_choices(report)[1:] == [
+        ("cuda:0", "cuda:0: NVIDIA H200, 139.8 GB"),
+        ("cpu", "cpu: CPU (16 threads)"),
+    ]
 
     cohort = tmp_path / "cohort"
     cohort.mkdir()
@@ -271,7 +308,7 @@ def test_helpers_for_the_panel(tmp_path: Path) -> None:
 
 
 def test_training_status_and_loss_chart(session, tmp_path: Path) -> None:
-    """status.jsonl → progress, loss curve and sample image; the chart nodes are reused on update."""
+    """status.jsonl → progress, loss curve and sample image, read a part at a time; the chart grows by rows."""
     job_dir = tmp_path / "job"
     (job_dir / "samples").mkdir(parents=True)
     (job_dir / "samples" / "step2.png").write_bytes(b"png")
@@ -280,8 +317,13 @@ def test_training_status_and_loss_chart(session, tmp_path: Path) -> None:
         {"step": 2, "epoch": 0, "loss": 0.7, "lr": 1e-4, "eta_s": 10, "sample_image": "samples/step2.png"},
         {"step": 3, "epoch": 1, "loss": 0.5, "lr": 1e-4, "eta_s": 5, "sample_image": "samples/missing.png"},
     ]
-    (job_dir / "status.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + '\n{"step": 4, "lo')
+    status_file = job_dir / "status.jsonl"
+    status_file.write_text("\n".join(json.dumps(line) for line in lines[:2]) + '\n{"step": 3, "lo')
     job = console.TrainingJob(job_dir)
+    assert job.new_records() == lines[:2]  # the line being written waits
+    assert job.new_records() == []
+    status_file.write_text(status_file.read_text()[: -len('{"step": 3, "lo')] + json.dumps(lines[2]) + "\n")
+    assert job.new_records() == lines[2:]
     status = job.status()
     assert status.latest["step"] == 3 and status.losses == [(1, 0.9), (2, 0.7), (3, 0.5)]
     assert status.sample_image(job.job_dir) == job_dir / "samples" / "step2.png"
@@ -289,9 +331,22 @@ def test_training_status_and_loss_chart(session, tmp_path: Path) -> None:
     with pytest.raises(errors.JobError, match="No process"):
         job.wait()
 
-    chart = console.loss_chart(status, session)
-    again = console.loss_chart(console.TrainingStatus(lines[:2]), session)
-    assert again.GetID() == chart.GetID() and chart.GetNumberOfPlotSeriesNodes() == 1
-    table = session.scene.GetFirstNode("LatentDrift loss table", "vtkMRMLTableNode")
-    assert table.GetTable().GetNumberOfRows() == 2
-    assert table.GetTable().GetValueByName(1, "loss").ToDouble() == pytest.approx(0.7)
+    chart = console.loss_chart(session)
+    table = chart.table_node.GetTable()
+    assert chart.append(lines[:2]) == 2 and chart.append(lines[2:]) == 1
+    assert table is chart.table_node.GetTable() and table.GetNumberOfRows() == 3  # grown, not rebuilt
+    assert chart.append([{"step": 2, "loss": 0.6}]) == 1  # a resumed job redoes step 2: rows from it go
+    assert [table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())] == pytest.approx(
+        [0.9, 0.6]
+    )
+    again = console.loss_chart(session)
+    assert (
+        again.chart_node.GetID() == chart.chart_node.GetID()
+        and again.table_node.GetTable().GetNumberOfRows() == 0
+    )
+    assert chart.chart_node.GetNumberOfPlotSeriesNodes() == 1
+
+    replacement = job_dir / "status.tmp"
+    replacement.write_text(json.dumps(lines[0]) + "\n")
+    replacement.replace(status_file)  # a resumed job drops the lines after its checkpoint
+    assert job.new_records() == lines[:1]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from latentdrift.cli import main
-from latentdrift.console import COUNTERFACTUAL_ROLES
 from latentdrift.scene import DIFFERENCE_COLORMAP, find_nodes, load_scene
+from latentdrift.settings import counterfactual_settings, settings_json
 from latentdrift.tiny_models import build_tiny_sd
 from latentdrift.volumes import extract_slices, read_volume
 
@@ -41,13 +41,15 @@ def test_counterfactual_writes_the_console_roles_on_the_input_grid(
     assert _digest(oblique_nifti) == before
     summary = json.loads((out / "summary.json").read_text())
     outputs = summary["outputs"]
-    assert {"scene", "scene_bundle", "input", "preview", *COUNTERFACTUAL_ROLES} <= set(outputs)
+    assert {"scene", "scene_bundle", "input", "preview", "counterfactual", "difference"} == set(outputs) - {
+        "summary"
+    }
     assert outputs["counterfactual"].endswith(".nrrd") and outputs["difference"].endswith(".nrrd")
     assert summary["settings"]["text"].startswith("Age this CN 70 years old female")
     assert {"adjacent_difference_ratio", "mean_abs_difference", "drift"} <= set(summary["figures"])
     assert summary["settings"]["factual_reference"] and summary["figures"]["reference"] == "factual edit"
     source = read_volume(oblique_nifti)
-    edited, difference = (read_volume(out / outputs[role]) for role in COUNTERFACTUAL_ROLES)
+    edited, difference = (read_volume(out / outputs[role]) for role in ("counterfactual", "difference"))
     for volume in (edited, difference):
         assert volume.geometry.is_close(source.geometry, TOL) and volume.voxels.shape == source.voxels.shape
     np.testing.assert_allclose(difference.voxels, edited.voxels - source.voxels, atol=1e-4)
@@ -59,12 +61,10 @@ def test_counterfactual_writes_the_console_roles_on_the_input_grid(
     _check_scene(out / outputs["scene"])
 
 
-def test_reconstruction_reference_is_one_flag_on_the_command_and_the_console(
-    models: dict[str, Path], oblique_nifti: Path, tmp_path: Path, session
+def test_the_flags_and_the_settings_json_make_the_same_run(
+    models: dict[str, Path], oblique_nifti: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from latentdrift import console
-    from latentdrift.scene import load_volume_node
-
+    """The console's settings object, as the JSON the panel sends, runs as the command-line flags do."""
     args = [
         "counterfactual",
         str(oblique_nifti),
@@ -75,21 +75,41 @@ def test_reconstruction_reference_is_one_flag_on_the_command_and_the_console(
         "3:5",
     ]
     args += ["--from", "age=70,sex=F,dx=CN", "--to", "age=77", "--reconstruction-reference"]
-    assert main([*args, "--output", str(tmp_path / "cf")]) == 0
-    summary = json.loads((tmp_path / "cf" / "summary.json").read_text())
-    assert (
-        not summary["settings"]["factual_reference"] and summary["figures"]["reference"] == "reconstruction"
+    assert main([*args, "--output", str(tmp_path / "flags")]) == 0
+    settings = counterfactual_settings(
+        source="age=70,sex=F,dx=CN",
+        target="age=77",
+        factual_reference=False,
+        model=str(models["instruct"]),
+        steps=2,
+        drift=0.05,
+        device="cpu",
+        slices="3:5",
     )
-    node = load_volume_node(session, oblique_nifti)
-    runs = [
-        console.prepare_counterfactual(node, source="age=70", target="age=75", session=session, **option)
-        for option in ({}, {"factual_reference": False})
+    (tmp_path / "settings.json").write_text(settings_json(settings))
+    file_args = [
+        "counterfactual",
+        str(oblique_nifti),
+        "--settings",
+        str(tmp_path / "settings.json"),
+        "--quiet",
     ]
-    try:
-        assert ["--reconstruction-reference" in run.argv for run in runs] == [False, True]
-    finally:
-        for run in runs:
-            run.cleanup()
+    assert main([*file_args, "--output", str(tmp_path / "json")]) == 0
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("flags", "json")]
+    assert summaries[0]["settings"] == summaries[1]["settings"]
+    assert (
+        not summaries[1]["settings"]["factual_reference"]
+        and summaries[1]["figures"]["reference"] == "reconstruction"
+    )
+    assert summaries[1]["settings"]["target"] == {
+        "age": 77,
+        "sex": "female",
+        "diagnosis": "CN",
+        "modality": "brain MRI",
+    }
+
+    assert main([*file_args, "--steps", "3", "--output", str(tmp_path / "both")]) == 2
+    assert "--settings gives every setting of the command: leave out --steps" in capsys.readouterr().err
 
 
 def _check_scene(path: Path) -> None:

@@ -82,16 +82,35 @@ def test_fine_tuning_starts_from_the_default_base_model_first(
 
 
 def test_console_runs_leave_the_model_to_the_command_when_none_is_given(session, oblique_nifti: Path) -> None:
+    """The settings the console hands the engine say no model (null): the command picks its default."""
     from latentdrift.scene import load_volume_node
+    from latentdrift.settings import SegmentSettings, counterfactual_settings, settings_json
 
     node = load_volume_node(session, oblique_nifti)
     runs = [
-        console.prepare_segment(node, session=session),
-        console.prepare_counterfactual(node, source="age=70", target="age=75", session=session),
-        console.prepare_segment(node, model="mine", session=session),
+        console.prepare_segment(node, SegmentSettings(), session=session),
+        console.prepare_counterfactual(
+            node, counterfactual_settings(source="age=70", target="age=75"), fade=1.0, session=session
+        ),
+        console.prepare_segment(node, SegmentSettings(model="mine"), session=session),
     ]
     try:
-        assert ["--model" in run.argv for run in runs] == [False, False, True]
+        assert [json.loads(settings_json(run.settings))["model"] for run in runs] == [None, None, "mine"]
+        assert not any("--model" in run.arguments for run in runs)
     finally:
         for run in runs:
             run.cleanup()
+
+
+def test_the_self_tests_models_are_an_ldseg_model_and_an_instruct_editor(tmp_path: Path) -> None:
+    """The models the Slicer self-test has its engine process build (seconds, tiny, random)."""
+    from latentdrift.models import model_kind
+    from latentdrift.tiny_models import build_self_test_models
+
+    folder = build_self_test_models(tmp_path / "models")
+    assert model_kind(folder / "ldseg") == "ldseg"
+    assert model_kind(folder / "instruct") == "instruct-pix2pix"
+    assert console.panel_model_choices("segment", "", [folder])[-1] == (
+        "ldseg (" + str(folder) + ")",
+        str(folder / "ldseg"),
+    )

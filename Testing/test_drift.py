@@ -27,10 +27,9 @@ from latentdrift.drift import (
     drifted_img2img_latents,
     drifted_start,
     inversion_start,
-    parse_drift,
-    validate_drift,
 )
 from latentdrift.errors import ParameterError
+from latentdrift.settings import parse_drift, validate_drift
 from latentdrift.tiny_models import build_tiny_sd, tiny_scheduler
 
 STEPS = 4

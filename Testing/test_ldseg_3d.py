@@ -27,9 +27,10 @@ from latentdrift.ldseg import (
     train_ldseg,
 )
 from latentdrift.ldseg.augment import augment_batch
+from latentdrift.resampling import VolumeResizer
 from latentdrift.segmentation import SegmentSettings, segment_volume
 from latentdrift.segmentation_data import VolumePair, load_training_slices, pair_volume
-from latentdrift.volumes import Geometry, Volume, VolumeResizer, read_volume, write_volume
+from latentdrift.volumes import Geometry, Volume, read_volume, write_volume
 
 SIZE = 16
 CONFIG = tiny_config(["background", "ball"], image_size=SIZE, spatial_dims=3)

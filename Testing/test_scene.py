@@ -10,10 +10,11 @@ import vtk
 
 from latentdrift import errors
 from latentdrift.scene import (
-    SegmentClass,
+    OutputFiles,
     add_map_node,
-    add_segmentation_node,
     find_nodes,
+    link_to_files,
+    load_outputs,
     load_scene,
     load_volume_node,
     node_to_volume,
@@ -22,7 +23,8 @@ from latentdrift.scene import (
     show_in_slice_views,
     volume_to_node,
 )
-from latentdrift.volumes import read_volume
+from latentdrift.segmentation_file import SegmentClass, write_segmentation_file
+from latentdrift.volumes import Volume, read_volume, write_volume
 
 TOL = 1e-6
 
@@ -81,20 +83,72 @@ def _labels_like(volume):
     return volume.with_voxels(labels)  # no voxel of class 3: its segment must still exist
 
 
-def test_segmentation_node_from_labels(session, oblique_nifti: Path) -> None:
+def _segmentation(session, node, folder: Path):
+    """The labels of ``_labels_like`` written as a .seg.nrrd and loaded by role over ``node``."""
+    volume = node_to_volume(node)
+    write_segmentation_file(_labels_like(volume), CLASSES, folder / "tissues.seg.nrrd")
+    files = OutputFiles(folder, {"segmentation": ["tissues.seg.nrrd"]}, node, volume)
+    return load_outputs(session, files, ["segmentation"], 0.5)["segmentation"][0], files
+
+
+def test_segmentation_file_loads_as_named_coloured_segments_on_the_input_grid(
+    session, oblique_nifti: Path, tmp_path: Path
+) -> None:
     node = load_volume_node(session, oblique_nifti)
-    labels = _labels_like(node_to_volume(node))
-    segmentation = add_segmentation_node(session, labels, CLASSES, "tissues", reference=node)
+    segmentation, _ = _segmentation(session, node, tmp_path)
     segments = segmentation.GetSegmentation()
     assert [segments.GetNthSegment(n).GetName() for n in range(segments.GetNumberOfSegments())] == [
         c.name for c in CLASSES
     ]
     assert segments.GetNthSegment(1).GetColor() == pytest.approx(CLASSES[1].color)
-    assert "65216001" in segments.GetNthSegment(0).GetTerminology()
-    back = segmentation_to_labels(segmentation, node)
-    assert np.array_equal(back, labels.voxels)
+    assert segments.GetNthSegment(0).GetTerminology() == CLASSES[0].terminology
+    labelmap = segments.GetNthSegment(0).GetRepresentation("Binary labelmap")
+    to_world = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(to_world)
+    grid = np.array([[to_world.GetElement(r, c) for c in range(4)] for r in range(4)])
+    assert np.allclose(grid, _matrix(node), atol=TOL)  # the input's geometry, exactly
+    assert np.array_equal(
+        segmentation_to_labels(segmentation, node), _labels_like(node_to_volume(node)).voxels
+    )
+    assert segmentation.GetStorageNode() is None  # no link to the result file
     display = segmentation.GetDisplayNode()
     assert display.GetVisibility2DFill() and display.GetVisibility2DOutline()
+
+
+def test_brain_mask_role_loads_as_a_segmentation(session, oblique_nifti: Path, tmp_path: Path) -> None:
+    """The front end's ``brain_mask`` is a .seg.nrrd like ``segmentation``: writing the file is enough."""
+    node = load_volume_node(session, oblique_nifti)
+    volume = node_to_volume(node)
+    mask = volume.with_voxels((_labels_like(volume).voxels > 0).astype(np.uint8))
+    brain = SegmentClass(
+        1,
+        "Brain",
+        (0.9, 0.7, 0.6),
+        CLASSES[0].terminology.replace("65216001^Cerebrospinal fluid", "12738006^Brain"),
+    )
+    write_segmentation_file(mask, [brain], tmp_path / "brain.seg.nrrd")
+    files = OutputFiles(tmp_path, {"brain_mask": ["brain.seg.nrrd"]}, node, volume)
+    loaded = load_outputs(session, files, ["brain_mask"], 0.5)["brain_mask"][0]
+    segment = loaded.GetSegmentation().GetNthSegment(0)
+    assert (segment.GetName(), segment.GetTerminology()) == ("Brain", brain.terminology)
+    assert loaded.GetName() == "oblique brain_mask"
+    display = loaded.GetDisplayNode()  # outlined, not filled over the other results
+    assert display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+    assert np.array_equal(segmentation_to_labels(loaded, node), mask.voxels)
+
+
+def test_unknown_roles_and_files_off_the_grid_are_refused(
+    session, oblique_nifti: Path, tmp_path: Path
+) -> None:
+    node = load_volume_node(session, oblique_nifti)
+    volume = node_to_volume(node)
+    with pytest.raises(errors.InputError, match="known roles"):
+        load_outputs(session, OutputFiles(tmp_path, {}, node, volume), ["no-such-role"], 0.5)
+    write_volume(Volume(volume.voxels[:-1].copy(), volume.geometry), tmp_path / "small.nrrd")
+    with pytest.raises(errors.InputError, match="not on the input's voxel grid"):
+        load_outputs(
+            session, OutputFiles(tmp_path, {"volume": ["small.nrrd"]}, node, volume), ["volume"], 0.5
+        )
 
 
 def test_map_node_has_colour_table_and_window(session, oblique_nifti: Path) -> None:
@@ -124,14 +178,19 @@ def test_slice_views_show_background_and_foreground(session, oblique_nifti: Path
 
 @pytest.mark.parametrize("scene_name", ["scene.mrml", "scene.mrb"])
 def test_scene_saves_and_loads_back(session, oblique_nifti: Path, tmp_path: Path, scene_name: str) -> None:
+    """Nodes linked to their result files are saved by reference; the others get data files."""
+    out = tmp_path / "out"
+    out.mkdir()
     node = load_volume_node(session, oblique_nifti)
     volume = node_to_volume(node)
-    add_segmentation_node(session, _labels_like(volume), CLASSES, "tissues", reference=node)
+    segmentation, files = _segmentation(session, node, out)
+    link_to_files({"segmentation": [segmentation]}, files)
     show_in_slice_views(session, node)
-    saved = save_scene(session, tmp_path / "out" / scene_name)
+    saved = save_scene(session, out / scene_name)
     if scene_name.endswith(".mrml"):
         assert sorted(saved.values()) == ["oblique.nrrd", "tissues.seg.nrrd"]
-    loaded = load_scene(tmp_path / "out" / scene_name)
+        assert sorted(p.name for p in out.iterdir()) == ["oblique.nrrd", "scene.mrml", "tissues.seg.nrrd"]
+    loaded = load_scene(out / scene_name)
     volume_nodes = find_nodes(loaded, "vtkMRMLScalarVolumeNode")
     assert [n.GetName() for n in volume_nodes] == ["oblique"]
     reloaded = node_to_volume(volume_nodes[0])

@@ -10,11 +10,11 @@ import SimpleITK as sitk
 from conftest import oblique_direction, write_image
 
 from latentdrift import errors
+from latentdrift.resampling import SliceResizer
+from latentdrift.settings import AXES
 from latentdrift.volumes import (
-    AXES,
     Geometry,
     IntensityWindow,
-    SliceResizer,
     Volume,
     check_image_volume,
     extract_slices,

@@ -3,6 +3,11 @@
 Every subcommand shares ``--device``, ``--seed``, ``--quiet`` and ``--debug``; those that write results
 take ``--output DIR`` and write ``DIR/summary.json``. Errors the user can fix print one line
 (``latentdrift: error: …``) and exit non-zero; ``--debug`` shows the traceback as well.
+
+The options of ``segment``, ``counterfactual``, ``generate``, ``demo``, ``finetune`` and ``batch`` are
+fields of the engine's settings (:mod:`.settings`, :class:`~.train.config.FinetuneConfig`): an option
+left out takes the default declared there, and ``--settings FILE`` gives them all at once as JSON
+(how the Slicer panel and the console hand a run to the engine process).
 """
 
 from __future__ import annotations
@@ -12,25 +17,53 @@ import json
 import logging
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields
 from importlib import metadata
 from typing import Any
 
 from . import __version__
-from .errors import LatentDriftError
+from .errors import LatentDriftError, ParameterError
 from .progress import Progress, emit_event
-from .volumes import AXES
+from .settings import (
+    AXES,
+    DEMO_SOURCE,
+    DEMO_TARGET,
+    EDIT_MODES,
+    SCENE_CHOICES,
+    SCENE_DEFAULT,
+    SCHEDULERS,
+    CounterfactualSettings,
+    DemoSettings,
+    EditSettings,
+    GenerateSettings,
+    SegmentSettings,
+    counterfactual_settings,
+    demo_settings,
+    edit_fields,
+    generate_settings,
+    read_settings,
+)
 
 LOG = logging.getLogger("latentdrift")
 
 Handler = Callable[[argparse.Namespace], int]
+GIVEN = argparse.SUPPRESS
+"""The default of every settings option: left out of the namespace, so the settings' own default applies."""
 
 
 def _common_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("common options")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    group.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same result")
+    group.add_argument(
+        "--device", default=GIVEN, help=f"auto, cpu, cuda, cuda:N or mps (default: {SegmentSettings.device})"
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=GIVEN,
+        help=f"random seed: the same seed gives the same result (default: {SegmentSettings.seed})",
+    )
     group.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
     group.add_argument("--debug", action="store_true", help="show tracebacks and debug messages")
     group.add_argument(
@@ -60,8 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "scene", parents=[common], help="load volumes, slice and reassemble them, save a Slicer scene"
     )
     scene.add_argument("inputs", nargs="+", metavar="INPUT", help=_INPUT_HELP)
-    _add_output(scene)
-    _add_slicing(scene)
+    _add_output(scene, with_scene=True)
+    scene.add_argument("--axis", choices=AXES, default="axial", help="slice axis (default: axial)")
+    scene.add_argument(
+        "--slices", default=None, metavar="A:B", help="slice range along the axis (default: all)"
+    )
     scene.set_defaults(handler=_run_scene)
 
     segment = commands.add_parser(
@@ -72,21 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
     segment.add_argument(
         "--model",
-        default=None,
+        default=GIVEN,
         help=f"model name or folder (see `info`; default: {_default_name('segment')})",
     )
-    segment.add_argument("--samples", type=int, default=8, help="samples per slice (uncertainty); 1 allowed")
-    segment.add_argument(
-        "--steps", type=int, default=None, help="DDIM steps (default: the model's, at most 15)"
-    )
-    segment.add_argument(
-        "--batch-size", type=int, default=8, help="slices per batch (halved on out-of-memory)"
-    )
-    segment.add_argument(
-        "--probabilities", action="store_true", help="also write per-class probability volumes"
-    )
-    _add_output(segment)
-    _add_slicing(segment, default_axis=None)
+    _add_segment_options(segment)
+    _add_steps(segment, "DDIM steps (default: the model's, at most 15)")
+    _add_batch_size(segment, f"default: {SegmentSettings.batch_size}")
+    _add_slicing(segment, "the model's axis")
+    _add_settings_file(segment)
+    _add_output(segment, with_scene=True)
     segment.set_defaults(handler=_run_segment)
     _add_counterfactual_parser(commands, common)
     _add_generate_parser(commands, common)
@@ -170,18 +200,57 @@ def _default_name(task: str) -> str:
     return DEFAULT_MODELS[task].name
 
 
-def _add_output(parser: argparse.ArgumentParser) -> None:
+def _add_output(parser: argparse.ArgumentParser, with_scene: bool = False) -> None:
     parser.add_argument(
         "--output", "-o", required=True, metavar="DIR", help="result folder (written at the end)"
     )
+    if with_scene:
+        parser.add_argument(
+            "--scene",
+            choices=SCENE_CHOICES,
+            default=SCENE_DEFAULT,
+            help="also save the results as a Slicer scene (scene.mrml, scene.mrb): yes, no, or auto = "
+            f"when Slicer's MRML core (slicer-core) is installed (default: {SCENE_DEFAULT})",
+        )
 
 
-def _add_slicing(parser: argparse.ArgumentParser, default_axis: str | None = "axial") -> None:
-    shown = default_axis or "the model's axis"
-    parser.add_argument("--axis", choices=AXES, default=default_axis, help=f"slice axis (default: {shown})")
+def _add_settings_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--slices", default=None, metavar="A:B", help="slice range along the axis (default: all)"
+        "--settings",
+        metavar="FILE",
+        default=None,
+        help="every setting of the command as JSON, from FILE or from standard input for '-' (how the "
+        "Slicer panel hands a run over), instead of the options",
     )
+
+
+def _add_slicing(parser: argparse.ArgumentParser, default_axis: str) -> None:
+    parser.add_argument("--axis", choices=AXES, default=GIVEN, help=f"slice axis (default: {default_axis})")
+    parser.add_argument(
+        "--slices", default=GIVEN, metavar="A:B", help="slice range along the axis (default: all)"
+    )
+
+
+def _names(*kinds: type) -> set[str]:
+    """The settings fields of ``kinds`` (an option's ``dest`` is the field it sets)."""
+    return {f.name for kind in kinds for f in fields(kind)} - {"edit"}
+
+
+def _given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The options among ``names`` that were given on the command line (the others take the settings' defaults)."""
+    wanted = set(names)
+    return {name: value for name, value in vars(args).items() if name in wanted}
+
+
+def _settings(args: argparse.Namespace, kind: type, names: Iterable[str], build: Callable[..., Any]) -> Any:
+    """The command's settings: ``build`` from the options given, or the ``--settings`` file (then alone)."""
+    given = _given(args, names)
+    if args.settings is None:
+        return build(**given)
+    if given:
+        options = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(given))
+        raise ParameterError(f"--settings gives every setting of the command: leave out {options}.")
+    return read_settings(kind, args.settings)
 
 
 # --------------------------------------------------------------------------- commands
@@ -201,6 +270,9 @@ def _run_info(args: argparse.Namespace) -> int:
             {"name": m.name, "kind": m.kind, "path": str(m.path), "bundled": m.bundled} for m in list_models()
         ],
     }
+    if args.progress_json:
+        emit_event("result", summary=report)
+        return 0
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -225,6 +297,7 @@ _REPORTED_PACKAGES = (
     "peft",
     "monai",
     "SimpleITK",
+    "slicerio",
     "slicer-core",
 )
 
@@ -241,30 +314,42 @@ def _run_scene(args: argparse.Namespace) -> int:
     from .workflows.scene_check import scene_roundtrip
 
     inputs = [resolve_input(text) for text in args.inputs]
-    summary = scene_roundtrip(inputs, args.output, axis=args.axis, slice_range=args.slices)
+    summary = scene_roundtrip(inputs, args.output, args.axis, args.slices, args.scene)
     _report(args, summary)
     return 0
+
+
+SEGMENT_OPTIONS = _names(SegmentSettings)
+
+
+def _add_segment_options(parser: argparse.ArgumentParser) -> None:
+    """The options of :class:`~latentdrift.settings.SegmentSettings` only ``segment`` and ``batch segment`` have."""
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=GIVEN,
+        help=f"samples per slice (uncertainty); 1 allowed (default: {SegmentSettings.samples})",
+    )
+    parser.add_argument(
+        "--probabilities",
+        action="store_true",
+        default=GIVEN,
+        help="also write per-class probability volumes",
+    )
 
 
 def _run_segment(args: argparse.Namespace) -> int:
     from .sample_data import resolve_input
-    from .segmentation import SegmentSettings
     from .workflows.segment import segment_file
 
-    settings = SegmentSettings(
-        samples=args.samples,
-        steps=args.steps,
-        axis=args.axis,
-        slices=args.slices,
-        seed=args.seed,
-        device=args.device,
-        batch_size=args.batch_size,
-    )
-    summary = segment_file(
-        resolve_input(args.input), args.model, args.output, settings, args.probabilities, args.progress
-    )
+    settings = _settings(args, SegmentSettings, SEGMENT_OPTIONS, SegmentSettings)
+    summary = segment_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
     _report(args, summary)
     return 0
+
+
+COUNTERFACTUAL_OPTIONS = _names(EditSettings, CounterfactualSettings)
+GENERATE_OPTIONS = _names(EditSettings, GenerateSettings)
 
 
 def _add_counterfactual_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -275,38 +360,63 @@ def _add_counterfactual_parser(commands: Any, common: argparse.ArgumentParser) -
     )
     parser.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
     parser.add_argument(
+        "--from", dest="source", default=GIVEN, metavar="ATTRS", help="e.g. age=70,sex=F,dx=CN"
+    )
+    _add_model(parser, _SD_MODEL_HELP)
+    _add_edit_options(parser)
+    _add_denoising(parser)
+    parser.add_argument(
+        "--blend",
+        type=float,
+        default=GIVEN,
+        help=f"mix each slice's edit with its neighbours', [0, 1) (default: {CounterfactualSettings.blend})",
+    )
+    _add_slicing(parser, CounterfactualSettings.axis)
+    _add_settings_file(parser)
+    _add_output(parser, with_scene=True)
+    parser.set_defaults(handler=_run_counterfactual)
+
+
+def _add_edit_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a volume edit (``counterfactual``, ``batch counterfactual``), besides the source."""
+    parser.add_argument(
         "--edit",
-        choices=("instruct", "img2img", "direction"),
-        default="instruct",
+        dest="mode",
+        choices=EDIT_MODES,
+        default=GIVEN,
         help="instruct: InstructPix2Pix model + instruction; img2img: SDEdit with a prompt; "
-        "direction: DDIM inversion + edit direction from --from to --to (default: instruct)",
+        f"direction: DDIM inversion + edit direction from --from to --to (default: {EditSettings.mode})",
     )
     parser.add_argument(
-        "--instruction", default=None, help="instruct: the instruction (default: from --from/--to)"
-    )
-    parser.add_argument(
-        "--from", dest="source", default=None, metavar="ATTRS", help="e.g. age=70,sex=F,dx=CN"
+        "--instruction", default=GIVEN, help="instruct: the instruction (default: from --from/--to)"
     )
     parser.add_argument(
         "--to",
         dest="target",
-        default=None,
+        default=GIVEN,
         metavar="ATTRS",
         help="e.g. age=77,dx=MCI (unset keys: from --from)",
     )
     _add_diffusion_options(parser)
-    parser.add_argument("--strength", type=float, default=0.5, help="img2img: how far to noise, (0, 1]")
-    parser.add_argument("--image-guidance", type=float, default=1.5, help="instruct: image guidance scale")
-    parser.add_argument("--reconstruction-reference", action="store_true", help=REFERENCE_HELP)
     parser.add_argument(
-        "--blend",
+        "--strength",
         type=float,
-        default=0.0,
-        help="mix each slice's edit with its neighbours', [0, 1) (default: 0)",
+        default=GIVEN,
+        help=f"img2img: how far to noise, (0, 1] (default: {EditSettings.strength})",
     )
-    _add_output(parser)
-    _add_slicing(parser)
-    parser.set_defaults(handler=_run_counterfactual)
+    parser.add_argument(
+        "--image-guidance",
+        type=float,
+        default=GIVEN,
+        help=f"instruct: image guidance scale (default: {EditSettings.image_guidance})",
+    )
+    parser.add_argument(
+        "--reconstruction-reference",
+        dest="factual_reference",
+        action="store_false",
+        default=GIVEN,
+        help=REFERENCE_HELP,
+    )
 
 
 def _add_generate_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -314,42 +424,86 @@ def _add_generate_parser(commands: Any, common: argparse.ArgumentParser) -> None
         "generate", parents=[common], help="new slices from text with Latent Drift (PNGs and a volume stack)"
     )
     parser.add_argument(
-        "--attributes", default=None, metavar="ATTRS", help="describe the patient, e.g. age=77,sex=F,dx=AD"
+        "--attributes",
+        dest="target",
+        default=GIVEN,
+        metavar="ATTRS",
+        help="describe the patient, e.g. age=77,sex=F,dx=AD",
     )
-    parser.add_argument("--count", type=int, default=4, help="how many slices (sample i uses seed + i)")
+    parser.add_argument(
+        "--count",
+        type=int,
+        default=GIVEN,
+        help=f"how many slices; sample i uses seed + i (default: {GenerateSettings.count})",
+    )
+    _add_model(parser, f"Stable Diffusion folder or name (default: {_default_name('generate')})")
     _add_diffusion_options(parser)
+    _add_denoising(parser)
+    _add_settings_file(parser)
     _add_output(parser)
     parser.set_defaults(handler=_run_generate)
 
 
 def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
-    """Options every Stable Diffusion command shares: model, prompt, drift, sampling, batching, precision."""
+    """Options every Stable Diffusion command shares: prompt, drift, sampling, precision."""
     parser.add_argument(
-        "--model",
-        default=None,
-        help="diffusers-format Stable Diffusion folder or name (default: "
-        f"{_default_name('instruct')} for --edit instruct, else {_default_name('generate')})",
+        "--prompt", default=GIVEN, help="the text prompt (default: built from the attributes)"
     )
-    parser.add_argument("--prompt", default=None, help="the text prompt (default: built from the attributes)")
     parser.add_argument(
         "--drift",
-        default="0",
-        help="Latent Drift δ: one number or one per latent channel, e.g. 0.05 or =-0.05,0,0,0.02 (default: 0)",
+        default=GIVEN,
+        help="Latent Drift δ: one number or one per latent channel, e.g. 0.05 or =-0.05,0,0,0.02 "
+        f"(default: {EditSettings.drift:g})",
     )
-    parser.add_argument("--drift-start", action="store_true", help="start sampling from N(δ, I)")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default: 20)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="text guidance scale (default: 7.5)")
     parser.add_argument(
-        "--scheduler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default: ddim)"
+        "--drift-start", action="store_true", default=GIVEN, help="start sampling from N(δ, I)"
     )
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=GIVEN,
+        help=f"text guidance scale (default: {EditSettings.guidance})",
+    )
+    parser.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=GIVEN,
+        help=f"sampler (default: {EditSettings.scheduler})",
+    )
+    parser.add_argument(
+        "--full-precision",
+        action="store_true",
+        default=GIVEN,
+        help="float32 on CUDA (default there: float16)",
+    )
+
+
+_SD_MODEL_HELP = (
+    "diffusers-format Stable Diffusion folder or name (default: "
+    f"{_default_name('instruct')} for --edit instruct, else {_default_name('generate')})"
+)
+
+
+def _add_model(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--model", default=GIVEN, help=text)
+
+
+def _add_denoising(parser: argparse.ArgumentParser) -> None:
+    """``--steps`` and ``--batch-size`` of the Stable Diffusion commands."""
+    _add_steps(parser, f"denoising steps (default: {EditSettings.steps})")
+    _add_batch_size(parser, "default: from free GPU memory")
+
+
+def _add_steps(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--steps", type=int, default=GIVEN, help=text)
+
+
+def _add_batch_size(parser: argparse.ArgumentParser, default_text: str) -> None:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=None,
-        help="slices per batch (default: from free GPU memory; halved on OOM)",
-    )
-    parser.add_argument(
-        "--full-precision", action="store_true", help="float32 on CUDA (default there: float16)"
+        default=GIVEN,
+        help=f"slices per batch, halved on out-of-memory ({default_text})",
     )
 
 
@@ -357,9 +511,6 @@ REFERENCE_HELP = (
     "instruct: take the change against the VAE reconstruction, not against the factual edit "
     "(the instruction to keep the --from attributes): one edit per slice instead of two"
 )
-DEMO_SOURCE = "age=70,dx=CN"
-DEMO_TARGET = "age=75,dx=AD"
-DEMO_STEPS = 20
 
 
 def _add_demo_parser(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -371,76 +522,25 @@ def _add_demo_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
     parser.add_argument(
-        "--from", dest="source", default=DEMO_SOURCE, metavar="ATTRS", help=f"default: {DEMO_SOURCE}"
+        "--from", dest="source", default=GIVEN, metavar="ATTRS", help=f"default: {DEMO_SOURCE}"
     )
+    parser.add_argument("--to", dest="target", default=GIVEN, metavar="ATTRS", help=f"default: {DEMO_TARGET}")
     parser.add_argument(
-        "--to", dest="target", default=DEMO_TARGET, metavar="ATTRS", help=f"default: {DEMO_TARGET}"
+        "--drift", default=GIVEN, help="Latent Drift δ (default: the δ recorded with the editor, else 0)"
     )
-    parser.add_argument(
-        "--drift", default=None, help="Latent Drift δ (default: the δ recorded with the editor, else 0)"
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=DEMO_STEPS,
-        help=f"counterfactual denoising steps (default: {DEMO_STEPS})",
-    )
-    _add_output(parser)
-    _add_slicing(parser)
+    _add_steps(parser, f"counterfactual denoising steps (default: {DemoSettings.steps})")
+    _add_slicing(parser, DemoSettings.axis)
+    _add_settings_file(parser)
+    _add_output(parser, with_scene=True)
     parser.set_defaults(handler=_run_demo)
-
-
-def _edit_settings(args: argparse.Namespace, **specific: Any) -> Any:
-    """:class:`~latentdrift.edit.EditSettings` from the shared options plus the command's own."""
-    from .drift import parse_drift
-    from .edit import EditSettings
-
-    return EditSettings(
-        prompt=args.prompt,
-        drift=parse_drift(args.drift),
-        drift_start=args.drift_start,
-        steps=args.steps,
-        guidance=args.guidance,
-        seed=args.seed,
-        scheduler=args.scheduler,
-        **specific,
-    )
-
-
-def _attributes(text: str | None, base: Any = None) -> Any:
-    from .prompts import Attributes
-
-    return Attributes.parse(text, base=base) if text else None
 
 
 def _run_counterfactual(args: argparse.Namespace) -> int:
     from .sample_data import resolve_input
     from .workflows.counterfactual import counterfactual_file
 
-    source = _attributes(args.source)
-    settings = _edit_settings(
-        args,
-        mode=args.edit,
-        instruction=args.instruction,
-        source=source,
-        target=_attributes(args.target, source),
-        strength=args.strength,
-        image_guidance=args.image_guidance,
-        factual_reference=not args.reconstruction_reference,
-    )
-    summary = counterfactual_file(
-        resolve_input(args.input),
-        args.model,
-        args.output,
-        settings,
-        axis=args.axis,
-        slices=args.slices,
-        blend=args.blend,
-        batch_size=args.batch_size,
-        device=args.device,
-        full_precision=args.full_precision,
-        progress=args.progress,
-    )
+    settings = _settings(args, CounterfactualSettings, COUNTERFACTUAL_OPTIONS, counterfactual_settings)
+    summary = counterfactual_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
     _report(args, summary)
     return 0
 
@@ -448,38 +548,18 @@ def _run_counterfactual(args: argparse.Namespace) -> int:
 def _run_generate(args: argparse.Namespace) -> int:
     from .workflows.counterfactual import generate_file
 
-    settings = _edit_settings(args, mode="generate", target=_attributes(args.attributes))
-    summary = generate_file(
-        args.model,
-        args.output,
-        settings,
-        args.count,
-        batch_size=args.batch_size,
-        device=args.device,
-        full_precision=args.full_precision,
-        progress=args.progress,
-    )
+    settings = _settings(args, GenerateSettings, GENERATE_OPTIONS, generate_settings)
+    summary = generate_file(args.output, settings, args.progress)
     _report(args, summary)
     return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .drift import parse_drift
     from .sample_data import resolve_input
-    from .workflows.demo import DemoSettings, demo_file
+    from .workflows.demo import demo_file
 
-    source = _attributes(args.source)
-    settings = DemoSettings(
-        source=source,
-        target=_attributes(args.target, source),
-        drift=parse_drift(args.drift) if args.drift is not None else None,
-        steps=args.steps,
-        axis=args.axis,
-        slices=args.slices,
-        seed=args.seed,
-        device=args.device,
-    )
-    summary = demo_file(resolve_input(args.input), args.output, settings, args.progress)
+    settings = _settings(args, DemoSettings, _names(DemoSettings), demo_settings)
+    summary = demo_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
     _report(args, summary)
     return 0
 
@@ -497,12 +577,11 @@ def _run_train_ldseg(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         lr_scheduler=args.lr_scheduler,
         reconstruction_weight=args.reconstruction_weight,
-        seed=args.seed,
         augment=not args.no_augment,
         flip_left_right=layout.axis != "sagittal",
         checkpoint_dir=args.checkpoint_dir or f"{Path(args.output).absolute()}.checkpoints",
         checkpoint_every=args.checkpoint_every,
-        device=args.device,
+        **_given(args, ("seed", "device")),
     )
     notes = Path(args.card_notes).read_text() if args.card_notes else ""
     summary = train_segmentation_model(
@@ -554,69 +633,34 @@ def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------- fine-tuning, jobs, batch
 
 
+_FINETUNE_OPTIONS: dict[str, tuple[type, str]] = {
+    "--batch-size": (int, "items per process and micro-batch"),
+    "--gradient-accumulation": (int, "micro-batches per optimizer step"),
+    "--lr-scheduler": (str, "diffusers scheduler name: constant, cosine, linear, ..."),
+    "--mixed-precision": (str, "auto (fp16 on CUDA), no, fp16, bf16"),
+    "--resolution": (int, "slice size in pixels (multiple of 8)"),
+    "--axis": (str, "slice axis: axial, coronal, sagittal"),
+    "--prompt-style": (str, "simple or diverse"),
+    "--age-format": (str, "numerical, words or binned"),
+    "--validation-fraction": (float, "share of subjects held out"),
+    "--checkpoint-every": (int, "steps between checkpoints"),
+    "--sample-every": (int, "steps between sample images (0: none)"),
+    "--sample-steps": (int, "denoising steps of sample images"),
+    "--log-every": (int, "steps between status lines"),
+    "--lora-rank": (int, "lora: adapter rank"),
+    "--num-class-images": (int, "dreambooth: class images generated by the base model"),
+    "--prior-loss-weight": (float, "dreambooth: weight of the prior-preservation loss"),
+    "--modifier-token": (str, "custom-diffusion: the new token ('' for none)"),
+    "--search-samples": (int, "δ search: samples per δ"),
+    "--search-steps": (int, "δ search: denoising steps per sample"),
+}
+"""``finetune`` options that set the :class:`~latentdrift.train.config.FinetuneConfig` field of their name
+(with the field's default); the others are declared one by one in :func:`_add_finetune_parser`."""
+
+
 def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     """``finetune``, ``jobs list|status|cancel|resume`` and ``batch segment|counterfactual``."""
-    from .train.config import SCHEMES
-
-    finetune = commands.add_parser(
-        "finetune", parents=[common], help="fine-tune on a local cohort in a job folder (resumable)"
-    )
-    finetune.add_argument(
-        "--cohort", required=True, metavar="CSV|DIR", help="cohort CSV or folder of volumes"
-    )
-    finetune.add_argument("--scheme", required=True, choices=SCHEMES)
-    finetune.add_argument("--job-dir", required=True, metavar="DIR", help="the job folder (created)")
-    finetune.add_argument(
-        "--model",
-        default=None,
-        help="base model folder or name (ldseg: an LDSeg model to fine-tune, keeping its classes, axis and resolution; default: train from scratch)",
-    )
-    finetune.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
-    drift = finetune.add_mutually_exclusive_group()
-    drift.add_argument(
-        "--drift", default=None, help="train with Latent Drift δ (one number or one per channel)"
-    )
-    drift.add_argument("--search-drift", action="store_true", help="grid-search δ on the base model first")
-    options = {
-        "--batch-size": (int, 4, "items per process and micro-batch"),
-        "--gradient-accumulation": (int, 1, "micro-batches per optimizer step"),
-        "--learning-rate": (float, None, "default: the scheme's (as in the diffusers scripts)"),
-        "--lr-scheduler": (str, "constant", "diffusers scheduler name: constant, cosine, linear, ..."),
-        "--mixed-precision": (str, "auto", "auto (fp16 on CUDA), no, fp16, bf16"),
-        "--resolution": (int, 64, "slice size in pixels (multiple of 8)"),
-        "--axis": (str, "axial", "slice axis: axial, coronal, sagittal"),
-        "--prompt-style": (str, "diverse", "simple or diverse"),
-        "--age-format": (str, "numerical", "numerical, words or binned"),
-        "--validation-fraction": (float, 0.1, "share of subjects held out"),
-        "--checkpoint-every": (int, 100, "steps between checkpoints"),
-        "--sample-every": (int, 100, "steps between sample images (0: none)"),
-        "--sample-steps": (int, 20, "denoising steps of sample images"),
-        "--log-every": (int, 1, "steps between status lines"),
-        "--lora-rank": (int, 4, "lora: adapter rank"),
-        "--num-class-images": (int, 16, "dreambooth: class images generated by the base model"),
-        "--prior-loss-weight": (float, 1.0, "dreambooth: weight of the prior-preservation loss"),
-        "--modifier-token": (str, "<new1>", "custom-diffusion: the new token ('' for none)"),
-        "--search-samples": (int, 8, "δ search: samples per δ"),
-        "--search-steps": (int, 20, "δ search: denoising steps per sample"),
-        "--classes": (str, None, "ldseg: class names, background first (default: from the labels)"),
-        "--cache-dir": (str, None, "slice cache (default: ~/.cache/latentdrift/cohorts)"),
-    }
-    for flag, (kind, default, text) in options.items():
-        finetune.add_argument(flag, type=kind, default=default, help=text)
-    finetune.add_argument(
-        "--no-patient-info", action="store_true", help="prompts without age, sex, diagnosis"
-    )
-    finetune.add_argument("--no-merge-lora", action="store_true", help="lora: save the adapter only")
-    finetune.add_argument(
-        "--identity-pairs",
-        action="store_true",
-        help="instruct-pix2pix: also train each slice as a pair with itself (an instruction with nothing to change)",
-    )
-    finetune.add_argument(
-        "--train-text-encoder", action="store_true", help="instruct-pix2pix: train the text encoder too"
-    )
-    finetune.set_defaults(handler=_run_finetune)
-
+    _add_finetune_parser(commands, common)
     jobs = commands.add_parser(
         "jobs", parents=[common], help="list, inspect, cancel or resume fine-tuning jobs"
     )
@@ -633,54 +677,89 @@ def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> Non
     )
     batch.add_argument("task", choices=("segment", "counterfactual"))
     batch.add_argument("cohort", metavar="COHORT", help="cohort CSV or folder of volumes")
-    batch.add_argument("--samples", type=int, default=8, help="segment: samples per slice")
-    batch.add_argument("--probabilities", action="store_true", help="segment: per-class probability volumes")
-    batch.add_argument("--edit", choices=("instruct", "img2img", "direction"), default="instruct")
-    batch.add_argument(
-        "--to", dest="target", default=None, metavar="ATTRS", help="counterfactual: target attributes"
+    _add_model(
+        batch, f"LDSeg model (segment) or Stable Diffusion folder (default: the task's; {_SD_MODEL_HELP})"
     )
-    batch.add_argument("--strength", type=float, default=0.5, help="counterfactual img2img strength")
-    batch.add_argument(
-        "--image-guidance", type=float, default=1.5, help="counterfactual instruct image guidance"
-    )
-    batch.add_argument(
-        "--reconstruction-reference", action="store_true", help=f"counterfactual: {REFERENCE_HELP}"
-    )
-    batch.add_argument(
-        "--model", default=None, help="LDSeg model (segment) or Stable Diffusion folder (default: the task's)"
-    )
-    batch.add_argument(
-        "--steps", type=int, default=None, help="sampling steps (default: segment the model's, else 20)"
-    )
-    batch.add_argument(
-        "--prompt", default=None, help="counterfactual: the prompt (default: from the attributes)"
-    )
-    batch.add_argument("--drift", default="0", help="counterfactual: Latent Drift δ (default: 0)")
-    batch.add_argument("--drift-start", action="store_true", help="counterfactual: start from N(δ, I)")
-    batch.add_argument("--guidance", type=float, default=7.5, help="counterfactual: text guidance scale")
-    batch.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim")
-    batch.add_argument("--batch-size", type=int, default=None, help="slices per batch (halved on OOM)")
-    batch.add_argument("--full-precision", action="store_true", help="float32 on CUDA")
-    _add_output(batch)
-    _add_slicing(batch, default_axis=None)
+    _add_segment_options(batch)
+    _add_edit_options(batch)
+    _add_steps(batch, f"sampling steps (default: segment the model's, counterfactual {EditSettings.steps})")
+    _add_batch_size(batch, f"default: segment {SegmentSettings.batch_size}, counterfactual from free memory")
+    _add_slicing(batch, f"segment the model's, counterfactual {CounterfactualSettings.axis}")
+    _add_output(batch, with_scene=True)
     batch.set_defaults(handler=_run_batch)
 
 
-def _finetune_config(args: argparse.Namespace) -> Any:
-    """The job's FinetuneConfig: every option named like a config field, plus the negated flags."""
-    from dataclasses import fields
+def _add_finetune_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    from .train.config import SCHEMES, FinetuneConfig
 
-    from .drift import parse_drift
+    finetune = commands.add_parser(
+        "finetune", parents=[common], help="fine-tune on a local cohort in a job folder (resumable)"
+    )
+    finetune.add_argument(
+        "--cohort", default=GIVEN, metavar="CSV|DIR", help="cohort CSV or folder of volumes"
+    )
+    finetune.add_argument("--scheme", default=GIVEN, choices=SCHEMES)
+    finetune.add_argument("--job-dir", required=True, metavar="DIR", help="the job folder (created)")
+    finetune.add_argument(
+        "--model",
+        default=GIVEN,
+        help="base model folder or name (ldseg: an LDSeg model to fine-tune, keeping its classes, axis "
+        f"and resolution; default: {_default_name('finetune')}, for ldseg a new model)",
+    )
+    finetune.add_argument(
+        "--steps", type=int, default=GIVEN, help=f"optimizer steps (default: {FinetuneConfig.steps})"
+    )
+    drift = finetune.add_mutually_exclusive_group()
+    drift.add_argument(
+        "--drift", default=GIVEN, help="train with Latent Drift δ (one number or one per channel)"
+    )
+    drift.add_argument(
+        "--search-drift", action="store_true", default=GIVEN, help="grid-search δ on the base model first"
+    )
+    for flag, (kind, text) in _FINETUNE_OPTIONS.items():
+        default = getattr(FinetuneConfig, flag[2:].replace("-", "_"))
+        finetune.add_argument(flag, type=kind, default=GIVEN, help=f"{text} (default: {default})")
+    finetune.add_argument(
+        "--learning-rate",
+        type=float,
+        default=GIVEN,
+        help="default: the scheme's (as in the diffusers scripts)",
+    )
+    finetune.add_argument(
+        "--classes", default=GIVEN, help="ldseg: class names, background first (default: from the labels)"
+    )
+    finetune.add_argument(
+        "--cache-dir", default=GIVEN, help="slice cache (default: ~/.cache/latentdrift/cohorts)"
+    )
+    flags = {
+        "--no-patient-info": ("patient_info", "store_false", "prompts without age, sex, diagnosis"),
+        "--no-merge-lora": ("merge_lora", "store_false", "lora: save the adapter only"),
+        "--identity-pairs": (
+            "identity_pairs",
+            "store_true",
+            "instruct-pix2pix: also train each slice as a pair with itself (an instruction with nothing to change)",
+        ),
+        "--train-text-encoder": (
+            "train_text_encoder",
+            "store_true",
+            "instruct-pix2pix: train the text encoder too",
+        ),
+    }
+    for flag, (dest, action, text) in flags.items():
+        finetune.add_argument(flag, dest=dest, action=action, default=GIVEN, help=text)
+    _add_settings_file(finetune)
+    finetune.set_defaults(handler=_run_finetune)
+
+
+def _finetune_config(args: argparse.Namespace) -> Any:
+    """The job's FinetuneConfig: the options given (δ as text), or the ``--settings`` file."""
+    from .settings import build_settings
     from .train.config import FinetuneConfig
 
-    names = {field.name for field in fields(FinetuneConfig)}
-    values = {name: value for name, value in vars(args).items() if name in names}
-    values.update(
-        drift=parse_drift(args.drift) if args.drift is not None else None,
-        patient_info=not args.no_patient_info,
-        merge_lora=not args.no_merge_lora,
-    )
-    return FinetuneConfig(**values)
+    def build(**given: Any) -> FinetuneConfig:
+        return build_settings(FinetuneConfig, edit_fields(given))
+
+    return _settings(args, FinetuneConfig, _names(FinetuneConfig), build)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
@@ -734,48 +813,21 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .train.batch import run_batch
 
     if args.task == "segment":
-        from .segmentation import SegmentSettings
         from .workflows.segment import segment_file
 
-        settings = SegmentSettings(
-            samples=args.samples,
-            steps=args.steps,
-            axis=args.axis,
-            slices=args.slices,
-            seed=args.seed,
-            device=args.device,
-            batch_size=args.batch_size or 8,
-        )
+        settings = SegmentSettings(**_given(args, SEGMENT_OPTIONS))
 
         def process(row: Any, folder: Path) -> dict:
-            return segment_file(row.image, args.model, folder, settings, args.probabilities)
+            return segment_file(row.image, folder, settings, scene=args.scene)
 
     else:
         from .workflows.counterfactual import counterfactual_file
 
-        args.steps = args.steps or 20
+        given = _given(args, COUNTERFACTUAL_OPTIONS - {"source"})
 
         def process(row: Any, folder: Path) -> dict:
-            settings = _edit_settings(
-                args,
-                mode=args.edit,
-                source=row.attributes,
-                target=_attributes(args.target, row.attributes),
-                strength=args.strength,
-                image_guidance=args.image_guidance,
-                factual_reference=not args.reconstruction_reference,
-            )
-            return counterfactual_file(
-                row.image,
-                args.model,
-                folder,
-                settings,
-                axis=args.axis or "axial",
-                slices=args.slices,
-                batch_size=args.batch_size,
-                device=args.device,
-                full_precision=args.full_precision,
-            )
+            settings = counterfactual_settings(**given, source=row.attributes)
+            return counterfactual_file(row.image, folder, settings, scene=args.scene)
 
     merged = run_batch(args.cohort, args.output, process, args.progress)
     if args.progress_json:
@@ -809,7 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.progress = Progress(quiet=args.quiet, json_lines=args.progress_json)
     handler: Handler = args.handler
     try:
-        if args.device != "auto":
+        if vars(args).get("device") not in (None, "auto"):
             from .devices import resolve_device
 
             resolve_device(args.device)  # fail early, before any work

@@ -9,22 +9,27 @@ Works in Slicer's Python console (on ``slicer.mrmlScene``) and on slicer-core (p
 
 Every run goes the same way (:func:`run_on_node`): the input node is exported to a temporary NRRD
 (the node itself is never modified), the ``latentdrift`` command runs in a child process
-(:mod:`.processes`), and the outputs its ``summary.json`` lists by role are loaded as NEW nodes on
-the input's exact geometry, with their display set up (input in the background, the result in the
-foreground, colour tables for maps). ``blocking=False`` returns a :class:`NodeJob` at once: poll it
-from the main thread (Slicer's GUI does so from a timer); it loads the outputs when the run ends.
+(:mod:`.processes`) that writes its results as files by role and no scene (``--scene no``), and the
+files of the roles asked for are loaded as NEW nodes on the input's exact geometry, with their
+display set up (:func:`latentdrift.scene.load_outputs`: input in the background, the result in the
+foreground, colour tables for maps). :func:`segment` and :func:`counterfactual` hand the engine its
+own settings object (:mod:`.settings`) as JSON. ``blocking=False`` returns a :class:`NodeJob` at
+once: poll it from the main thread (Slicer's GUI does so from a timer); it loads the outputs when
+the run ends.
 
 Fine-tuning runs as a job folder (:func:`start_finetune`, :class:`TrainingJob`): its ``status.jsonl``
 gives the progress, loss curve and latest sample image, also for jobs started elsewhere.
+
+Nothing here imports torch or another model library: the Slicer panel imports this module in
+Slicer's own process. Devices are listed by a child process (:func:`start_info`).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -32,27 +37,30 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from . import errors
-from .processes import EngineProcess, RunState, engine_command, parse_line
+from .processes import EngineProcess, RunState
 from .scene import (
-    DIFFERENCE_COLORMAP,
-    PROBABILITY_COLORMAP,
-    UNCERTAINTY_COLORMAP,
+    COUNTERFACTUAL_ROLES,
+    ROLE_LOADERS,
+    SEGMENT_ROLES,
+    OutputFiles,
     SceneSession,
-    add_map_node,
-    match_display,
+    find_nodes,
+    load_outputs,
     node_to_volume,
-    show_in_slice_views,
-    volume_to_node,
+)
+from .settings import (
+    Axis,
+    CounterfactualSettings,
+    SegmentSettings,
+    build_settings,
+    counterfactual_settings,
+    edit_fields,
 )
 from .train import SCHEMES as FINETUNE_SCHEMES
-from .volumes import VOLUME_SUFFIXES, Axis, Geometry, Volume, read_volume, slice_layout, write_volume
+from .train.job_folder import JobFolder, StatusFollower
+from .volumes import VOLUME_SUFFIXES, Geometry, Volume, slice_layout, write_volume
 
 T = TypeVar("T")
-
-GEOMETRY_TOLERANCE = 1e-3  # mm: outputs go through float32 files
-SEGMENT_ROLES = ("segmentation", "uncertainty", "probability")
-COUNTERFACTUAL_ROLES = ("counterfactual", "difference")
-EDIT_MODES = ("instruct", "img2img", "direction")
 
 # --------------------------------------------------------------------------- results
 
@@ -92,70 +100,42 @@ class CounterfactualResult:
     output: Path | None
 
 
-# --------------------------------------------------------------------------- loading outputs by role
+# --------------------------------------------------------------------------- the generic core
 
 
-def _load_image(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
-    node = volume_to_node(session, template.with_voxels(_voxels_on_grid(path, template)), name)
-    match_display(node, reference)
-    return node
+@dataclass
+class PreparedRun:
+    """A command ready to run on an exported input node, and how to load its outputs afterwards.
 
+    ``settings`` (an engine settings object, or None) goes to the child as JSON on its standard input.
+    """
 
-def _load_map(colormap: Sequence[str], symmetric: bool) -> Callable[..., Any]:
-    def load(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
-        voxels = _voxels_on_grid(path, template)
-        if symmetric:
-            bound = float(np.max(np.abs(voxels))) or 1.0
-            value_range = (-bound, bound)
-        else:
-            value_range = (0.0, 1.0)
-        node = add_map_node(session, template.with_voxels(voxels), name, colormap, value_range)
-        session.colors_logic.AddDefaultColorLegendDisplayNode(node)
-        return node
+    session: SceneSession
+    input_node: Any
+    template: Volume
+    command: str
+    arguments: list[str]
+    settings: Any | None
+    roles: tuple[str, ...]
+    output: Path
+    keep_output: bool
+    work_folder: Path
+    foreground_opacity: float
 
-    return load
+    def start(self) -> EngineProcess:
+        """Start the engine process of this run."""
+        return EngineProcess.start_command(self.command, self.arguments, self.settings)
 
+    def load(self, summary: dict[str, Any]) -> RunResult:
+        """Load the outputs of ``roles`` from the result folder as new nodes and set up the views."""
+        outputs = {role: _listed(summary, role) for role in self.roles}
+        files = OutputFiles(self.output, outputs, self.input_node, self.template)
+        nodes = load_outputs(self.session, files, self.roles, self.foreground_opacity)
+        return RunResult(summary, self.output if self.keep_output else None, nodes)
 
-def _load_segmentation(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
-    import slicer
-
-    node = session.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", session.scene.GenerateUniqueName(name))
-    reader = slicer.vtkMRMLSegmentationStorageNode()  # not added to the scene: no link to the temp file
-    reader.SetFileName(str(path))
-    if not reader.ReadData(node):
-        session.scene.RemoveNode(node)
-        raise errors.UnreadableFileError(f"Could not read the segmentation '{path}'.")
-    node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-    display = node.GetDisplayNode()
-    display.SetVisibility2DFill(True)
-    display.SetVisibility2DOutline(True)
-    display.SetOpacity2DFill(0.35)
-    return node
-
-
-ROLE_LOADERS: dict[str, Callable[..., Any]] = {
-    "volume": _load_image,
-    "counterfactual": _load_image,
-    "difference": _load_map(DIFFERENCE_COLORMAP, symmetric=True),
-    "uncertainty": _load_map(UNCERTAINTY_COLORMAP, symmetric=False),
-    "probability": _load_map(PROBABILITY_COLORMAP, symmetric=False),
-    "segmentation": _load_segmentation,
-}
-FOREGROUND_ROLES = ("counterfactual", "volume", "uncertainty")
-
-
-def _voxels_on_grid(path: Path, template: Volume) -> np.ndarray:
-    """The voxels of an output file, checked to lie on the input's grid."""
-    volume = read_volume(path)
-    if volume.voxels.shape != template.voxels.shape or not volume.geometry.is_close(
-        template.geometry, GEOMETRY_TOLERANCE
-    ):
-        raise errors.InputError(
-            f"Output '{path.name}' is not on the input's voxel grid "
-            f"({volume.voxels.shape} vs {template.voxels.shape}): it cannot be shown over the input."
-        )
-    return volume.voxels
+    def cleanup(self) -> None:
+        """Remove the exported input (and the result folder when it was temporary)."""
+        shutil.rmtree(self.work_folder, ignore_errors=True)
 
 
 def _listed(summary: dict[str, Any], role: str) -> list[str]:
@@ -163,43 +143,6 @@ def _listed(summary: dict[str, Any], role: str) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
-
-
-# --------------------------------------------------------------------------- the generic core
-
-
-@dataclass
-class PreparedRun:
-    """A command ready to run on an exported input node, and how to load its outputs afterwards."""
-
-    session: SceneSession
-    input_node: Any
-    template: Volume
-    argv: list[str]
-    roles: tuple[str, ...]
-    output: Path
-    keep_output: bool
-    work_folder: Path
-    foreground_opacity: float
-
-    def load(self, summary: dict[str, Any]) -> RunResult:
-        """Load the outputs of ``roles`` from the result folder as new nodes and set up the views."""
-        result = RunResult(summary, self.output if self.keep_output else None)
-        base = self.input_node.GetName()
-        for role in self.roles:
-            for index, name in enumerate(_listed(summary, role)):
-                suffix = f" {role}" if index == 0 else f" {role} {index + 1}"
-                node = ROLE_LOADERS[role](
-                    self.session, self.output / name, self.template, self.input_node, base + suffix
-                )
-                result.nodes.setdefault(role, []).append(node)
-        foreground = next((result.node(r) for r in FOREGROUND_ROLES if result.node(r) is not None), None)
-        show_in_slice_views(self.session, self.input_node, foreground, self.foreground_opacity)
-        return result
-
-    def cleanup(self) -> None:
-        """Remove the exported input (and the result folder when it was temporary)."""
-        shutil.rmtree(self.work_folder, ignore_errors=True)
 
 
 def prepare_run(
@@ -210,11 +153,14 @@ def prepare_run(
     *,
     session: SceneSession | None = None,
     output: str | Path | None = None,
-    device: str = "auto",
-    seed: int = 0,
     foreground_opacity: float = 0.5,
+    settings: Any | None = None,
 ) -> PreparedRun:
-    """Export ``volume_node`` and build the command line; nothing runs yet (see :func:`run_on_node`)."""
+    """Export ``volume_node`` and build the command line; nothing runs yet (see :func:`run_on_node`).
+
+    The command is ``latentdrift COMMAND INPUT ARGUMENTS --output DIR --scene no`` (plus ``--settings
+    -`` when ``settings`` is given).
+    """
     unknown = [role for role in roles_to_load if role not in ROLE_LOADERS]
     if unknown:
         raise errors.ParameterError(
@@ -225,24 +171,13 @@ def prepare_run(
     work_folder = Path(tempfile.mkdtemp(prefix="latentdrift-"))
     input_path = write_volume(template, work_folder / f"{_file_stem(volume_node.GetName())}.nrrd")
     result_folder = Path(output).expanduser().absolute() if output is not None else work_folder / "result"
-    argv = engine_command(
-        command,
-        [
-            str(input_path),
-            *arguments,
-            "--output",
-            str(result_folder),
-            "--device",
-            device,
-            "--seed",
-            str(seed),
-        ],
-    )
     return PreparedRun(
         session=session,
         input_node=volume_node,
         template=template,
-        argv=argv,
+        command=command,
+        arguments=[str(input_path), *arguments, "--output", str(result_folder), "--scene", "no"],
+        settings=settings,
         roles=tuple(roles_to_load),
         output=result_folder,
         keep_output=output is not None,
@@ -255,21 +190,20 @@ class NodeJob(Generic[T]):
     """A command running on a node; its outputs become nodes when it ends.
 
     Drive it from the main thread (MRML is not thread-safe): :meth:`poll` in a timer, or :meth:`wait`.
-    When Slicer's own ``launchConsoleProcess`` owns the process instead, feed its lines with
-    :meth:`feed_line`, its end with :meth:`feed_exit`, and set :attr:`pid` so :meth:`cancel` works.
     """
 
-    def __init__(
-        self, run: PreparedRun, convert: Callable[[RunResult], T], process: EngineProcess | None = None
-    ) -> None:
+    def __init__(self, run: PreparedRun, convert: Callable[[RunResult], T], process: EngineProcess) -> None:
         self.run = run
         self.process = process
-        self.pid: int | None = process.pid if process is not None else None
-        self.state: RunState = process.state if process is not None else RunState()
         self._convert = convert
         self._result: T | None = None
         self._error: errors.LatentDriftError | None = None
         self._completed = False
+
+    @property
+    def state(self) -> RunState:
+        """The run's outcome so far (progress, log tail, summary or error)."""
+        return self.process.state
 
     @property
     def done(self) -> bool:
@@ -283,21 +217,10 @@ class NodeJob(Generic[T]):
 
     def poll(self) -> list[dict[str, Any]]:
         """New events since the last call; loads the outputs when the ``exit`` event arrives."""
-        events = self.process.poll() if self.process is not None else []
+        events = self.process.poll()
         if any(event["event"] == "exit" for event in events):
             self._complete()
         return events
-
-    def feed_line(self, line: str) -> dict[str, Any]:
-        """Record one output line of an externally launched process; returns its event."""
-        event = parse_line(line)
-        self.state.record(event)
-        return event
-
-    def feed_exit(self, returncode: int) -> None:
-        """Record the end of an externally launched process and load its outputs."""
-        self.state.record({"event": "exit", "returncode": returncode})
-        self._complete()
 
     def _complete(self) -> None:
         if self._completed:
@@ -321,23 +244,15 @@ class NodeJob(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> T:
         """Block until the run ends, then return :meth:`result` (raises its error)."""
-        if self.process is None:
-            raise errors.JobError("This job's process is driven from outside: use feed_exit().")
         if not self.process.join(timeout):
             raise errors.JobError(f"The run is still going after {timeout:g} s.")
         self.poll()
         return self.result()
 
     def cancel(self) -> None:
-        """Stop the run and its whole process tree; the job then fails with a cancellation error."""
-        if self.process is not None:
-            self.process.cancel()
-            self.poll()
-        elif self.pid is not None and not self._completed:
-            from .processes import kill_process_tree
-
-            self.state.cancelled = True
-            kill_process_tree(self.pid)
+        """Ask the run's whole process tree to stop; returns at once. The job then fails with a
+        cancellation error (:meth:`poll` sees it end)."""
+        self.process.cancel()
 
 
 def run_on_node(
@@ -348,8 +263,6 @@ def run_on_node(
     *,
     session: SceneSession | None = None,
     output: str | Path | None = None,
-    device: str = "auto",
-    seed: int = 0,
     blocking: bool = True,
     foreground_opacity: float = 0.5,
 ) -> RunResult | NodeJob[RunResult]:
@@ -359,30 +272,30 @@ def run_on_node(
     Blocking runs return a :class:`RunResult` or raise the command's error; ``blocking=False``
     returns a :class:`NodeJob` at once.
     """
-    return _launch(
-        prepare_run(
-            volume_node,
-            command,
-            arguments,
-            roles_to_load,
-            session=session,
-            output=output,
-            device=device,
-            seed=seed,
-            foreground_opacity=foreground_opacity,
-        ),
-        lambda result: result,
-        blocking,
+    run = prepare_run(
+        volume_node,
+        command,
+        arguments,
+        roles_to_load,
+        session=session,
+        output=output,
+        foreground_opacity=foreground_opacity,
     )
+    return _launch(run, lambda result: result, blocking)
 
 
-def _launch(run: PreparedRun, convert: Callable[[RunResult], T], blocking: bool) -> T | NodeJob[T]:
-    """Start ``run`` in an :class:`~.processes.EngineProcess`; wait for it when ``blocking``."""
+def start_run(run: PreparedRun, convert: Callable[[RunResult], T]) -> NodeJob[T]:
+    """Start ``run`` in an engine process; its :class:`NodeJob` at once (the panel polls it from a timer)."""
     try:
-        job = NodeJob(run, convert, EngineProcess(run.argv))
+        return NodeJob(run, convert, run.start())
     except OSError as error:
         run.cleanup()
         raise errors.LatentDriftError(f"Could not start the engine process: {error}") from error
+
+
+def _launch(run: PreparedRun, convert: Callable[[RunResult], T], blocking: bool) -> T | NodeJob[T]:
+    """Start ``run``; wait for it when ``blocking``."""
+    job = start_run(run, convert)
     return job.wait() if blocking else job
 
 
@@ -411,84 +324,44 @@ def _file_stem(name: str) -> str:
 # --------------------------------------------------------------------------- the modes
 
 
-def _slicing_arguments(axis: Axis, slices: str | None) -> list[str]:
-    return ["--axis", axis, *(["--slices", slices] if slices else [])]
-
-
-def _model_arguments(model: str | Path | None) -> list[str]:
-    """``--model MODEL``, or nothing for the command's default model."""
-    return ["--model", str(model)] if model is not None else []
-
-
 def prepare_segment(
     volume_node: Any,
+    settings: SegmentSettings,
     *,
-    model: str | Path | None = None,
-    samples: int = 8,
-    steps: int | None = None,
-    axis: Axis = "axial",
-    slices: str | None = None,
-    probabilities: bool = False,
-    device: str = "auto",
-    seed: int = 0,
     session: SceneSession | None = None,
     output: str | Path | None = None,
 ) -> PreparedRun:
-    """The ``latentdrift segment`` run of :func:`segment`, not started (for a GUI that launches it itself)."""
-    arguments = [
-        *_model_arguments(model),
-        "--samples",
-        str(samples),
-        *(["--steps", str(steps)] if steps is not None else []),
-        *_slicing_arguments(axis, slices),
-        *(["--probabilities"] if probabilities else []),
-    ]
+    """The ``latentdrift segment`` run of :func:`segment`, not started (for a GUI that starts it itself)."""
     return prepare_run(
         volume_node,
         "segment",
-        arguments,
+        [],
         SEGMENT_ROLES,
         session=session,
         output=output,
-        device=device,
-        seed=seed,
         foreground_opacity=0.4,
+        settings=settings,
     )
 
 
 def segment(
     volume_node: Any,
     *,
-    model: str | Path | None = None,
-    samples: int = 8,
-    steps: int | None = None,
-    axis: Axis = "axial",
-    slices: str | None = None,
-    probabilities: bool = False,
-    device: str = "auto",
-    seed: int = 0,
     blocking: bool = True,
     session: SceneSession | None = None,
     output: str | Path | None = None,
+    **options: Any,
 ) -> SegmentResult | NodeJob[SegmentResult]:
     """LDSeg segmentation of a volume node: a segmentation node and its uncertainty map (values 0..1).
 
-    ``samples`` diffusion samples of ``steps`` DDIM steps each (None: the model's default) are combined per slice; ``slices`` is a
-    range ``"a:b"`` along ``axis`` (default: all). ``probabilities=True`` also loads one
-    probability map per class. ``model`` None uses the default segmentation model.
+    ``options`` are the :class:`~latentdrift.settings.SegmentSettings` (with their defaults there):
+    ``model`` (None: the default segmentation model), ``samples`` diffusion samples of ``steps`` DDIM
+    steps each (None: the model's default) combined per slice, ``slices`` a range ``"a:b"`` along
+    ``axis`` (default: all), ``probabilities=True`` also loads one probability map per class,
+    ``device``, ``seed``.
     """
     run = prepare_segment(
-        volume_node,
-        model=model,
-        samples=samples,
-        steps=steps,
-        axis=axis,
-        slices=slices,
-        probabilities=probabilities,
-        device=device,
-        seed=seed,
-        session=session,
-        output=output,
+        volume_node, build_settings(SegmentSettings, options), session=session, output=output
     )
     return _launch(run, as_segment_result, blocking)
 
@@ -508,112 +381,47 @@ def as_segment_result(result: RunResult) -> SegmentResult:
 
 def prepare_counterfactual(
     volume_node: Any,
+    settings: CounterfactualSettings,
     *,
-    edit: str = "instruct",
-    instruction: str | None = None,
-    prompt: str | None = None,
-    source: str | None = None,
-    target: str | None = None,
-    model: str | Path | None = None,
-    drift: float | str = 0.0,
-    strength: float = 0.5,
-    steps: int = 20,
-    guidance: float = 7.5,
-    image_guidance: float | None = None,
-    factual_reference: bool = True,
-    axis: Axis = "axial",
-    slices: str | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    fade: float = 1.0,
+    fade: float,
     session: SceneSession | None = None,
     output: str | Path | None = None,
 ) -> PreparedRun:
-    """The ``latentdrift counterfactual`` run of :func:`counterfactual`, not started."""
-    if edit not in EDIT_MODES:
-        raise errors.ParameterError(f"Unknown edit mode '{edit}': use {', '.join(EDIT_MODES)}.")
-    arguments = ["--edit", edit, *_model_arguments(model)]
-    if instruction:
-        arguments += ["--instruction", instruction]
-    if prompt:
-        arguments += ["--prompt", prompt]
-    if source is not None or target is not None:
-        arguments += ["--from", source or "", "--to", target or ""]
-    arguments += [f"--drift={drift}", "--strength", str(strength), "--steps", str(steps)]
-    arguments += ["--guidance", str(guidance)]
-    if image_guidance is not None:
-        arguments += ["--image-guidance", str(image_guidance)]
-    if not factual_reference:
-        arguments.append("--reconstruction-reference")
-    arguments += _slicing_arguments(axis, slices)
+    """The ``latentdrift counterfactual`` run of :func:`counterfactual`, not started; ``fade`` as there."""
     return prepare_run(
         volume_node,
         "counterfactual",
-        arguments,
+        [],
         COUNTERFACTUAL_ROLES,
         session=session,
         output=output,
-        device=device,
-        seed=seed,
         foreground_opacity=fade,
+        settings=settings,
     )
 
 
 def counterfactual(
     volume_node: Any,
     *,
-    edit: str = "instruct",
-    instruction: str | None = None,
-    prompt: str | None = None,
-    source: str | None = None,
-    target: str | None = None,
-    model: str | Path | None = None,
-    drift: float | str = 0.0,
-    strength: float = 0.5,
-    steps: int = 20,
-    guidance: float = 7.5,
-    image_guidance: float | None = None,
-    factual_reference: bool = True,
-    axis: Axis = "axial",
-    slices: str | None = None,
-    device: str = "auto",
-    seed: int = 0,
     fade: float = 1.0,
     blocking: bool = True,
     session: SceneSession | None = None,
     output: str | Path | None = None,
+    **options: Any,
 ) -> CounterfactualResult | NodeJob[CounterfactualResult]:
     """A Latent Drift counterfactual of a volume node and its signed difference map.
 
-    ``edit`` is ``instruct`` (give ``instruction``, or ``source``/``target`` attributes such as
-    ``"age=70,sex=F,dx=CN"`` → ``"age=77,dx=MCI"``), ``img2img`` (give ``prompt``) or ``direction``
-    (give ``source`` and ``target``). An instruct edit with ``source`` attributes is taken relative
-    to the factual edit (keep the source's attributes); ``factual_reference=False`` takes it relative
-    to the VAE reconstruction (half the time). ``drift`` is the Latent Drift δ; ``fade`` the opacity of the
-    counterfactual over the input in the slice views. ``model`` None uses the edit mode's default
-    model (``brain-mri-instruct`` for instruct, else ``brain-mri-sd``).
+    ``options`` are the settings of :func:`latentdrift.settings.counterfactual_settings` (defaults
+    there): ``mode`` is ``instruct`` (give ``instruction``, or ``source``/``target`` attributes such
+    as ``"age=70,sex=F,dx=CN"`` → ``"age=77,dx=MCI"``), ``img2img`` (give ``prompt``) or ``direction``
+    (give ``source`` and ``target``); ``drift`` is the Latent Drift δ; ``model`` None uses the edit
+    mode's default model (``brain-mri-instruct`` for instruct, else ``brain-mri-sd``). An instruct
+    edit with ``source`` attributes is taken relative to the factual edit (keep the source's
+    attributes); ``factual_reference=False`` takes it relative to the VAE reconstruction (half the
+    time). ``fade`` is the opacity of the counterfactual over the input in the slice views.
     """
     run = prepare_counterfactual(
-        volume_node,
-        edit=edit,
-        instruction=instruction,
-        prompt=prompt,
-        source=source,
-        target=target,
-        model=model,
-        drift=drift,
-        strength=strength,
-        steps=steps,
-        guidance=guidance,
-        image_guidance=image_guidance,
-        factual_reference=factual_reference,
-        axis=axis,
-        slices=slices,
-        device=device,
-        seed=seed,
-        fade=fade,
-        session=session,
-        output=output,
+        volume_node, counterfactual_settings(**options), fade=fade, session=session, output=output
     )
     return _launch(run, as_counterfactual_result, blocking)
 
@@ -654,7 +462,7 @@ def set_fade(foreground_opacity: float, session: SceneSession | None = None) -> 
         )
 
 
-# --------------------------------------------------------------------------- slices and crosshair
+# --------------------------------------------------------------------------- slices and slice views
 
 
 def slice_count(volume_node: Any, axis: Axis) -> int:
@@ -684,6 +492,52 @@ def slice_index_at_ras(volume_node: Any, ras: Sequence[float], axis: Axis) -> in
     return index
 
 
+SLICE_VIEWS = ("Red", "Yellow", "Green")
+"""Slice views looked at first when a view showing an axis is wanted (Slicer's standard three)."""
+
+
+def slice_node_showing(axis: Axis, session: SceneSession | None = None) -> Any:
+    """The slice node of a view showing ``axis`` slices (orientation Axial, Coronal or Sagittal).
+
+    The standard views (Red, Yellow, Green) are looked at first. Raises
+    :class:`~.errors.InputError` when no view shows that orientation.
+    """
+    session = session or SceneSession.from_application()
+    standard = {view: rank for rank, view in enumerate(SLICE_VIEWS)}
+    nodes = sorted(
+        find_nodes(session, "vtkMRMLSliceNode"),
+        key=lambda node: standard.get(node.GetLayoutName(), len(standard)),
+    )
+    for node in nodes:
+        if node.GetOrientation().lower() == axis:
+            return node
+    raise errors.InputError(
+        f"No slice view shows {axis} slices: set a view's orientation to {axis.capitalize()}, "
+        "or choose the slice axis a view shows."
+    )
+
+
+def shown_slice_index(volume_node: Any, slice_node: Any, axis: Axis) -> int:
+    """The index (as ``--slices`` counts along ``axis``) of the volume's slice that ``slice_node`` shows.
+
+    The view's plane (its SliceToRAS: the slice offset and orientation) is met by the line through the
+    volume's centre along the plane's normal; the slice through that point is the one shown, also
+    when the view is panned or the volume is oblique. Raises :class:`~.errors.SliceRangeError` when
+    the plane misses the volume.
+    """
+    import vtk
+
+    geometry, shape = _node_grid(volume_node)
+    matrix = vtk.vtkMatrix4x4()
+    matrix.DeepCopy(slice_node.GetSliceToRAS())
+    slice_to_ras = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    normal, origin = slice_to_ras[:3, 2], slice_to_ras[:3, 3]
+    k, j, i = shape
+    center = (geometry.ijk_to_ras() @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
+    point = center - normal * float(np.dot(center - origin, normal) / np.dot(normal, normal))
+    return slice_index_at_ras(volume_node, point, axis)
+
+
 def _node_grid(volume_node: Any) -> tuple[Geometry, tuple[int, int, int]]:
     import vtk
 
@@ -699,14 +553,23 @@ def _node_grid(volume_node: Any) -> tuple[Geometry, tuple[int, int, int]]:
 # --------------------------------------------------------------------------- devices and models
 
 
-def device_choices() -> list[tuple[str, str]]:
-    """``(value, label)`` for a device selector: auto, each CUDA GPU with its memory, MPS, the CPU."""
-    from .devices import available_devices
+def start_info() -> EngineProcess:
+    """``latentdrift info`` in a child process; its result summary is the report :func:`device_choices` reads.
 
+    torch is imported there, never in the caller's process; the panel polls it from its timer and
+    keeps the device list until the user refreshes it.
+    """
+    return EngineProcess.start_command("info")
+
+
+def device_choices(report: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """``(value, label)`` for a device selector: auto, then each device of an ``info`` report
+    (CUDA GPUs with their memory, MPS, the CPU); without a report, auto and the CPU."""
+    devices = (report or {}).get("devices") or [{"name": "cpu", "description": "CPU", "memory_gb": None}]
     choices = [("auto", "auto (best available)")]
-    for device in available_devices():
-        memory = f", {device.memory_gb:g} GB" if device.memory_gb else ""
-        choices.append((device.name, f"{device.name}: {device.description}{memory}"))
+    for device in devices:
+        memory = f", {device['memory_gb']:g} GB" if device.get("memory_gb") else ""
+        choices.append((str(device["name"]), f"{device['name']}: {device['description']}{memory}"))
     return choices
 
 
@@ -830,22 +693,19 @@ class TrainingJob:
     """A fine-tuning job folder, and the process working on it when started from here."""
 
     def __init__(self, job_dir: str | Path, process: EngineProcess | None = None) -> None:
-        self.job_dir = Path(job_dir).expanduser().absolute()
+        self.folder = JobFolder(job_dir)
+        self.job_dir = self.folder.path
         self.process = process
+        self._follower = StatusFollower(self.folder.status_file)
 
     def status(self) -> TrainingStatus:
-        """The records of ``status.jsonl`` so far (lines being written are skipped)."""
-        records = []
-        status_file = self.job_dir / "status.jsonl"
-        if status_file.is_file():
-            for line in status_file.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict):
-                    records.append(record)
-        return TrainingStatus(records)
+        """Every record of ``status.jsonl`` so far (a line being written is skipped)."""
+        return TrainingStatus(self.folder.status_records())
+
+    def new_records(self) -> list[dict[str, Any]]:
+        """The records written since the last call: only the new part of ``status.jsonl`` is read
+        (what a monitor polling every fraction of a second wants)."""
+        return self._follower.read_new()
 
     @property
     def running(self) -> bool:
@@ -863,7 +723,7 @@ class TrainingJob:
         return self.process.wait(timeout)
 
     def cancel(self) -> None:
-        """Stop the job: the process tree started from here, else ``latentdrift jobs cancel``."""
+        """Stop the job: the process tree started from here (returns at once), else ``latentdrift jobs cancel``."""
         if self.running:
             assert self.process is not None
             self.process.cancel()
@@ -878,57 +738,74 @@ class TrainingJob:
         return self
 
 
-def start_finetune(
-    cohort: str | Path,
-    scheme: str,
-    job_dir: str | Path,
-    *,
-    steps: int = 1000,
-    drift: float | str | None = None,
-    search_drift: bool = False,
-    model: str | Path | None = None,
-    device: str = "auto",
-    seed: int = 0,
-) -> TrainingJob:
+def start_finetune(cohort: str | Path, scheme: str, job_dir: str | Path, **options: Any) -> TrainingJob:
     """Start fine-tuning in the background; returns its :class:`TrainingJob` at once.
 
-    ``drift`` trains with Latent Drift δ (``search_drift=True`` searches δ instead; neither: none).
-    ``model`` None starts from the default base model (``mini-sd-natural``) when it is installed; for the
-    ``ldseg`` scheme ``model`` is an LDSeg model to fine-tune (None: train one from scratch).
+    ``options`` are the other fields of :class:`~latentdrift.train.config.FinetuneConfig` (defaults
+    there), e.g. ``steps``, ``drift`` (train with Latent Drift δ) or ``search_drift=True`` (search δ
+    first), ``model`` (None: the default base model ``mini-sd-natural``; for the ``ldseg`` scheme an
+    LDSeg model to fine-tune, None: train one from scratch), ``device``, ``seed``. The config goes
+    to the engine process as JSON.
     """
+    from .train.config import FinetuneConfig
+
     if scheme not in FINETUNE_SCHEMES:
         raise errors.ParameterError(f"Unknown scheme '{scheme}': use {', '.join(FINETUNE_SCHEMES)}.")
-    arguments = ["--cohort", str(cohort), "--scheme", scheme, "--steps", str(steps)]
-    if search_drift:
-        arguments.append("--search-drift")
-    elif drift is not None:
-        arguments += [f"--drift={drift}"]
-    arguments += _model_arguments(model)
-    arguments += ["--job-dir", str(job_dir), "--device", device, "--seed", str(seed)]
-    return TrainingJob(job_dir, EngineProcess.start_command("finetune", arguments))
+    values = edit_fields({"cohort": str(cohort), "scheme": scheme, **options})
+    config = build_settings(FinetuneConfig, values)
+    process = EngineProcess.start_command("finetune", ["--job-dir", str(job_dir)], settings=config)
+    return TrainingJob(job_dir, process)
 
 
-def loss_chart(
-    status: TrainingStatus, session: SceneSession | None = None, name: str = "LatentDrift loss"
-) -> Any:
-    """A plot chart node of the loss curve (table, series and chart reused by ``name``), for Slicer's plot view."""
+@dataclass
+class LossChart:
+    """A plot chart of a loss curve and the table under it, grown one status record at a time."""
+
+    chart_node: Any
+    table_node: Any
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Add the ``(step, loss)`` of ``records`` as new table rows; returns how many were added.
+
+        Rows already there are kept (no rebuild); a record whose step is not past the last row (a
+        resumed job redoing steps) first drops the rows from that step on.
+        """
+        table = self.table_node.GetTable()
+        added = 0
+        for record in records:
+            if record.get("step") is None or record.get("loss") is None:
+                continue
+            step = float(record["step"])
+            while (
+                table.GetNumberOfRows() and table.GetValue(table.GetNumberOfRows() - 1, 0).ToDouble() >= step
+            ):
+                table.RemoveRow(table.GetNumberOfRows() - 1)
+            row = table.InsertNextBlankRow()
+            table.SetValue(row, 0, step)
+            table.SetValue(row, 1, float(record["loss"]))
+            added += 1
+        if added:
+            table.Modified()
+            self.table_node.Modified()
+        return added
+
+
+def loss_chart(session: SceneSession | None = None, name: str = "LatentDrift loss") -> LossChart:
+    """An empty loss chart (table, series and chart nodes reused by ``name``), for Slicer's plot view."""
     import vtk
 
     session = session or SceneSession.from_application()
     scene = session.scene
-    table = _node_named(scene, "vtkMRMLTableNode", f"{name} table")
+    table_node = _node_named(scene, "vtkMRMLTableNode", f"{name} table")
     steps, losses = vtk.vtkFloatArray(), vtk.vtkFloatArray()
     steps.SetName("step")
     losses.SetName("loss")
-    for step, loss in status.losses:
-        steps.InsertNextValue(step)
-        losses.InsertNextValue(loss)
     data = vtk.vtkTable()
     data.AddColumn(steps)
     data.AddColumn(losses)
-    table.SetAndObserveTable(data)
+    table_node.SetAndObserveTable(data)
     series = _node_named(scene, "vtkMRMLPlotSeriesNode", f"{name} series")
-    series.SetAndObserveTableNodeID(table.GetID())
+    series.SetAndObserveTableNodeID(table_node.GetID())
     series.SetXColumnName("step")
     series.SetYColumnName("loss")
     series.SetPlotType(series.PlotTypeLine)
@@ -937,7 +814,7 @@ def loss_chart(
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     chart.SetXAxisTitle("step")
     chart.SetYAxisTitle("loss")
-    return chart
+    return LossChart(chart, table_node)
 
 
 def _node_named(scene: Any, class_name: str, name: str) -> Any:

@@ -45,11 +45,10 @@ from .devices import parallel_workers, suggest_batch_size
 from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
 from .errors import ModelError, ParameterError
 from .progress import ProgressCallback
+from .resampling import SliceResizer
+from .settings import AXES, Axis
 from .volumes import (
-    AXES,
-    Axis,
     IntensityWindow,
-    SliceResizer,
     SliceStack,
     Volume,
     check_image_volume,

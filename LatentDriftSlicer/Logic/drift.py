@@ -46,37 +46,10 @@ from diffusers import (
 )
 
 from .errors import ParameterError
-
-Drift = float | tuple[float, ...]
+from .settings import Drift, validate_drift
 
 DRIFT_SCHEDULERS = (DDPMScheduler, DDIMScheduler, DDPMParallelScheduler, DDIMParallelScheduler)
 INVERSE_SCHEDULERS = (DDIMInverseScheduler,)
-
-
-def parse_drift(text: str) -> Drift:
-    """``"0.05"`` → 0.05; ``"0.05,0,0,-0.02"`` → a per-channel drift (one value per latent channel)."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ParameterError(
-            f"Cannot read drift '{text}': give one number (e.g. 0.05) or one per latent channel "
-            "separated by commas (e.g. 0.05,0,0,-0.02)."
-        ) from None
-    return values[0] if len(values) == 1 else values
-
-
-def validate_drift(delta: Drift, channels: int | None = None) -> None:
-    """Raise :class:`ParameterError` unless δ is finite and (per-channel) has ``channels`` values."""
-    values = (delta,) if isinstance(delta, int | float) else tuple(delta)
-    if not values or not all(math.isfinite(value) for value in values):
-        raise ParameterError(
-            f"Drift {delta} is not a finite number: use e.g. 0.05 (the paper uses -0.2 to 0.2)."
-        )
-    if len(values) > 1 and channels is not None and len(values) != channels:
-        raise ParameterError(
-            f"Per-channel drift has {len(values)} values but the model's latents have {channels} channels: "
-            f"give {channels} values or a single number."
-        )
 
 
 def drift_tensor(delta: Drift, like: torch.Tensor) -> torch.Tensor:

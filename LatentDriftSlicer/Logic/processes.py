@@ -4,17 +4,23 @@ The Slicer module never runs models in its own process: a child process does the
 ``--progress-json`` lines (see :mod:`.progress`), so the GUI stays responsive and a cancel really
 frees the GPU. The pieces, none of which needs Qt:
 
-* :func:`engine_command` builds the child's command line. The child loads the engine from the same
-  folder as this file (registered as ``latentdrift``, exactly as the Slicer module does), so it works
-  in a pip install and inside Slicer, where ``PythonSlicer`` runs it.
+* :func:`engine_command` builds the child's command line (:func:`engine_python` for other code, such
+  as the self-test's model building). The child loads the engine from the same folder as this file
+  (registered as ``latentdrift``, exactly as the Slicer module does), so it works in a pip install
+  and inside Slicer, where ``PythonSlicer`` runs it.
 * :func:`parse_line` turns one output line into an event; :class:`RunState` collects the outcome
   (the ``result`` event's summary, an ``error`` event, the last lines of the log) and turns it into
   a summary or a :class:`~.errors.LatentDriftError` once the exit status is known.
 * :class:`EngineProcess` starts the child with reader threads feeding a queue: :meth:`~EngineProcess.poll`
   returns new events without blocking (a GUI drains it from a timer), :meth:`~EngineProcess.wait`
-  blocks and returns the summary or raises, :meth:`~EngineProcess.cancel` ends the whole process tree.
-* :func:`kill_process_tree` is shared with the Slicer widget when it lets Slicer ≥ 5.12's
-  ``slicer.util.launchConsoleProcess(..., blocking=False)`` own the process instead.
+  blocks and returns the summary or raises, :meth:`~EngineProcess.cancel` asks the whole process
+  tree to stop and returns at once (what still runs after a grace period is killed).
+
+The child leads a process group of its own, so a cancel reaches every process it started (accelerate
+workers, data loaders) without listing them; on Windows it opens no console window (the flags
+``slicer.util.launchConsoleProcess`` uses). Its output is UTF-8 whatever the locale. Settings go to
+the child as JSON on its standard input (``--settings -``), not as command-line arguments. This module
+imports nothing beyond the standard library: the Slicer panel uses it in Slicer's own process.
 
 Events are dicts with an ``"event"`` key: the engine's ``progress``, ``result`` and ``error``, plus
 ``log`` (``{"event": "log", "stream": "stdout"|"stderr", "message": line}``) for any other line and
@@ -29,6 +35,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -36,29 +43,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
-
 from . import errors
 
 ENGINE_FOLDER = Path(__file__).resolve().parent
 
-# Run by the child as ``python -c BOOTSTRAP ENGINE_FOLDER COMMAND ARGS…``: registers ENGINE_FOLDER as
-# the package ``latentdrift`` (never putting the folder itself on sys.path) and runs the CLI.
+# Run by the child as ``python -c BOOTSTRAP ENGINE_FOLDER CODE ARGS…``: registers ENGINE_FOLDER as the
+# package ``latentdrift`` (never putting the folder itself on sys.path), then runs CODE with
+# ``sys.argv == [CODE, ARGS…]``.
 BOOTSTRAP = """\
 import importlib.util, os, sys
-folder = sys.argv[1]
+folder, code = sys.argv[1], sys.argv[2]
 spec = importlib.util.spec_from_file_location(
     "latentdrift", os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
 )
 module = importlib.util.module_from_spec(spec)
 sys.modules["latentdrift"] = module
 spec.loader.exec_module(module)
-from latentdrift.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.argv = sys.argv[2:]
+exec(code)
 """
+CLI = "from latentdrift.cli import main\nsys.exit(main(sys.argv[1:]))"
 
 LOG_TAIL_LINES = 40
-CANCEL_TIMEOUT_S = 5.0
+CANCEL_GRACE_S = 5.0
+"""Seconds a cancelled process tree has to stop on its own before it is killed."""
 
 
 def python_executable() -> str:
@@ -75,17 +83,15 @@ def python_executable() -> str:
     return sys.executable
 
 
+def engine_python(code: str, arguments: Sequence[str] = (), python: str | None = None) -> list[str]:
+    """The argument list running Python ``code`` in a child Python with this engine registered as
+    ``latentdrift`` (``sys.argv[1:]`` is ``arguments``)."""
+    return [python or python_executable(), "-c", BOOTSTRAP, str(ENGINE_FOLDER), code, *arguments]
+
+
 def engine_command(command: str, arguments: Sequence[str] = (), python: str | None = None) -> list[str]:
     """The argument list running ``latentdrift COMMAND ARGUMENTS --progress-json`` in a child Python."""
-    return [
-        python or python_executable(),
-        "-c",
-        BOOTSTRAP,
-        str(ENGINE_FOLDER),
-        command,
-        *arguments,
-        "--progress-json",
-    ]
+    return engine_python(CLI, [command, *arguments, "--progress-json"], python)
 
 
 def child_environment() -> dict[str, str]:
@@ -187,21 +193,37 @@ def error_from_event(event: dict[str, Any]) -> errors.LatentDriftError:
     return error_class(str(event.get("message", "The command failed.")))
 
 
-def kill_process_tree(pid: int, timeout: float = CANCEL_TIMEOUT_S) -> None:
-    """End process ``pid`` and all its descendants: children first, terminate, then kill after ``timeout``."""
-    try:
-        parent = psutil.Process(pid)
-        processes = [*parent.children(recursive=True), parent]
-    except psutil.NoSuchProcess:
+def child_options() -> dict[str, Any]:
+    """``Popen`` options of every engine process: its own process group, and no console window on Windows.
+
+    On Windows the flags are those of ``slicer.util.launchConsoleProcess`` (a hidden window through
+    ``STARTUPINFO``) plus ``CREATE_NO_WINDOW``, so no console opens and none can be closed by mistake.
+    """
+    if sys.platform == "win32":
+        info = subprocess.STARTUPINFO()
+        info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+        info.wShowWindow = subprocess.SW_HIDE
+        flags = subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP
+        return {"startupinfo": info, "creationflags": flags}
+    return {"start_new_session": True}
+
+
+def signal_process_tree(pid: int, force: bool) -> None:
+    """Ask the process group led by ``pid`` to stop (``force``: kill it); returns at once.
+
+    POSIX: SIGTERM, or SIGKILL, to the whole group (which outlives its leader while members remain).
+    Windows: ``taskkill /T /F``, started without waiting for it.
+    """
+    if sys.platform == "win32":
+        subprocess.Popen(
+            ["taskkill", "/PID", str(pid), "/T", "/F"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            creationflags=subprocess.CREATE_NO_WINDOW,
+        )
         return
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
 
 
 class EngineProcess:
@@ -211,7 +233,9 @@ class EngineProcess:
     (the child should print ``--progress-json`` style lines to be followed).
     """
 
-    def __init__(self, argv: Sequence[str], cwd: str | Path | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], cwd: str | Path | None = None, stdin_text: str | None = None
+    ) -> None:
         self.argv = list(argv)
         self.state = RunState()
         self._events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -219,7 +243,7 @@ class EngineProcess:
         self._lock = threading.Lock()
         self._process = subprocess.Popen(
             self.argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin_text is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
@@ -227,7 +251,15 @@ class EngineProcess:
             text=True,
             encoding="utf-8",
             errors="replace",
+            **child_options(),
         )
+        if stdin_text is not None:
+            assert self._process.stdin is not None
+            with (
+                contextlib.suppress(BrokenPipeError),
+                self._process.stdin,
+            ):  # a child that died says why itself
+                self._process.stdin.write(stdin_text)
         assert self._process.stdout is not None and self._process.stderr is not None
         self._readers = [
             threading.Thread(target=self._read, args=(self._process.stdout, "stdout"), daemon=True),
@@ -238,9 +270,21 @@ class EngineProcess:
         threading.Thread(target=self._watch, daemon=True).start()
 
     @classmethod
-    def start_command(cls, command: str, arguments: Sequence[str] = ()) -> EngineProcess:
-        """Start ``latentdrift COMMAND ARGUMENTS --progress-json`` in a child Python."""
-        return cls(engine_command(command, arguments))
+    def start_command(
+        cls, command: str, arguments: Sequence[str] = (), settings: Any | None = None
+    ) -> EngineProcess:
+        """Start ``latentdrift COMMAND ARGUMENTS --progress-json`` in a child Python.
+
+        ``settings`` (a settings object of :mod:`.settings`, or a fine-tuning config) goes to the child
+        as JSON on its standard input, read by ``--settings -``.
+        """
+        if settings is None:
+            return cls(engine_command(command, arguments))
+        from .settings import settings_json
+
+        return cls(
+            engine_command(command, [*arguments, "--settings", "-"]), stdin_text=settings_json(settings)
+        )
 
     @property
     def pid(self) -> int:
@@ -292,10 +336,21 @@ class EngineProcess:
         with self._lock:
             return self.state.outcome()
 
-    def cancel(self, timeout: float = CANCEL_TIMEOUT_S) -> None:
-        """Stop the run: end the child and every process it started, then wait for the readers."""
+    def cancel(self, grace: float = CANCEL_GRACE_S) -> None:
+        """Ask the child and every process it started to stop; returns at once, never blocks.
+
+        A tree still running ``grace`` seconds later is killed (from a timer thread). The ``exit``
+        event follows as usual; the run then fails with :class:`~.errors.CancelledError`.
+        """
+        if self._done.is_set():
+            return
+        with self._lock:
+            self.state.cancelled = True
+        signal_process_tree(self.pid, force=False)
+        killer = threading.Timer(grace, self._kill_if_running)
+        killer.daemon = True
+        killer.start()
+
+    def _kill_if_running(self) -> None:
         if not self._done.is_set():
-            with self._lock:
-                self.state.cancelled = True
-            kill_process_tree(self.pid, timeout)
-        self._done.wait(timeout)
+            signal_process_tree(self.pid, force=True)

@@ -8,16 +8,21 @@ Works in two places with the same calls:
   ``SceneSession.headless()`` builds a scene, an application logic and the Colors, Terminologies,
   Volumes and Segmentations module logics, the way the application does at start-up.
 
-Only MRML/VTK calls and the ``slicer.util`` array helpers that exist in both are used. This module
-never touches tensors, and never recomputes geometry: IJK-to-RAS comes from :mod:`.volumes`.
-Input nodes are never modified: every result is a new node.
+The engine process never needs it: every command writes its results as files by role (NRRD volumes,
+``.seg.nrrd`` segmentations). :func:`load_outputs` turns those files into nodes with their display set
+up; the Slicer panel and the console run it in Slicer's process (or on slicer-core), and a command
+run from the command line runs it on slicer-core to save its optional scene (``scene.mrml``,
+``scene.mrb``). Only MRML/VTK calls and the ``slicer.util`` array helpers that exist in both are used;
+``slicer`` is imported only when a function needs it. This module never touches tensors, and never
+recomputes geometry: IJK-to-RAS comes from :mod:`.volumes`. Input nodes are never modified: every
+result is a new node.
 """
 
 from __future__ import annotations
 
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from .volumes import Geometry, Volume, read_volume
 UNCERTAINTY_COLORMAP = ("Inferno", "Iron")
 PROBABILITY_COLORMAP = ("Viridis", "PET-Heat")
 DIFFERENCE_COLORMAP = ("DivergingBlueRed", "fMRI")
+GEOMETRY_TOLERANCE = 1e-3  # mm: outputs go through float32 files
 
 
 def _slicer() -> Any:
@@ -52,6 +58,31 @@ def _vtk_matrix(array: np.ndarray) -> Any:
 
 def _numpy_matrix(matrix: Any) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+MODULE_LOGICS = (
+    ("Colors", "vtkSlicerColorLogic"),
+    ("Terminologies", "vtkSlicerTerminologiesModuleLogic"),
+    ("Volumes", "vtkSlicerVolumesLogic"),
+    ("Segmentations", "vtkSlicerSegmentationsModuleLogic"),
+)
+"""The module logics a headless scene registers (by module name), as the application does at start-up."""
+
+
+def headless_unavailable() -> str | None:
+    """Why :meth:`SceneSession.headless` cannot work in this Python (None when it can).
+
+    It needs ``slicer-core`` (PyPI) or Slicer's own ``slicer`` package with the module logics; Slicer's
+    ``PythonSlicer`` (the interpreter of the panel's engine process) loads no module logics.
+    """
+    try:
+        slicer = _slicer()
+    except ImportError:
+        return "Slicer's MRML core is not installed here (pip install 'latentdrift-slicer[scene]')"
+    missing = [name for _, name in MODULE_LOGICS if not hasattr(slicer, name)]
+    if missing:
+        return f"this Python's slicer package lacks the module logics {', '.join(missing)}"
+    return None
 
 
 @dataclass
@@ -86,13 +117,8 @@ class SceneSession:
         # loaders log errors here although the built-in tables and codes still work.
         vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
         try:
-            for name, logic_class in (
-                ("Colors", slicer.vtkSlicerColorLogic),
-                ("Terminologies", slicer.vtkSlicerTerminologiesModuleLogic),
-                ("Volumes", slicer.vtkSlicerVolumesLogic),
-                ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-            ):
-                logic = logic_class()
+            for name, class_name in MODULE_LOGICS:
+                logic = getattr(slicer, class_name)()
                 logic.SetMRMLApplicationLogic(app_logic)
                 logic.SetMRMLScene(scene)
                 app_logic.SetModuleLogic(name, logic)
@@ -222,64 +248,134 @@ def match_display(node: Any, reference: Any) -> None:
     target.SetAndObserveColorNodeID(source.GetColorNodeID())
 
 
-# --------------------------------------------------------------------------- segmentations
+# --------------------------------------------------------------------------- result files → nodes
 
 
-@dataclass(frozen=True)
-class SegmentClass:
-    """One structure of a label map: its label value, name, colour (RGB in [0, 1]) and terminology.
+@dataclass
+class OutputFiles:
+    """Result files by role (names relative to ``folder``), to load over ``input_node`` on its grid."""
 
-    ``terminology`` is Slicer's terminology entry string (``context~category~type~…``, codes as
-    ``scheme^value^meaning``); empty for none.
+    folder: Path
+    outputs: dict[str, list[str]]
+    input_node: Any
+    template: Volume
+
+
+def load_outputs(
+    session: SceneSession, files: OutputFiles, roles: Sequence[str], foreground_opacity: float
+) -> dict[str, list[Any]]:
+    """Load the files of ``roles`` as NEW nodes on the input's exact grid, display set up; returns them by role.
+
+    Each role has its loader (:data:`ROLE_LOADERS`): images take the input's window and colour table,
+    maps a colour table and a fixed window, segmentations (``.seg.nrrd``) fill and outline. The nodes
+    keep no link to the files. The input is shown in the background of every slice view, the first
+    result of :data:`FOREGROUND_ROLES` in the foreground at ``foreground_opacity``. Node names are the
+    input's name and the role (``MRHead uncertainty``, ``MRHead probability 2``).
     """
-
-    label: int
-    name: str
-    color: tuple[float, float, float]
-    terminology: str = ""
-
-
-def add_segmentation_node(
-    session: SceneSession,
-    labels: Volume,
-    classes: Sequence[SegmentClass],
-    name: str,
-    reference: Any | None = None,
-) -> Any:
-    """A new segmentation node from an integer label volume, one named, coloured segment per class.
-
-    Label values not listed in ``classes`` (and 0, the background) get no segment. Segments are
-    created even when a class is absent from the labels, so every model output has the same segments.
-    """
-    segmentation_node = session.scene.AddNewNodeByClass(
-        "vtkMRMLSegmentationNode", session.scene.GenerateUniqueName(name)
-    )
-    segmentation_node.CreateDefaultDisplayNodes()
-    if reference is not None:
-        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-    segmentation = segmentation_node.GetSegmentation()
-    for segment_class in classes:
-        mask = (labels.voxels == segment_class.label).astype(np.uint8)
-        labelmap = volume_to_node(
-            session, labels.with_voxels(mask), "_tmp_label", "vtkMRMLLabelMapVolumeNode"
+    unknown = [role for role in roles if role not in ROLE_LOADERS]
+    if unknown:
+        raise InputError(
+            f"Cannot load output role(s) {', '.join(unknown)}: known roles are {', '.join(ROLE_LOADERS)}."
         )
-        before = segmentation.GetNumberOfSegments()
-        if not session.segmentations_logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node):
-            session.scene.RemoveNode(labelmap)
-            raise InputError(f"Could not import the '{segment_class.name}' labels into a segmentation.")
-        if segmentation.GetNumberOfSegments() == before:  # an empty mask imports no segment
-            segmentation.AddEmptySegment("", segment_class.name)
-        segment = segmentation.GetNthSegment(segmentation.GetNumberOfSegments() - 1)
-        segment.SetName(segment_class.name)
-        segment.SetColor(*segment_class.color)
-        if segment_class.terminology:
-            segment.SetTerminology(segment_class.terminology)
-        session.scene.RemoveNode(labelmap)
-    display = segmentation_node.GetDisplayNode()
-    display.SetVisibility2DFill(True)
-    display.SetVisibility2DOutline(True)
-    display.SetOpacity2DFill(0.35)
-    return segmentation_node
+    nodes: dict[str, list[Any]] = {}
+    base = files.input_node.GetName()
+    for role in roles:
+        for index, name in enumerate(files.outputs.get(role, [])):
+            label = f"{base} {role}" if index == 0 else f"{base} {role} {index + 1}"
+            node = ROLE_LOADERS[role](session, files.folder / name, files.template, files.input_node, label)
+            nodes.setdefault(role, []).append(node)
+    foreground = next((nodes[role][0] for role in FOREGROUND_ROLES if nodes.get(role)), None)
+    show_in_slice_views(session, files.input_node, foreground, foreground_opacity)
+    return nodes
+
+
+def link_to_files(nodes: dict[str, list[Any]], files: OutputFiles) -> None:
+    """Point each node :func:`load_outputs` made at the file it came from, so a scene saved beside the
+    files refers to them instead of writing the data again."""
+    for role, role_nodes in nodes.items():
+        for node, name in zip(role_nodes, files.outputs[role], strict=True):
+            node.AddDefaultStorageNode()
+            node.GetStorageNode().SetFileName(str(files.folder / name))
+
+
+def _load_image(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
+    node = volume_to_node(session, template.with_voxels(_voxels_on_grid(path, template)), name)
+    match_display(node, reference)
+    return node
+
+
+def _map_loader(colormap: Sequence[str], symmetric: bool) -> Callable[..., Any]:
+    """A loader for maps: ``symmetric`` ones get a window of ±max|value|, others 0…1, and a colour legend."""
+
+    def load(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
+        voxels = _voxels_on_grid(path, template)
+        value_range = (0.0, 1.0)
+        if symmetric:
+            bound = float(np.max(np.abs(voxels))) or 1.0
+            value_range = (-bound, bound)
+        node = add_map_node(session, template.with_voxels(voxels), name, colormap, value_range)
+        session.colors_logic.AddDefaultColorLegendDisplayNode(node)
+        return node
+
+    return load
+
+
+def _segmentation_loader(fill: bool) -> Callable[..., Any]:
+    """A loader for ``.seg.nrrd`` files (segment names, colours, terminology from the header): a new
+    segmentation node shown with outlines, and with a translucent fill when ``fill``."""
+
+    def load(session: SceneSession, path: Path, template: Volume, reference: Any, name: str) -> Any:
+        slicer = _slicer()
+        node = session.scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", session.scene.GenerateUniqueName(name)
+        )
+        reader = slicer.vtkMRMLSegmentationStorageNode()  # not added to the scene: no link to the file
+        reader.SetFileName(str(path))
+        if not reader.ReadData(node):
+            session.scene.RemoveNode(node)
+            raise UnreadableFileError(f"Could not read the segmentation '{path}'.")
+        node.CreateDefaultDisplayNodes()
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        display = node.GetDisplayNode()
+        display.SetVisibility2DFill(fill)
+        display.SetVisibility2DOutline(True)
+        display.SetOpacity2DFill(0.35)
+        return node
+
+    return load
+
+
+def _voxels_on_grid(path: Path, template: Volume) -> np.ndarray:
+    """The voxels of an output file, checked to lie on the input's grid."""
+    volume = read_volume(path)
+    if volume.voxels.shape != template.voxels.shape or not volume.geometry.is_close(
+        template.geometry, GEOMETRY_TOLERANCE
+    ):
+        raise InputError(
+            f"Output '{path.name}' is not on the input's voxel grid "
+            f"({volume.voxels.shape} vs {template.voxels.shape}): it cannot be shown over the input."
+        )
+    return volume.voxels
+
+
+ROLE_LOADERS: dict[str, Callable[..., Any]] = {
+    "volume": _load_image,
+    "counterfactual": _load_image,
+    "difference": _map_loader(DIFFERENCE_COLORMAP, symmetric=True),
+    "uncertainty": _map_loader(UNCERTAINTY_COLORMAP, symmetric=False),
+    "probability": _map_loader(PROBABILITY_COLORMAP, symmetric=False),
+    "segmentation": _segmentation_loader(fill=True),
+    "brain_mask": _segmentation_loader(fill=False),
+}
+"""Each output role a result folder can hold, and how its files become nodes (``.seg.nrrd`` roles:
+segmentation nodes; volumes: scalar volume nodes on the input's grid)."""
+FOREGROUND_ROLES = ("counterfactual", "volume", "uncertainty")
+"""The roles shown over the input, by preference."""
+SEGMENT_ROLES = ("segmentation", "uncertainty", "probability", "brain_mask")
+"""The roles of ``latentdrift segment``'s result files that show over the input (a role a run did not
+write is skipped: ``brain_mask`` appears once the brain front end writes it)."""
+COUNTERFACTUAL_ROLES = ("counterfactual", "difference", "brain_mask")
+"""The roles of ``latentdrift counterfactual``'s result files that show over the input."""
 
 
 def segmentation_to_labels(segmentation_node: Any, reference: Any) -> np.ndarray:
@@ -341,9 +437,11 @@ def _slice_composite_nodes(session: SceneSession) -> list[Any]:
 def save_scene(session: SceneSession, path: str | Path) -> dict[str, str]:
     """Write the scene with its data: ``*.mrml`` (data files beside it) or a single-file ``*.mrb``.
 
-    For ``.mrml`` each storable node is written next to the scene (volumes as ``.nrrd``,
-    segmentations as ``.seg.nrrd``) under a file name made from the node name. Returns the data file
-    name written for each node ID (empty for ``.mrb``, whose data lives inside the bundle).
+    For ``.mrml`` each storable node gets its data file next to the scene: a node whose storage node
+    already names a file there keeps it (result files loaded by role, :func:`link_to_files`), the
+    others are written (volumes as ``.nrrd``, segmentations as ``.seg.nrrd``) under a file name made
+    from the node name. Returns the data file name of each node ID (empty for ``.mrb``, whose data
+    lives inside the bundle).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -362,25 +460,43 @@ def save_scene(session: SceneSession, path: str | Path) -> dict[str, str]:
 
 
 def _write_storable_nodes(session: SceneSession, folder: Path) -> dict[str, str]:
-    scene = session.scene
-    used: set[str] = set()
-    written: dict[str, str] = {}
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLStorableNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLStorableNode")
-        if node.GetHideFromEditors() and not node.IsA("vtkMRMLVolumeNode"):
-            continue  # colour tables and other built-ins are recreated by Slicer
-        if not node.GetStorageNode():
-            node.AddDefaultStorageNode()
-        storage = node.GetStorageNode()
-        if storage is None:
+    """Give every storable node a data file in ``folder``; returns the file name of each node ID.
+
+    A node whose storage node already names a file in ``folder`` keeps it (nothing is rewritten);
+    the others are written there under a name made from the node name.
+    """
+    nodes = [
+        node for node in _storable_nodes(session) if node.GetStorageNode() or node.AddDefaultStorageNode()
+    ]
+    written = {
+        node.GetID(): Path(node.GetStorageNode().GetFileName()).name
+        for node in nodes
+        if _stored_in(node, folder)
+    }
+    used = set(written.values())
+    for node in nodes:
+        if node.GetID() in written:
             continue
         suffix = ".seg.nrrd" if node.IsA("vtkMRMLSegmentationNode") else ".nrrd"
         file_name = _unique_file_name(node.GetName(), suffix, used)
+        storage = node.GetStorageNode()
         storage.SetFileName(str(folder / file_name))
         if not storage.WriteData(node):
             raise UnreadableFileError(f"Could not write '{file_name}' for node '{node.GetName()}'.")
         written[node.GetID()] = file_name
     return written
+
+
+def _storable_nodes(session: SceneSession) -> list[Any]:
+    """The scene's data nodes (built-in colour tables and the like are recreated by Slicer: left out)."""
+    candidates = find_nodes(session, "vtkMRMLStorableNode")
+    return [node for node in candidates if not node.GetHideFromEditors() or node.IsA("vtkMRMLVolumeNode")]
+
+
+def _stored_in(node: Any, folder: Path) -> bool:
+    """True when ``node``'s storage node names an existing file in ``folder``."""
+    name = node.GetStorageNode().GetFileName()
+    return bool(name) and Path(name).is_file() and Path(name).resolve().parent == folder.resolve()
 
 
 def _unique_file_name(name: str, suffix: str, used: set[str]) -> str:

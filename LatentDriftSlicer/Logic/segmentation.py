@@ -6,7 +6,7 @@ the input's exact geometry) out. Slices outside the requested range get label 0 
 
 3D models (``config.spatial_dims == 3``) take the same path with one difference: instead of resizing
 each slice, the whole slice stack (display-oriented along ``config.axis``) is padded to a cube field of
-view and resampled to ``image_size³`` (:class:`~.volumes.VolumeResizer`), sampled as one volume, and
+view and resampled to ``image_size³`` (:class:`~.resampling.VolumeResizer`), sampled as one volume, and
 the results are resampled back onto the stack and reassembled on the input grid.
 """
 
@@ -23,38 +23,18 @@ from .devices import resolve_device
 from .errors import ParameterError
 from .ldseg import LDSegConfig, LDSegNetwork, segment_slices
 from .progress import ProgressCallback
+from .resampling import SliceResizer, VolumeResizer
+from .settings import AXES, Axis, SegmentSettings
 from .volumes import (
-    AXES,
-    Axis,
     IntensityWindow,
-    SliceResizer,
     SliceStack,
     Volume,
-    VolumeResizer,
     check_image_volume,
     extract_slices,
     reassemble,
 )
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """How to segment: samples per slice, DDIM steps, slice axis and range, seed, device, batch size.
-
-    ``workers``: threads the slices are shared among (None: 2 on a multi-core CPU, else 1;
-    :func:`latentdrift.devices.parallel_workers`).
-    """
-
-    samples: int = 8
-    steps: int | None = None
-    axis: Axis | None = None
-    slices: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 8
-    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +126,7 @@ def stack_resampling(
 
     2D: ``to_model(slices [n, rows, cols], background)`` → images ``(n, 1, S, S)``; ``from_model`` maps
     ``(n, [C,] S, S)`` → ``(n, [C,] rows, cols)``. 3D: the whole stack → one volume ``(1, 1, S, S, S)``
-    (:class:`~.volumes.VolumeResizer`); ``from_model`` maps ``(1, [C,] S, S, S)`` → ``(n, [C,] rows, cols)``,
+    (:class:`~.resampling.VolumeResizer`); ``from_model`` maps ``(1, [C,] S, S, S)`` → ``(n, [C,] rows, cols)``,
     the same stack-first layout as 2D.
     """
     if config.spatial_dims == 2:

@@ -22,13 +22,12 @@ import numpy as np
 
 from .errors import InputError, MissingFileError
 from .ldseg import LDSegConfig
+from .resampling import SliceResizer, VolumeResizer
+from .settings import Axis
 from .volumes import (
     VOLUME_SUFFIXES,
-    Axis,
     IntensityWindow,
-    SliceResizer,
     Volume,
-    VolumeResizer,
     extract_slices,
     read_volume,
 )
@@ -111,7 +110,7 @@ def pair_volume(image: Volume, labels: Volume, config: LDSegConfig) -> tuple[np.
 
     The whole volume, cut along ``config.axis`` into a display-oriented stack (the layout
     :func:`latentdrift.segmentation.segment_volume` uses), padded to a cube field of view and resampled
-    to ``S = config.image_size`` (:class:`~.volumes.VolumeResizer`). Checks as :func:`pair_slices`.
+    to ``S = config.image_size`` (:class:`~.resampling.VolumeResizer`). Checks as :func:`pair_slices`.
     """
     window = _checked_window(image, labels, config)
     axis = cast(Axis, config.axis)

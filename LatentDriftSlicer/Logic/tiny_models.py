@@ -64,6 +64,17 @@ def build_tiny_sd(folder: str | Path, instruct: bool = False, seed: int = 0) -> 
     return folder
 
 
+def build_self_test_models(folder: str | Path) -> Path:
+    """The Slicer self-test's models in ``folder``: ``ldseg`` (classes background, object) and ``instruct``
+    (an InstructPix2Pix folder), random and tiny, built in seconds; returns ``folder``."""
+    from .ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+
+    folder = Path(folder)
+    save_ldseg_model(LDSegNetwork(tiny_config(("background", "object"))), folder / "ldseg")
+    build_tiny_sd(folder / "instruct", instruct=True)
+    return folder
+
+
 def tiny_tokenizer(extra_words: Iterable[str] = ()) -> CLIPTokenizer:
     """A CLIP BPE tokenizer over all 256 byte symbols plus merges for the prompt builder's words.
 

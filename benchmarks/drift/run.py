@@ -57,8 +57,9 @@ from latentdrift.drift import DriftCallback
 from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, load_bundle
 from latentdrift.edit.loading import VAE_CHUNK
 from latentdrift.models import default_model
+from latentdrift.resampling import SliceResizer
 from latentdrift.tiny_models import TEXT_WIDTH, build_tiny_sd
-from latentdrift.volumes import Geometry, IntensityWindow, SliceResizer, Volume, extract_slices, write_volume
+from latentdrift.volumes import Geometry, IntensityWindow, Volume, extract_slices, write_volume
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

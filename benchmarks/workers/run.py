@@ -28,17 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentdrift.cli import DEMO_SOURCE, DEMO_STEPS, DEMO_TARGET
 from latentdrift.counterfactual import counterfactual_volume
 from latentdrift.devices import parallel_workers
 from latentdrift.edit import load_bundle
 from latentdrift.ldseg.model_io import load_ldseg_model
 from latentdrift.models import default_model
-from latentdrift.prompts import Attributes
 from latentdrift.sample_data import resolve_input
 from latentdrift.segmentation import SegmentSettings, segment_volume
+from latentdrift.settings import DemoSettings
 from latentdrift.volumes import Volume, read_volume
-from latentdrift.workflows.demo import DemoSettings, editor_settings
+from latentdrift.workflows.demo import editor_settings
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = "sample:mni152-t1"
@@ -76,11 +75,7 @@ def segmentation(volume: Volume, repeats: int) -> dict[str, Any]:
 
 def counterfactual(volume: Volume, repeats: int) -> dict[str, Any]:
     editor = default_model("instruct").path
-    source = Attributes.parse(DEMO_SOURCE)
-    demo = DemoSettings(
-        source=source, target=Attributes.parse(DEMO_TARGET, base=source), drift=None, steps=DEMO_STEPS
-    )
-    settings = editor_settings(demo, editor)
+    settings = editor_settings(DemoSettings(), editor)  # the demo's own settings
     bundle = load_bundle(editor, "cpu")
     times, outputs = time_rounds(
         {

@@ -25,8 +25,8 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionPipeli
 
 from ..drift import DriftCallback, inversion_start
 from ..prompts import Attributes, PromptOptions, paraphrases
+from ..settings import EditSettings
 from .loading import PipelineBundle
-from .settings import EditSettings
 
 
 def encode_prompts(pipeline: Any, prompts: list[str]) -> torch.Tensor:

@@ -41,11 +41,11 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..devices import parallel_workers, run_in_batches, run_in_workers
-from ..drift import DriftCallback, drifted_img2img_latents, drifted_start, validate_drift
+from ..drift import DriftCallback, drifted_img2img_latents, drifted_start
 from ..errors import InputError, ModelError, ParameterError
+from ..settings import EditSettings, validate_drift
 from .direction import plan_direction
 from .loading import PipelineBundle, worker_pipeline
-from .settings import EditSettings
 
 BatchKwargs = Callable[[Any, list[int]], dict[str, Any]]
 ProgressCallback = Callable[[int, int], None]

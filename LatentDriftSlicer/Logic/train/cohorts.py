@@ -16,7 +16,7 @@ voxels, a label volume on another grid or with unknown labels is skipped and rep
 
 Slices (:func:`prepare_cohort`) are cut once along the chosen axis, windowed with
 :class:`~latentdrift.volumes.IntensityWindow` (per-volume percentiles → [-1, 1]), padded and resized
-with :class:`~latentdrift.volumes.SliceResizer`, and only slices that contain anatomy are kept (at least
+with :class:`~latentdrift.resampling.SliceResizer`, and only slices that contain anatomy are kept (at least
 ``min_anatomy`` of their pixels above the bottom 5 % of the window). The result is cached as
 ``slices.npz`` (arrays, no pickle) and ``index.json`` under a key hashed from the cohort rows, each
 file's size and modification time, and the slice settings: a changed file or setting re-extracts.
@@ -38,11 +38,10 @@ import numpy as np
 
 from ..errors import InputError, LatentDriftError, MissingFileError
 from ..prompts import Attributes, PromptOptions, describe
+from ..settings import Axis
 from ..volumes import (
     VOLUME_SUFFIXES,
-    Axis,
     IntensityWindow,
-    SliceResizer,
     Volume,
     check_image_volume,
     extract_slices,
@@ -352,6 +351,8 @@ def volume_slices(volume: Volume, settings: SliceSettings) -> tuple[np.ndarray, 
     stack = extract_slices(volume, settings.axis)
     windowed = window.forward(stack.slices)
     keep = (windowed > ANATOMY_LEVEL).mean(axis=(1, 2)) >= settings.min_anatomy
+    from ..resampling import SliceResizer  # torch: loaded in the training process only, not with the config
+
     resizer = SliceResizer(windowed.shape[1:], stack.layout.pixel_spacing, settings.size)
     if not keep.any():
         return np.zeros((0, settings.size, settings.size), np.float32), []

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..drift import Drift, validate_drift
 from ..errors import ParameterError
 from ..prompts import PromptOptions
+from ..settings import Drift, settings_from_json, validate_drift
 from . import SCHEMES
-from .cohorts import SliceSettings
+
+if TYPE_CHECKING:  # cohorts reads volumes (SimpleITK): the Slicer panel imports this module at start-up
+    from .cohorts import SliceSettings
 
 DEFAULT_SEARCH_GRID = tuple(round(-0.2 + 0.05 * i, 2) for i in range(9))
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -108,6 +110,8 @@ class FinetuneConfig:
 
     def slice_settings(self) -> SliceSettings:
         """How the cohort's volumes become slices."""
+        from .cohorts import SliceSettings
+
         return SliceSettings(self.axis, self.resolution, min_anatomy=self.min_anatomy)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
@@ -117,16 +121,7 @@ class FinetuneConfig:
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> FinetuneConfig:
         """The config of a ``config.json`` (lists back to tuples; unknown keys are refused)."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ParameterError(f"Unknown job settings {', '.join(sorted(unknown))} in config.json.")
-        values = dict(values)
-        if isinstance(values.get("drift"), list):
-            values["drift"] = tuple(values["drift"])
-        if "search_grid" in values:
-            values["search_grid"] = tuple(values["search_grid"])
-        return cls(**values)
+        return settings_from_json(cls, values)
 
     @classmethod
     def read(cls, path: str | Path) -> FinetuneConfig:

@@ -27,6 +27,47 @@ from typing import Any
 STATES = ("running", "finished", "failed", "cancelled")
 
 
+def parse_status(text: str) -> list[dict[str, Any]]:
+    """The records of status lines (a line that is not a whole JSON object, e.g. one being written, is skipped)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+class StatusFollower:
+    """Follows a job's ``status.jsonl`` as it grows: each :meth:`read_new` reads only the bytes added.
+
+    A line still being written waits for the next call. When the file is replaced (a resumed job drops
+    the lines after its checkpoint), reading starts again from its beginning.
+    """
+
+    def __init__(self, status_file: Path) -> None:
+        self.status_file = status_file
+        self._inode: int | None = None
+        self._offset = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        """The records of the whole lines written since the last call."""
+        try:
+            stat = self.status_file.stat()
+        except FileNotFoundError:
+            return []
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self._inode, self._offset = stat.st_ino, 0
+        with self.status_file.open("rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        return parse_status(complete.decode("utf-8", errors="replace"))
+
+
 class JobFolder:
     """Paths and small file operations of one job folder (see the module docstring)."""
 
@@ -101,15 +142,7 @@ class JobFolder:
         """Every complete status line (a line being written is skipped)."""
         if not self.status_file.is_file():
             return []
-        records = []
-        for line in self.status_file.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        return parse_status(self.status_file.read_text(encoding="utf-8"))
 
     def truncate_status(self, last_step: int) -> None:
         """Drop status lines after ``last_step`` (steps lost since the checkpoint a job resumes from)."""

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..drift import Drift, drift_training_noise
+from ..drift import drift_training_noise
 from ..errors import CancelledError
+from ..settings import Drift
 from .checkpoints import load_trainable_weights, resume_from, save_checkpoint, save_trainable_weights_only
 from .config import FinetuneConfig
 from .job_folder import JobFolder

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..drift import Drift
 from ..edit import EditSettings, PipelineBundle, edit_slices, generate_slices
+from ..settings import Drift
 from .config import FinetuneConfig
 from .schemes import Examples, Parts, Scheme
 

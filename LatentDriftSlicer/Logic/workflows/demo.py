@@ -2,41 +2,32 @@
 
 On one volume: the LDSeg segmentation with its uncertainty (``latentdrift segment`` with its default
 settings) and a counterfactual with the default InstructPix2Pix editor (``latentdrift counterfactual
---edit instruct``), each in its own result folder (scene, preview, summary) under one result folder
-whose ``summary.json`` points to both. The whole appears at once or not at all.
+--edit instruct``), each in its own result folder (files by role, preview, summary, the optional
+scene) under one result folder whose ``summary.json`` points to both. The whole appears at once or
+not at all.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..drift import Drift
-from ..edit import EditSettings
 from ..models import default_model
 from ..progress import ProgressCallback
-from ..prompts import Attributes
 from ..results import ResultFolder
-from ..segmentation import SegmentSettings
+from ..settings import (
+    SCENE_DEFAULT,
+    CounterfactualSettings,
+    DemoSettings,
+    EditSettings,
+    SceneChoice,
+    SegmentSettings,
+)
 from ..train.metadata import recorded_drift
-from ..volumes import Axis
+from .common import scene_wanted
 from .counterfactual import counterfactual_file
 from .segment import segment_file
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """The counterfactual's attributes, δ (None: the editor's recorded δ, else 0) and steps; shared slicing."""
-
-    source: Attributes
-    target: Attributes
-    drift: Drift | None
-    steps: int
-    axis: Axis = "axial"
-    slices: str | None = None
-    seed: int = 0
-    device: str = "auto"
 
 
 def demo_file(
@@ -44,13 +35,15 @@ def demo_file(
     output: str | Path,
     settings: DemoSettings,
     progress: ProgressCallback | None = None,
+    scene: SceneChoice = SCENE_DEFAULT,
 ) -> dict:
     """A volume file → ``segmentation/`` and ``counterfactual/`` result folders and a summary of both.
 
     Both default models are resolved before any work. The top-level ``summary.json`` lists every
     file of both parts by role (paths relative to the result folder), their figures under the part's
-    name, and ``results``: each part's own ``summary.json``.
+    name, and ``results``: each part's own ``summary.json``. ``scene`` applies to both parts.
     """
+    scene_wanted(scene)
     segmenter, editor = default_model("segment"), default_model("instruct")
     edit = editor_settings(settings, editor.path)
     inputs = {"volume": str(input_path), "segmentation_model": str(segmenter.path), "model": str(editor.path)}
@@ -62,25 +55,25 @@ def demo_file(
     slicing = {"axis": settings.axis, "slices": settings.slices, "device": settings.device}
     with ResultFolder(output, "demo", inputs, settings=record, **slicing, results={}, warnings=[]) as result:
         segment_settings = SegmentSettings(
-            axis=settings.axis, slices=settings.slices, seed=settings.seed, device=settings.device
+            model=str(segmenter.path),
+            axis=settings.axis,
+            slices=settings.slices,
+            seed=settings.seed,
+            device=settings.device,
         )
         segmentation = segment_file(
-            Path(input_path),
-            segmenter.path,
-            result.staging / "segmentation",
-            segment_settings,
-            progress=progress,
+            input_path, result.staging / "segmentation", segment_settings, progress, scene
         )
         _adopt(result, "segmentation", segmentation)
-        edited = counterfactual_file(
-            input_path,
-            editor.path,
-            result.staging / "counterfactual",
+        counterfactual = CounterfactualSettings(
             edit,
+            model=str(editor.path),
             axis=settings.axis,
             slices=settings.slices,
             device=settings.device,
-            progress=progress,
+        )
+        edited = counterfactual_file(
+            input_path, result.staging / "counterfactual", counterfactual, progress, scene
         )
         _adopt(result, "counterfactual", edited)
     return result.summary()

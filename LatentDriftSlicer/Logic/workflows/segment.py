@@ -22,73 +22,65 @@ from ..models import choose_model, resolve_model
 from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
-from ..scene import (
-    PROBABILITY_COLORMAP,
-    UNCERTAINTY_COLORMAP,
-    SceneSession,
-    SegmentClass,
-    add_map_node,
-    add_segmentation_node,
-    load_volume_node,
-    node_to_volume,
-    show_in_slice_views,
-)
-from ..segmentation import SegmentSettings, VolumeSegmentation, intensity_statistics, segment_volume
+from ..scene import SEGMENT_ROLES
+from ..segmentation import VolumeSegmentation, intensity_statistics, segment_volume
 from ..segmentation_data import find_pairs, load_training_slices, split_by_subject
-from ..volumes import Volume, extract_slices
-from .common import write_scene
+from ..segmentation_file import SegmentClass, write_segmentation_file
+from ..settings import SCENE_DEFAULT, SceneChoice, SegmentSettings
+from ..volumes import Volume, extract_slices, read_volume, write_volume
+from .common import SceneLayer, outputs_of, scene_wanted, write_scene
 
 
 def segment_file(
-    input_path: Path,
-    model_name: str | Path | None,
+    input_path: str | Path,
     output: str | Path,
     settings: SegmentSettings,
-    probability_maps: bool = False,
     progress: ProgressCallback | None = None,
+    scene: SceneChoice = SCENE_DEFAULT,
 ) -> dict:
-    """``latentdrift segment``: a volume file → segmentation, uncertainty, preview, scene, summary.
+    """``latentdrift segment``: a volume file → segmentation, uncertainty, preview and summary, by role.
 
-    Writes ``scene.mrml`` (input, segmentation ``.seg.nrrd``, uncertainty, optional per-class
-    probability volumes, display set up), ``scene.mrb``, ``preview.png`` and ``summary.json``.
-    ``model_name`` None means the default segmentation model.
+    Writes ``segmentation.seg.nrrd`` (one named, coloured segment per class with its terminology),
+    ``uncertainty.nrrd`` (normalised entropy in [0, 1]), with ``settings.probabilities`` one
+    ``probability_<n>.nrrd`` per class, ``preview.png`` and ``summary.json``, all on the input's grid;
+    then the Slicer scene when ``scene`` asks for it (:func:`~.common.scene_wanted`). Needs no
+    ``slicer`` otherwise. ``settings.model`` None means the default segmentation model.
     """
-    entry = choose_model(model_name, "segment")
+    entry = choose_model(settings.model, "segment")
+    with_scene = scene_wanted(scene)
     model = load_ldseg_model(entry.path, resolve_device(settings.device))
-    session = SceneSession.headless()
     inputs = {"volume": str(input_path), "model": str(entry.path)}
     with ResultFolder(output, "segment", inputs, settings=asdict(settings), model=entry.name) as result:
-        input_node = load_volume_node(session, input_path)
-        volume = node_to_volume(input_node)
+        volume = read_volume(input_path)
         segmentation = segment_volume(volume, model, settings, progress)
-        classes = [
-            SegmentClass(index, c.name, tuple(v / 255.0 for v in c.color), c.terminology)  # type: ignore[arg-type]
-            for index, c in enumerate(model.config.classes)
-            if index > 0
-        ]
-        roles = {input_node.GetID(): "input"}
-        segmentation_node = add_segmentation_node(
-            session, segmentation.labels, classes, segmentation.labels.name, input_node
+        classes = segment_classes(model.config)
+        write_segmentation_file(
+            segmentation.labels, classes, result.path("segmentation", "segmentation.seg.nrrd")
         )
-        uncertainty_node = add_map_node(
-            session, segmentation.entropy, segmentation.entropy.name, UNCERTAINTY_COLORMAP
-        )
-        roles.update({segmentation_node.GetID(): "segmentation", uncertainty_node.GetID(): "uncertainty"})
-        if probability_maps:
-            for index, segment_class in enumerate(classes, start=1):
-                node = add_map_node(
-                    session,
-                    volume.with_voxels(segmentation.probabilities[index]),
-                    f"{volume.name} p({segment_class.name})",
-                    PROBABILITY_COLORMAP,
+        write_volume(segmentation.entropy, result.path("uncertainty", "uncertainty.nrrd"))
+        if settings.probabilities:
+            for segment_class in classes:
+                probability = volume.with_voxels(segmentation.probabilities[segment_class.label])
+                write_volume(
+                    probability, result.path("probability", f"probability_{segment_class.label}.nrrd")
                 )
-                roles[node.GetID()] = "probability"
-        show_in_slice_views(session, input_node, uncertainty_node, foreground_opacity=0.0)
-        write_scene(session, result, roles)
         _segmentation_preview(volume, segmentation, classes, settings, result.path("preview", "preview.png"))
         result.figures.update(segmentation.figures)
         result.metadata["warnings"] = segmentation.warnings
+        if with_scene:
+            write_scene(
+                result, [SceneLayer(volume, outputs_of(result, SEGMENT_ROLES))], foreground_opacity=0.0
+            )
     return result.summary()
+
+
+def segment_classes(config: LDSegConfig) -> list[SegmentClass]:
+    """The segments of a model's label values: every class but the background (0), colours in [0, 1]."""
+    return [
+        SegmentClass(index, c.name, tuple(v / 255.0 for v in c.color), c.terminology)  # type: ignore[arg-type]
+        for index, c in enumerate(config.classes)
+        if index > 0
+    ]
 
 
 def _segmentation_preview(
