@@ -80,7 +80,14 @@ SUPPORTED = not unsupportedMessage()
 if SUPPORTED:
     registerEngine()
     # The engine's light modules: its settings hold every option's default (no torch, no SimpleITK).
-    from latentdrift.settings import AXES, EDIT_MODES, CounterfactualSettings, EditSettings, SegmentSettings
+    from latentdrift.settings import (
+        AXES,
+        EDIT_MODES,
+        CounterfactualSettings,
+        EditSettings,
+        FrontEndSettings,
+        SegmentSettings,
+    )
     from latentdrift.train import SCHEMES
     from latentdrift.train.config import FinetuneConfig
 
@@ -133,6 +140,7 @@ if SUPPORTED:
         sliceStart: Annotated[int, WithinRange(0, 100000)] = 0
         sliceStop: Annotated[int, WithinRange(0, 100000)] = 1
         seed: Annotated[int, WithinRange(0, 2147483647)] = EditSettings.seed
+        preprocess: bool = FrontEndSettings.enabled
         # Counterfactual
         editMode: Annotated[str, Choice(EDIT_MODES)] = EditSettings.mode
         instruction: str = ""
@@ -729,7 +737,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     def counterfactualSettings(self, p: Any, model: str, device: str, preview: bool) -> Any:
         """The engine's CounterfactualSettings of the panel (the slice shown only, for a preview)."""
         from latentdrift import console
-        from latentdrift.settings import counterfactual_settings
+        from latentdrift.settings import FrontEndSettings, counterfactual_settings
 
         source = console.attributes_text(p.fromAge, p.fromSex, p.fromDiagnosis)
         target = console.attributes_text(p.toAge, p.toSex, p.toDiagnosis)
@@ -751,6 +759,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             slices=self.previewSlices(p) if preview else self.sliceRange(p),
             device=device,
             seed=p.seed,
+            front_end=FrontEndSettings(enabled=p.preprocess),
         )
 
     def startCounterfactual(self, p: Any, model: str, device: str, preview: bool) -> Any:
@@ -764,7 +773,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     def startSegment(self, p: Any, model: str, device: str) -> Any:
         """Start LDSeg on the slice range."""
         from latentdrift import console
-        from latentdrift.settings import SegmentSettings
+        from latentdrift.settings import FrontEndSettings, SegmentSettings
 
         if not model:
             raise ValueError("Choose a segmentation model (or add a model folder).")
@@ -777,6 +786,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             probabilities=p.probabilities,
             device=device,
             seed=p.seed,
+            front_end=FrontEndSettings(enabled=p.preprocess),
         )
         return console.start_run(console.prepare_segment(p.inputVolume, settings), console.as_segment_result)
 

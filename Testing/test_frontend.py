@@ -13,13 +13,14 @@ from scipy import ndimage
 
 from latentdrift.counterfactual import VolumeCounterfactual
 from latentdrift.errors import InputError, LabelMapGivenError, ModelError, ParameterError
-from latentdrift.frontend import BRAIN_T1, NATIVE, FrontEndSettings, InputContract, read_contract
+from latentdrift.frontend import BRAIN_T1, NATIVE, InputContract, read_contract
 from latentdrift.frontend.alignment import model_grid
 from latentdrift.frontend.bias_field import correct_bias_field, head_mask
 from latentdrift.frontend.head import PreparedHead, prepare_head
 from latentdrift.frontend.recognise import recognise, refuse_unless_head_sized
 from latentdrift.frontend.tasks import FEATHER_MM, counterfactual_on_input, segmentation_on_input
 from latentdrift.segmentation import VolumeSegmentation
+from latentdrift.settings import FrontEndSettings
 from latentdrift.synthetic import SubjectSettings, brain_tissue_template, synthetic_head, synthetic_subject
 from latentdrift.volumes import Geometry, Volume, resample_volume, volume_from_sitk
 

@@ -18,7 +18,7 @@ import logging
 import platform
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from importlib import metadata
 from typing import Any
 
@@ -30,12 +30,14 @@ from .settings import (
     DEMO_SOURCE,
     DEMO_TARGET,
     EDIT_MODES,
+    FRONT_END_STEPS,
     SCENE_CHOICES,
     SCENE_DEFAULT,
     SCHEDULERS,
     CounterfactualSettings,
     DemoSettings,
     EditSettings,
+    FrontEndSettings,
     GenerateSettings,
     SegmentSettings,
     counterfactual_settings,
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steps(segment, "DDIM steps (default: the model's, at most 15)")
     _add_batch_size(segment, f"default: {SegmentSettings.batch_size}")
     _add_slicing(segment, "the model's axis")
+    _add_front_end(segment)
     _add_settings_file(segment)
     _add_output(segment, with_scene=True)
     segment.set_defaults(handler=_run_segment)
@@ -229,6 +232,34 @@ def _add_slicing(parser: argparse.ArgumentParser, default_axis: str) -> None:
     parser.add_argument(
         "--slices", default=GIVEN, metavar="A:B", help="slice range along the axis (default: all)"
     )
+
+
+class _FrontEndOff(argparse.Action):
+    """``--no-preprocess`` / ``--no-<step>``: turn the brain front end, or one of its steps, off.
+
+    Builds the settings' ``front_end`` (:class:`~latentdrift.settings.FrontEndSettings`) flag by flag.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, step: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, "front_end", nargs=0, default=GIVEN, **kwargs)
+        self.step = step
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        current = getattr(namespace, "front_end", FrontEndSettings())
+        namespace.front_end = replace(current, **{self.step: False})
+
+
+def _add_front_end(parser: argparse.ArgumentParser) -> None:
+    """The brain front end's switches (every step runs by default where the model's contract needs it)."""
+    group = parser.add_argument_group(
+        "brain front end",
+        "a brain model on a head gets N4 bias correction, brain extraction (deepbet) and alignment to "
+        "the MNI152 template first, and its results come back on the input's grid (docs/front-end.md)",
+    )
+    group.add_argument("--no-preprocess", action=_FrontEndOff, step="enabled", help="none of the steps")
+    for step in FRONT_END_STEPS:
+        flag = "--no-" + step.replace("_", "-")
+        group.add_argument(flag, action=_FrontEndOff, step=step, help=f"no {step.replace('_', ' ')}")
 
 
 def _names(*kinds: type) -> set[str]:
@@ -372,6 +403,7 @@ def _add_counterfactual_parser(commands: Any, common: argparse.ArgumentParser) -
         help=f"mix each slice's edit with its neighbours', [0, 1) (default: {CounterfactualSettings.blend})",
     )
     _add_slicing(parser, CounterfactualSettings.axis)
+    _add_front_end(parser)
     _add_settings_file(parser)
     _add_output(parser, with_scene=True)
     parser.set_defaults(handler=_run_counterfactual)
@@ -530,6 +562,7 @@ def _add_demo_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     _add_steps(parser, f"counterfactual denoising steps (default: {DemoSettings.steps})")
     _add_slicing(parser, DemoSettings.axis)
+    _add_front_end(parser)
     _add_settings_file(parser)
     _add_output(parser, with_scene=True)
     parser.set_defaults(handler=_run_demo)
@@ -685,6 +718,7 @@ def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> Non
     _add_steps(batch, f"sampling steps (default: segment the model's, counterfactual {EditSettings.steps})")
     _add_batch_size(batch, f"default: segment {SegmentSettings.batch_size}, counterfactual from free memory")
     _add_slicing(batch, f"segment the model's, counterfactual {CounterfactualSettings.axis}")
+    _add_front_end(batch)
     _add_output(batch, with_scene=True)
     batch.set_defaults(handler=_run_batch)
 

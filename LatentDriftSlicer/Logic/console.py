@@ -81,23 +81,27 @@ class RunResult:
 
 @dataclass
 class SegmentResult:
-    """LDSeg output nodes: the segmentation, the uncertainty map and (when asked) per-class probabilities."""
+    """LDSeg output nodes: the segmentation, the uncertainty map, (when asked) per-class probabilities, and
+    the brain mask when the brain front end made one (a brain model on a head)."""
 
     segmentation_node: Any
     uncertainty_node: Any | None
     probability_nodes: list[Any]
     summary: dict[str, Any]
     output: Path | None
+    brain_mask_node: Any | None = None
 
 
 @dataclass
 class CounterfactualResult:
-    """Latent Drift output nodes: the counterfactual volume and the signed difference from the input."""
+    """Latent Drift output nodes: the counterfactual volume, the signed difference from the input, and the
+    brain mask when the brain front end made one."""
 
     counterfactual_node: Any
     difference_node: Any | None
     summary: dict[str, Any]
     output: Path | None
+    brain_mask_node: Any | None = None
 
 
 # --------------------------------------------------------------------------- the generic core
@@ -376,6 +380,7 @@ def as_segment_result(result: RunResult) -> SegmentResult:
         probability_nodes=result.nodes.get("probability", []),
         summary=result.summary,
         output=result.output,
+        brain_mask_node=result.node("brain_mask"),
     )
 
 
@@ -435,6 +440,7 @@ def as_counterfactual_result(result: RunResult) -> CounterfactualResult:
         difference_node=result.node("difference"),
         summary=result.summary,
         output=result.output,
+        brain_mask_node=result.node("brain_mask"),
     )
 
 

@@ -31,13 +31,23 @@ class Panel:
     background: np.ndarray | None = None
     colors: Sequence[tuple[float, float, float]] = ()
     value_range: tuple[float, float] | None = None
+    outline: np.ndarray | None = None
 
 
-def pick_preview_slices(count: int, wanted: int = 3) -> list[int]:
-    """Up to ``wanted`` slice positions spread over the middle 60 % of a stack of ``count``."""
+def pick_preview_slices(count: int, wanted: int = 3, outline: np.ndarray | None = None) -> list[int]:
+    """Up to ``wanted`` slice positions spread over the middle 60 % of a stack of ``count``.
+
+    With an ``outline`` (bool ``[count, rows, cols]``, e.g. the brain mask) the middle 60 % of the slices
+    it touches, so a head's preview shows its brain rather than its neck.
+    """
     if count <= wanted:
         return list(range(count))
-    return sorted({round(float(p)) for p in np.linspace(0.2 * (count - 1), 0.8 * (count - 1), wanted)})
+    first, last = 0, count - 1
+    if outline is not None and outline.any():
+        touched = np.flatnonzero(outline.reshape(count, -1).any(axis=1))
+        first, last = int(touched[0]), int(touched[-1])
+    span = last - first
+    return sorted({first + round(float(p)) for p in np.linspace(0.2 * span, 0.8 * span, wanted)})
 
 
 def save_preview(
@@ -96,3 +106,5 @@ def _draw(axis: Any, panel: Panel, position: int, aspect: float, colormap_class:
         axis.figure.colorbar(image, ax=axis, fraction=0.046)
     else:
         axis.imshow(data, cmap="gray", aspect=aspect)
+    if panel.outline is not None and panel.outline[position].any():
+        axis.contour(panel.outline[position].astype(np.float32), levels=[0.5], colors="lime", linewidths=0.8)

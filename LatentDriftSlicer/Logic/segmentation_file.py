@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import slicerio
-from slicerio.segmentation import terminology_entry_from_string
+from slicerio.segmentation import terminology_entry_from_string, terminology_entry_to_string
 
 from .errors import InputError
-from .volumes import Volume
+from .volumes import Geometry, Volume
 
 SUFFIX = ".seg.nrrd"
 TERMINOLOGY_FIELDS = 7
@@ -72,6 +72,42 @@ def write_segmentation_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     slicerio.write_segmentation(str(path), segmentation)
     return path
+
+
+def read_segmentation_file(path: str | os.PathLike[str]) -> tuple[Volume, list[SegmentClass]]:
+    """A ``.seg.nrrd`` with one labelmap layer as (label volume uint8 ``[k, j, i]``, its segments).
+
+    The inverse of :func:`write_segmentation_file`: each segment's label value, name, colour and
+    terminology entry string (empty when it has none). Files of several layers (overlapping segments)
+    are refused: they hold no single label volume.
+    """
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(f"Cannot read the segmentation '{path}': {error}") from error
+    voxels = np.asarray(segmentation["voxels"])
+    if voxels.ndim != 3:
+        raise InputError(
+            f"'{path}' holds overlapping segments in several layers: it is no single label volume."
+        )
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], float)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    geometry = Geometry(
+        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        origin=(float(ijk_to_lps[0, 3]), float(ijk_to_lps[1, 3]), float(ijk_to_lps[2, 3])),
+        direction=ijk_to_lps[:3, :3] / spacing,
+    )
+    classes = [
+        SegmentClass(
+            int(segment["labelValue"]),
+            str(segment["name"]),
+            tuple(float(v) for v in segment["color"]),  # type: ignore[arg-type]
+            terminology_entry_to_string(segment["terminology"]) if "terminology" in segment else "",
+        )
+        for segment in segmentation["segments"]
+    ]
+    labels = np.ascontiguousarray(voxels.transpose(2, 1, 0).astype(np.uint8))
+    return Volume(labels, geometry, Path(path).name.removesuffix(SUFFIX)), classes
 
 
 def _segment_fields(segment_class: SegmentClass) -> dict[str, Any]:

@@ -222,6 +222,28 @@ class EditSettings:
 # --------------------------------------------------------------------------- volume runs
 
 
+FRONT_END_STEPS = ("bias_correction", "brain_extraction", "alignment")
+
+
+@dataclass(frozen=True)
+class FrontEndSettings:
+    """Which steps of the brain front end the user allows (all by default).
+
+    A step runs only where the model's input contract needs it (:mod:`latentdrift.frontend`): a brain
+    model on a head gets N4 ``bias_correction``, deepbet ``brain_extraction`` and ``alignment`` to the
+    MNI152 template. ``enabled`` False (``--no-preprocess``) runs none: the model sees the volume as loaded.
+    """
+
+    enabled: bool = True
+    bias_correction: bool = True
+    brain_extraction: bool = True
+    alignment: bool = True
+
+    def allows(self, step: str) -> bool:
+        """Whether ``step`` (one of :data:`FRONT_END_STEPS`) may run."""
+        return self.enabled and bool(getattr(self, step))
+
+
 @dataclass(frozen=True)
 class SegmentSettings:
     """``latentdrift segment``: the model, samples per slice, DDIM steps, slicing, outputs, seed, device.
@@ -230,6 +252,8 @@ class SegmentSettings:
     model's own; ``axis`` None: the model's. ``probabilities``: also write one probability volume per
     class. ``batch_size``: slices per batch (halved on out-of-memory); ``workers``: threads the slices
     are shared among (None: 2 on a multi-core CPU, else 1; :func:`latentdrift.devices.parallel_workers`).
+    ``front_end``: the brain front end's steps (a brain model on a head; ``axis`` and ``slices`` then name
+    the input's slices).
     """
 
     model: str | None = None
@@ -242,6 +266,7 @@ class SegmentSettings:
     device: str = "auto"
     batch_size: int = 8
     workers: int | None = None
+    front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
 
 @dataclass(frozen=True)
@@ -265,12 +290,13 @@ class CounterfactualSettings(DiffusionRun):
     """``latentdrift counterfactual``: ``edit`` applied to every slice of a volume.
 
     ``axis`` and ``slices`` (``"a:b"``, None: all) choose the slices; ``blend`` in [0, 1) mixes each
-    slice's edit with its neighbours'.
+    slice's edit with its neighbours'; ``front_end``: the brain front end's steps.
     """
 
     axis: Axis = "axial"
     slices: str | None = None
     blend: float = 0.0
+    front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
 
 @dataclass(frozen=True)
@@ -283,7 +309,7 @@ class GenerateSettings(DiffusionRun):
 @dataclass(frozen=True)
 class DemoSettings:
     """``latentdrift demo``: the counterfactual's attributes, δ (None: the editor's recorded δ, else 0),
-    steps; slicing, seed and device shared by both parts."""
+    steps; slicing, seed, device and the brain front end's steps shared by both parts."""
 
     source: Attributes = field(default_factory=lambda: Attributes.parse(DEMO_SOURCE))
     target: Attributes = field(default_factory=lambda: Attributes.parse(DEMO_TARGET))
@@ -293,6 +319,7 @@ class DemoSettings:
     slices: str | None = None
     seed: int = 0
     device: str = "auto"
+    front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
 
 # --------------------------------------------------------------------------- from flat options
@@ -372,6 +399,7 @@ _NESTED: dict[str, Callable[[Any], Any]] = {
     "prompt_options": lambda value: PromptOptions(**value),
     "drift": lambda value: tuple(value) if isinstance(value, list) else value,
     "search_grid": tuple,
+    "front_end": lambda value: settings_from_json(FrontEndSettings, value),
 }
 """How a field read from JSON becomes its value again (by field name; JSON has no tuples or classes)."""
 

@@ -5,8 +5,9 @@ diffusers model in ``latentdrift.json`` under ``"input"`` (:func:`read_contract`
 that declares nothing gets :data:`NATIVE`: it sees the volume as loaded, as before the front end existed.
 
 The brain front end (:mod:`latentdrift.frontend.head`) satisfies a contract: it corrects the bias field,
-extracts the brain and aligns it to the MNI152 template when the contract asks, and brings the results
-back onto the input's grid. This module is light (no torch, no SimpleITK): the panel reads contracts too.
+extracts the brain and aligns it to the MNI152 template when the contract asks (and the user's
+:class:`~latentdrift.settings.FrontEndSettings` allow), and brings the results back onto the input's
+grid. This module is light (no torch, no SimpleITK): the panel reads contracts too.
 """
 
 from __future__ import annotations
@@ -86,23 +87,6 @@ NATIVE = InputContract()
 
 BRAIN_T1 = InputContract(modality="T1", skull_stripped=True, bias_corrected=True, space="mni152")
 """A T1 brain model trained on the MNI152 template grid (the bundled brain models, with their spacing)."""
-
-
-@dataclass(frozen=True)
-class FrontEndSettings:
-    """Which front-end steps the user allows (all by default; each runs only where the contract needs it).
-
-    ``enabled`` False (``--no-preprocess``) runs none: the model sees the volume as loaded.
-    """
-
-    enabled: bool = True
-    bias_correction: bool = True
-    brain_extraction: bool = True
-    alignment: bool = True
-
-    def allows(self, step: str) -> bool:
-        """Whether ``step`` (``bias_correction``, ``brain_extraction`` or ``alignment``) may run."""
-        return self.enabled and bool(getattr(self, step))
 
 
 def read_contract(model_folder: str | Path) -> InputContract:

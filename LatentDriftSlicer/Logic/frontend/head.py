@@ -26,6 +26,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..progress import ProgressCallback
+from ..segmentation_file import SegmentClass
+from ..settings import FrontEndSettings
 from ..volumes import (
     Axis,
     Volume,
@@ -38,11 +41,21 @@ from ..volumes import (
 from .alignment import Alignment, align_to_template, model_grid
 from .bias_field import correct_bias_field, head_mask
 from .brain_extraction import extract_brain
-from .contract import FrontEndSettings, InputContract
+from .contract import InputContract
 from .recognise import Recognition, recognise, refuse_unless_head_sized
 
 T = TypeVar("T")
 
+BRAIN_SEGMENT = SegmentClass(
+    1,
+    "Brain",
+    (0.33, 0.85, 0.45),
+    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+    "~SCT^12738006^Brain~^^~Anatomic codes - DICOM master list~^^~^^",
+)
+"""The brain mask's one segment in ``brain_mask.seg.nrrd`` (role ``brain_mask``), with its terminology."""
+STEP_COUNT = 4
+"""Checks, bias correction, brain extraction, alignment: what progress counts."""
 MIN_T1_CORRELATION = 0.1
 """Below this correlation with the T1 template, the aligned brain does not have T1 contrast: refused."""
 WEAK_T1_CORRELATION = 0.3
@@ -134,6 +147,14 @@ class PreparedHead:
             )
         return f"{low}:{high + 1}"
 
+    def brain_mask_volume(self) -> Volume | None:
+        """The brain mask as a uint8 label volume (1 = brain) on the input's grid, or None."""
+        if self.brain_mask is None:
+            return None
+        return self.source.with_voxels(
+            self.brain_mask.astype(np.uint8), name=f"{self.source.name} brain mask"
+        )
+
     def record(self) -> dict[str, Any]:
         """The ``front_end`` entry of ``summary.json``: every step, the brain volume, the warnings."""
         brain_ml = None
@@ -149,13 +170,20 @@ class PreparedHead:
 
 
 def prepare_head(
-    volume: Volume, contract: InputContract, settings: FrontEndSettings, device: torch.device
+    volume: Volume,
+    contract: InputContract,
+    settings: FrontEndSettings,
+    device: torch.device,
+    progress: ProgressCallback | None = None,
 ) -> PreparedHead:
-    """Run the front-end steps ``contract`` needs and ``settings`` allow; see the module docstring."""
+    """Run the front-end steps ``contract`` needs and ``settings`` allow; see the module docstring.
+
+    ``progress`` hears ``(step number, 4, "front end: <step>")`` as each step starts.
+    """
     if not contract.is_brain_model or not settings.enabled:
         return PreparedHead(volume, volume)
     check_image_volume(volume)
-    run = _Steps(contract, settings)
+    run = _Steps(contract, settings, progress)
     found = run.timed("checks", lambda: _checked(volume))
     run.steps[-1].details["skull_stripped"] = found.skull_stripped
     corrected, bias_field = _correct_bias(run, volume, found)
@@ -168,14 +196,19 @@ def prepare_head(
 class _Steps:
     """The steps run so far (timed records) and the warnings they gave, for one preparation."""
 
-    def __init__(self, contract: InputContract, settings: FrontEndSettings) -> None:
+    def __init__(
+        self, contract: InputContract, settings: FrontEndSettings, progress: ProgressCallback | None
+    ) -> None:
         self.contract = contract
         self.settings = settings
+        self.progress = progress
         self.steps: list[StepRecord] = []
         self.warnings: list[str] = []
 
     def timed(self, name: str, work: Callable[[], T], **details: Any) -> T:
         """Run ``work`` and record it as step ``name`` with the seconds it took and ``details``."""
+        if self.progress is not None:
+            self.progress(len(self.steps), STEP_COUNT, f"front end: {name.replace('_', ' ')}")
         started = time.perf_counter()
         result = work()
         self.steps.append(StepRecord(name, time.perf_counter() - started, dict(details)))

@@ -19,6 +19,7 @@ model works on the few model-grid slices that cover them (:meth:`~.head.Prepared
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import cast
 
 import numpy as np
@@ -26,12 +27,13 @@ from scipy import ndimage
 
 from ..counterfactual import VolumeCounterfactual, consistency_figures, counterfactual_volume
 from ..devices import resolve_device
-from ..edit import EditSettings, PipelineBundle
+from ..edit import PipelineBundle
 from ..ldseg import LDSegNetwork
 from ..progress import ProgressCallback
-from ..segmentation import SegmentSettings, VolumeSegmentation, assemble_segmentation, segment_volume
+from ..segmentation import VolumeSegmentation, assemble_segmentation, segment_volume
+from ..settings import CounterfactualSettings, SegmentSettings
 from ..volumes import Axis, Volume, extract_slices, reassemble
-from .contract import FrontEndSettings, InputContract
+from .contract import read_contract
 from .head import PreparedHead, prepare_head
 
 MODEL_AXIS: Axis = "axial"
@@ -44,7 +46,6 @@ def segment_head(
     volume: Volume,
     model: LDSegNetwork,
     settings: SegmentSettings,
-    front_end: FrontEndSettings,
     progress: ProgressCallback | None = None,
     head: PreparedHead | None = None,
 ) -> tuple[VolumeSegmentation, PreparedHead]:
@@ -54,7 +55,9 @@ def segment_head(
     segments its own axis on its grid. ``head`` reuses a preparation of the same volume (the demo's).
     """
     contract = model.config.input
-    head = head or prepare_head(volume, contract, front_end, resolve_device(settings.device))
+    head = head or prepare_head(
+        volume, contract, settings.front_end, resolve_device(settings.device), progress
+    )
     if not head.active:
         return segment_volume(volume, model, settings, progress), head
     model_axis = cast(Axis, model.config.axis)
@@ -68,32 +71,29 @@ def segment_head(
 def counterfactual_head(
     volume: Volume,
     bundle: PipelineBundle,
-    contract: InputContract,
-    settings: EditSettings,
-    front_end: FrontEndSettings,
-    axis: Axis = "axial",
-    slices: str | None = None,
-    blend: float = 0.0,
-    batch_size: int | None = None,
+    settings: CounterfactualSettings,
     progress: ProgressCallback | None = None,
     head: PreparedHead | None = None,
 ) -> tuple[VolumeCounterfactual, PreparedHead]:
-    """A Latent Drift counterfactual of ``volume`` through the front end ``contract`` asks for.
+    """A Latent Drift counterfactual of ``volume`` through the front end its model's contract asks for.
 
-    ``axis`` and ``slices`` name the input's slices; on a prepared head the model edits axial slices of
-    its grid (the orientation it was trained on). ``head`` reuses a preparation of the same volume.
+    ``settings.axis`` and ``settings.slices`` name the input's slices; on a prepared head the model edits
+    axial slices of its grid (the orientation the bundled editors were trained on). ``head`` reuses a
+    preparation of the same volume.
     """
-    head = head or prepare_head(volume, contract, front_end, bundle.device)
-    if not head.active:
-        return counterfactual_volume(
-            volume, bundle, settings, axis, slices, blend, batch_size, progress
-        ), head
-    model_slices = head.model_slices(contract, axis, slices, MODEL_AXIS)
-    model_input = head.model_input(contract)
-    result = counterfactual_volume(
-        model_input, bundle, settings, MODEL_AXIS, model_slices, blend, batch_size, progress
+    contract = read_contract(bundle.folder)
+    head = head or prepare_head(volume, contract, settings.front_end, bundle.device, progress)
+    edit = partial(
+        counterfactual_volume, bundle=bundle, settings=settings.edit, blend=settings.blend, progress=progress
     )
-    return counterfactual_on_input(head, result, axis, slices), head
+    if not head.active:
+        result = edit(volume, axis=settings.axis, slices=settings.slices, batch_size=settings.batch_size)
+        return result, head
+    model_slices = head.model_slices(contract, settings.axis, settings.slices, MODEL_AXIS)
+    result = edit(
+        head.model_input(contract), axis=MODEL_AXIS, slices=model_slices, batch_size=settings.batch_size
+    )
+    return counterfactual_on_input(head, result, settings.axis, settings.slices), head
 
 
 def segmentation_on_input(

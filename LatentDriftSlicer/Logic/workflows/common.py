@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import ParameterError
 from ..results import ResultFolder
 from ..settings import SCENE_CHOICES, SceneChoice
 from ..volumes import Volume, write_volume
+
+if TYPE_CHECKING:
+    from ..frontend.head import PreparedHead
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,20 @@ def scene_wanted(choice: SceneChoice) -> bool:
     if reason is not None and choice == "yes":
         raise ParameterError(f"Cannot write the Slicer scene: {reason}. Use --scene auto or no.")
     return reason is None
+
+
+def record_front_end(result: ResultFolder, head: PreparedHead) -> list[str]:
+    """The brain front end's part of a result: its steps in ``summary.json`` (``front_end``) and the brain
+    mask as ``brain_mask.seg.nrrd`` (role ``brain_mask``, one segment "Brain"); returns its warnings."""
+    from ..frontend.head import BRAIN_SEGMENT
+    from ..segmentation_file import write_segmentation_file
+
+    mask = head.brain_mask_volume()
+    if mask is not None:
+        write_segmentation_file(mask, [BRAIN_SEGMENT], result.path("brain_mask", "brain_mask.seg.nrrd"))
+    if head.active:
+        result.metadata["front_end"] = head.record()
+    return list(head.warnings)
 
 
 def outputs_of(result: ResultFolder, roles: Sequence[str]) -> dict[str, list[str]]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..counterfactual import VolumeCounterfactual, choose_batch_size, counterfactual_volume, model_resolution
+from ..counterfactual import VolumeCounterfactual, choose_batch_size, model_resolution
 from ..edit import PipelineBundle, generate_slices, load_bundle
+from ..frontend.tasks import counterfactual_head
 from ..models import choose_model
 from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
@@ -24,7 +25,10 @@ from ..settings import (
     SceneChoice,
 )
 from ..volumes import Geometry, Volume, extract_slices, read_volume, write_volume
-from .common import SceneLayer, outputs_of, scene_wanted, write_scene
+from .common import SceneLayer, outputs_of, record_front_end, scene_wanted, write_scene
+
+if TYPE_CHECKING:
+    from ..frontend.head import PreparedHead
 
 FADE = 0.5
 """Opacity of the counterfactual over the input in the saved scene's slice views."""
@@ -44,6 +48,7 @@ def counterfactual_file(
     settings: CounterfactualSettings,
     progress: ProgressCallback | None = None,
     scene: SceneChoice = SCENE_DEFAULT,
+    head: PreparedHead | None = None,
 ) -> dict:
     """A volume file → its counterfactual and signed difference, preview and summary, by role.
 
@@ -53,6 +58,11 @@ def counterfactual_file(
     the background, the counterfactual in the foreground at opacity 0.5, the difference with a
     diverging colour table). ``settings.model`` None means the edit mode's default model (its folder
     is the ``model`` input recorded).
+
+    A brain model on a head runs through the brain front end (:mod:`latentdrift.frontend`): only the
+    brain changes (nothing farther than 3 mm from its mask), the brain mask is written too
+    (``brain_mask.seg.nrrd``) and ``summary.json`` records each step under ``front_end``. ``head``
+    reuses a preparation of the same file (the demo's).
     """
     with_scene = scene_wanted(scene)
     bundle = open_model(settings)
@@ -67,34 +77,33 @@ def counterfactual_file(
     record = _settings_record(settings.edit)
     with ResultFolder(output, "counterfactual", inputs, settings=record, **run) as result:
         volume = read_volume(input_path)
-        edit = counterfactual_volume(
-            volume,
-            bundle,
-            settings.edit,
-            settings.axis,
-            settings.slices,
-            settings.blend,
-            settings.batch_size,
-            progress,
-        )
+        edit, prepared = counterfactual_head(volume, bundle, settings, progress, head)
+        warnings = record_front_end(result, prepared)
         write_volume(edit.counterfactual, result.path("counterfactual", "counterfactual.nrrd"))
         write_volume(edit.difference, result.path("difference", "difference.nrrd"))
-        _preview(volume, edit, settings.slices, result.path("preview", "preview.png"))
+        _preview(volume, edit, settings.slices, prepared.brain_mask, result.path("preview", "preview.png"))
         result.figures.update(edit.figures)
-        result.metadata["warnings"] = edit.warnings
+        result.metadata["warnings"] = [*warnings, *edit.warnings]
         if with_scene:
             layer = SceneLayer(volume, outputs_of(result, COUNTERFACTUAL_ROLES))
             write_scene(result, [layer], foreground_opacity=FADE)
     return result.summary()
 
 
-def _preview(volume: Volume, edit: VolumeCounterfactual, slices: str | None, path: Path) -> None:
+def _preview(
+    volume: Volume, edit: VolumeCounterfactual, slices: str | None, brain_mask: np.ndarray | None, path: Path
+) -> None:
     stack = extract_slices(volume, edit.axis, slices)
     edited = extract_slices(edit.counterfactual, edit.axis, slices).slices
     difference = extract_slices(edit.difference, edit.axis, slices).slices
-    positions = pick_preview_slices(stack.count)
+    outline = (
+        None
+        if brain_mask is None
+        else extract_slices(volume.with_voxels(brain_mask), edit.axis, slices).slices
+    )
+    positions = pick_preview_slices(stack.count, outline=outline)
     panels = [
-        Panel("input", stack.slices),
+        Panel("input" if outline is None else "input, brain mask", stack.slices, outline=outline),
         Panel("counterfactual", edited),
         Panel("difference (counterfactual − input)", difference, "signed"),
     ]

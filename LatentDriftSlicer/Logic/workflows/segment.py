@@ -6,9 +6,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..devices import resolve_device
 from ..errors import ModelError, ParameterError
+from ..frontend.tasks import segment_head
 from ..ldseg import (
     LDSegConfig,
     TrainSettings,
@@ -23,12 +27,15 @@ from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
 from ..scene import SEGMENT_ROLES
-from ..segmentation import VolumeSegmentation, intensity_statistics, segment_volume
+from ..segmentation import VolumeSegmentation, intensity_statistics
 from ..segmentation_data import find_pairs, load_training_slices, split_by_subject
 from ..segmentation_file import SegmentClass, write_segmentation_file
 from ..settings import SCENE_DEFAULT, SceneChoice, SegmentSettings
 from ..volumes import Volume, extract_slices, read_volume, write_volume
-from .common import SceneLayer, outputs_of, scene_wanted, write_scene
+from .common import SceneLayer, outputs_of, record_front_end, scene_wanted, write_scene
+
+if TYPE_CHECKING:
+    from ..frontend.head import PreparedHead
 
 
 def segment_file(
@@ -37,6 +44,7 @@ def segment_file(
     settings: SegmentSettings,
     progress: ProgressCallback | None = None,
     scene: SceneChoice = SCENE_DEFAULT,
+    head: PreparedHead | None = None,
 ) -> dict:
     """``latentdrift segment``: a volume file → segmentation, uncertainty, preview and summary, by role.
 
@@ -45,6 +53,11 @@ def segment_file(
     ``probability_<n>.nrrd`` per class, ``preview.png`` and ``summary.json``, all on the input's grid;
     then the Slicer scene when ``scene`` asks for it (:func:`~.common.scene_wanted`). Needs no
     ``slicer`` otherwise. ``settings.model`` None means the default segmentation model.
+
+    A brain model on a head runs through the brain front end (:mod:`latentdrift.frontend`): the brain
+    mask is written too (``brain_mask.seg.nrrd``), ``summary.json`` records each step under
+    ``front_end``, and the segmentation and uncertainty are zero outside the brain. ``head`` reuses a
+    preparation of the same file (the demo's).
     """
     entry = choose_model(settings.model, "segment")
     with_scene = scene_wanted(scene)
@@ -52,7 +65,8 @@ def segment_file(
     inputs = {"volume": str(input_path), "model": str(entry.path)}
     with ResultFolder(output, "segment", inputs, settings=asdict(settings), model=entry.name) as result:
         volume = read_volume(input_path)
-        segmentation = segment_volume(volume, model, settings, progress)
+        segmentation, prepared = segment_head(volume, model, settings, progress, head)
+        warnings = record_front_end(result, prepared)
         classes = segment_classes(model.config)
         write_segmentation_file(
             segmentation.labels, classes, result.path("segmentation", "segmentation.seg.nrrd")
@@ -64,9 +78,16 @@ def segment_file(
                 write_volume(
                     probability, result.path("probability", f"probability_{segment_class.label}.nrrd")
                 )
-        _segmentation_preview(volume, segmentation, classes, settings, result.path("preview", "preview.png"))
+        _segmentation_preview(
+            volume,
+            segmentation,
+            classes,
+            settings,
+            prepared.brain_mask,
+            result.path("preview", "preview.png"),
+        )
         result.figures.update(segmentation.figures)
-        result.metadata["warnings"] = segmentation.warnings
+        result.metadata["warnings"] = [*warnings, *segmentation.warnings]
         if with_scene:
             write_scene(
                 result, [SceneLayer(volume, outputs_of(result, SEGMENT_ROLES))], foreground_opacity=0.0
@@ -88,15 +109,21 @@ def _segmentation_preview(
     segmentation: VolumeSegmentation,
     classes: Sequence[SegmentClass],
     settings: SegmentSettings,
+    brain_mask: np.ndarray | None,
     path: Path,
 ) -> None:
     axis = segmentation.axis
     stack = extract_slices(volume, axis, settings.slices)
     labels = extract_slices(segmentation.labels, axis, settings.slices).slices
     entropy = extract_slices(segmentation.entropy, axis, settings.slices).slices
-    positions = pick_preview_slices(stack.count)
+    outline = (
+        None
+        if brain_mask is None
+        else extract_slices(volume.with_voxels(brain_mask), axis, settings.slices).slices
+    )
+    positions = pick_preview_slices(stack.count, outline=outline)
     panels = [
-        Panel("input", stack.slices),
+        Panel("input" if outline is None else "input, brain mask", stack.slices, outline=outline),
         Panel("segmentation", labels, "labels", background=stack.slices, colors=[c.color for c in classes]),
         Panel("uncertainty (entropy)", entropy, "map", value_range=(0.0, 1.0)),
     ]
