@@ -38,10 +38,7 @@ def test_cpu_batch_size_follows_available_memory(monkeypatch) -> None:
 
     from latentdrift import devices
 
-    class Memory:
-        available = 8 * 2**30
-
-    monkeypatch.setattr(devices.psutil, "virtual_memory", lambda: Memory)
+    monkeypatch.setattr(devices, "available_ram", lambda: 8 * 2**30)
     cpu = torch.device("cpu")
     assert devices.suggest_batch_size(cpu, bytes_per_item=2**30, ceiling=64) == 4  # half of 8 GiB
     assert devices.suggest_batch_size(cpu, bytes_per_item=2**20, ceiling=64) == 64

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import platform
+import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, replace
@@ -25,6 +26,7 @@ from typing import Any
 from . import __version__
 from .errors import LatentDriftError, ParameterError
 from .progress import Progress, emit_event
+from .results import RunInterrupted, stop_on_signals
 from .settings import (
     AXES,
     DEMO_SOURCE,
@@ -895,11 +897,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.progress = Progress(quiet=args.quiet, json_lines=args.progress_json)
     handler: Handler = args.handler
     try:
-        if vars(args).get("device") not in (None, "auto"):
-            from .devices import resolve_device
+        with stop_on_signals():
+            if vars(args).get("device") not in (None, "auto"):
+                from .devices import resolve_device
 
-            resolve_device(args.device)  # fail early, before any work
-        return handler(args)
+                resolve_device(args.device)  # fail early, before any work
+            return handler(args)
     except LatentDriftError as error:
         if args.debug:
             LOG.exception("failed")
@@ -907,9 +910,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.progress_json:
             emit_event("error", kind=type(error).__name__, message=str(error))
         return error.exit_code
-    except KeyboardInterrupt:
-        print("latentdrift: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        signum = stop.signum if isinstance(stop, RunInterrupted) else signal.SIGINT
+        print(f"latentdrift: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -41,12 +41,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .devices import parallel_workers, suggest_batch_size
+from .devices import check_memory, parallel_workers, suggest_batch_size
 from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
-from .errors import ModelError, ParameterError
+from .errors import ModelError
 from .progress import ProgressCallback
 from .resampling import SliceResizer
-from .settings import AXES, Axis
+from .settings import Axis, check_axis, check_blend
 from .volumes import (
     IntensityWindow,
     SliceStack,
@@ -63,6 +63,8 @@ BACKGROUND = -1.0
 EMPTY_MARGIN = 0.02
 """A slice is empty (copied, not edited) when no windowed pixel exceeds ``BACKGROUND + EMPTY_MARGIN``."""
 MAX_BATCH = 64
+MAX_RESOLUTION = 2048
+"""The largest slice size (pixels) a model may work at: beyond it a config is taken for a mistake."""
 DOWNSAMPLING_WARNING = 2.0
 
 
@@ -88,7 +90,9 @@ class VolumeCounterfactual:
 def model_resolution(bundle: PipelineBundle) -> int:
     """The slice size (pixels) the model works at: UNet ``sample_size`` × VAE scale factor.
 
-    Raises :class:`ModelError` when it is not a multiple of 8 (the pipelines need one).
+    Raises :class:`ModelError` when it is not a multiple of 8 (the pipelines need one), beyond
+    :data:`MAX_RESOLUTION`, or so large that one activation of one slice does not fit in the memory
+    available on the model's device: a config's size is checked before anything is allocated for it.
     """
     sample_size = bundle.unet.config.sample_size
     latent = int(sample_size if isinstance(sample_size, int) else sample_size[0])
@@ -98,7 +102,19 @@ def model_resolution(bundle: PipelineBundle) -> int:
             f"{bundle.folder} works at {size}×{size} pixels, not a multiple of 8: its unet/config.json "
             "sample_size or vae/config.json block_out_channels are unusual; use a standard SD folder."
         )
+    if size > MAX_RESOLUTION:
+        raise ModelError(
+            f"{bundle.folder} works at {size}×{size} pixels (unet/config.json sample_size {latent}), beyond "
+            f"{MAX_RESOLUTION}×{MAX_RESOLUTION}: check its sample_size, or use a model made for slices."
+        )
+    check_memory(bundle.device, _widest_activation(bundle, size), f"{bundle.folder} at {size}×{size} pixels")
     return size
+
+
+def _widest_activation(bundle: PipelineBundle, size: int) -> int:
+    """Bytes of one activation of one slice at full resolution in the widest block: a floor under any run."""
+    widest = max(max(bundle.vae.config.block_out_channels), max(bundle.unet.config.block_out_channels))
+    return size * size * widest * bundle.dtype.itemsize
 
 
 def bytes_per_slice(bundle: PipelineBundle, settings: EditSettings, size: int) -> int:
@@ -109,8 +125,7 @@ def bytes_per_slice(bundle: PipelineBundle, settings: EditSettings, size: int) -
     guidance, else 1); 16 live tensors of that size are assumed. Out-of-memory still halves the batch.
     """
     copies = 3 if settings.mode == "instruct" else 2 if settings.guidance > 1 else 1
-    widest = max(max(bundle.vae.config.block_out_channels), max(bundle.unet.config.block_out_channels))
-    return int(copies * 16 * size * size * widest * bundle.dtype.itemsize)
+    return copies * 16 * _widest_activation(bundle, size)
 
 
 def counterfactual_volume(
@@ -132,10 +147,8 @@ def counterfactual_volume(
     same volume.
     """
     check_image_volume(volume)
-    if axis not in AXES:
-        raise ParameterError(f"Unknown slice axis '{axis}': use axial, coronal or sagittal.")
-    if not 0.0 <= blend < 1.0:
-        raise ParameterError(f"blend={blend} is outside [0, 1): use 0 (off) to e.g. 0.5.")
+    check_axis(axis)
+    check_blend(blend)
     size = model_resolution(bundle)
     window = IntensityWindow.from_percentiles(volume.voxels)
     stack = extract_slices(volume, axis, slices)

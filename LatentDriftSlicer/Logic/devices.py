@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import psutil
 import torch
 
-from .errors import DeviceError, OutOfMemoryError
+from .errors import DeviceError, ModelError, OutOfMemoryError
+from .file_checks import available_ram
 
 LOG = logging.getLogger(__name__)
 
@@ -107,13 +107,15 @@ def run_in_batches(
     items: Sequence[T],
     batch_size: int,
     on_batch_done: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list:
     """Apply ``function`` to consecutive batches of ``items`` and concatenate the returned lists.
 
     On out-of-memory the failing batch is retried at half the size, and the smaller size is kept for
     the rest of the run. A batch of one that still fails raises :class:`OutOfMemoryError` with
     advice. ``on_batch_done(done, total)`` reports progress in items: ``(0, total)`` before the first
-    batch (so a progress bar times the first batch too), then after each batch.
+    batch (so a progress bar times the first batch too), then after each batch. Once ``stop`` is set
+    no further batch starts (what is done so far is returned; the caller is being interrupted).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -121,7 +123,7 @@ def run_in_batches(
     start = 0
     if on_batch_done is not None and items:
         on_batch_done(0, len(items))
-    while start < len(items):
+    while start < len(items) and not (stop is not None and stop.is_set()):
         batch = items[start : start + batch_size]
         try:
             results.extend(function(batch))
@@ -173,7 +175,9 @@ def run_in_workers(
     batch of ``batch_size`` would take. Torch's threads are divided among the shares while they run.
     Results come back in the order of ``items``, whatever the number of workers; progress is the
     sum over the shares. With one worker, or one item, this is :func:`run_in_batches` in the
-    calling thread.
+    calling thread. Interrupted (SIGINT or SIGTERM raised in the calling thread), the shares finish
+    their batch in flight and the interruption goes on once they have stopped: a process must not end
+    while threads are inside torch (it aborts instead of exiting).
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
@@ -187,12 +191,13 @@ def run_in_workers(
 
     results: list[list] = [[] for _ in shares]
     errors: list[BaseException] = []
+    stop = threading.Event()
 
     def run_share(index: int) -> None:
         try:
             torch.set_num_threads(max(1, threads // workers))
             results[index] = run_in_batches(
-                make_function(), shares[index], share_batch, progress.of_share(index)
+                make_function(), shares[index], share_batch, progress.of_share(index), stop
             )
         except BaseException as error:  # handed to the calling thread below
             errors.append(error)
@@ -206,6 +211,12 @@ def run_in_workers(
             runner.start()
         for runner in runners:
             runner.join()
+    except BaseException:  # SIGINT/SIGTERM in this thread: the shares finish their batch and stop
+        stop.set()
+        for runner in runners:
+            if runner.ident is not None:  # started
+                runner.join()
+        raise
     finally:
         torch.set_num_threads(threads)
     if errors:
@@ -243,6 +254,26 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``: free CUDA memory, or available RAM on the CPU
+    (:func:`latentdrift.file_checks.available_ram`); None on MPS, whose free memory torch does not report."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return available_ram() if device.type == "cpu" else None
+
+
+def check_memory(device: torch.device, needed: int, what: str) -> None:
+    """Raise :class:`ModelError` when ``what`` needs more than the memory available on ``device`` (the
+    bound in the message); a device that does not report its memory passes."""
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise ModelError(
+            f"{what} needs at least {needed / 1e9:.3g} GB, more than the {available / 1e9:.3g} GB available on "
+            f"{device}: check the model's config, or use a model made for a smaller resolution."
+        )
+
+
 def suggest_batch_size(device: torch.device, bytes_per_item: int, ceiling: int = 64) -> int:
     """A first batch size: what fits in 70 % of free CUDA memory or 50 % of available RAM (CPU), at most ``ceiling``.
 
@@ -250,11 +281,8 @@ def suggest_batch_size(device: torch.device, bytes_per_item: int, ceiling: int =
     free memory torch does not report, starts at ``min(ceiling, 8)``. Out-of-memory errors still halve
     the batch (:func:`run_in_batches`).
     """
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        budget = 0.7 * free
-    elif device.type == "cpu":
-        budget = 0.5 * psutil.virtual_memory().available
-    else:
+    available = available_memory(device)
+    if available is None:
         return max(1, min(ceiling, 8))
+    budget = (0.7 if device.type == "cuda" else 0.5) * available
     return int(max(1, min(ceiling, budget // max(1, bytes_per_item))))

@@ -44,7 +44,12 @@ class EmptyVolumeError(InputError):
 
 
 class SliceRangeError(InputError):
-    """A slice range lies (partly) outside the volume."""
+    """A slice range is not ``a:b``, is empty or reversed, or lies (partly) outside the volume."""
+
+
+class OutputError(LatentDriftError):
+    """The result folder cannot be written: it is a file, its file system is read-only or full, or
+    another run is writing it."""
 
 
 class ParameterError(LatentDriftError):

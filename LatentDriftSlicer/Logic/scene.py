@@ -20,7 +20,6 @@ result is a new node.
 
 from __future__ import annotations
 
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -103,8 +102,7 @@ class SceneSession:
         import vtk
 
         scene = slicer.vtkMRMLScene()
-        cache = slicer.vtkCacheManager()
-        cache.SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="latentdrift-cache-"))
+        cache = slicer.vtkCacheManager()  # no remote cache folder: scenes here refer to local files only
         io_manager = slicer.vtkDataIOManager()
         io_manager.SetCacheManager(cache)
         scene.SetCacheManager(cache)

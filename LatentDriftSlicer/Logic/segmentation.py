@@ -24,7 +24,7 @@ from .errors import ParameterError
 from .ldseg import LDSegConfig, LDSegNetwork, segment_slices
 from .progress import ProgressCallback
 from .resampling import SliceResizer, VolumeResizer
-from .settings import AXES, Axis, SegmentSettings
+from .settings import Axis, SegmentSettings, check_axis
 from .volumes import (
     IntensityWindow,
     SliceStack,
@@ -102,8 +102,7 @@ def segment_volume_with(
     """
     check_image_volume(volume)
     axis = cast(Axis, config.axis)
-    if axis not in AXES:
-        raise ParameterError(f"Unknown slice axis '{axis}': use axial, coronal or sagittal.")
+    check_axis(axis)
     window = IntensityWindow.from_percentiles(
         volume.voxels, config.intensity_percentiles, config.intensity_range
     )

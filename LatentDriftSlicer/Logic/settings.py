@@ -29,7 +29,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .errors import ParameterError, UnreadableFileError
+from .errors import ParameterError, SliceRangeError, UnreadableFileError
 from .prompts import Attributes, PromptOptions, describe, instruct
 
 Drift = float | tuple[float, ...]
@@ -74,18 +74,86 @@ def parse_drift(text: str) -> Drift:
     return values[0] if len(values) == 1 else values
 
 
+DRIFT_LIMIT = 1.0
+"""The largest |δ| accepted, five times the paper's range (−0.2 … 0.2): far beyond it every latent is pushed
+out of the VAE's range at each step, and a counterfactual comes out identical to its factual edit."""
+
+
 def validate_drift(delta: Drift, channels: int | None = None) -> None:
-    """Raise :class:`ParameterError` unless δ is finite and (per-channel) has ``channels`` values."""
+    """Raise :class:`ParameterError` unless δ is finite, within ±:data:`DRIFT_LIMIT` and (per-channel) has
+    ``channels`` values."""
     values = (delta,) if isinstance(delta, int | float) else tuple(delta)
     if not values or not all(math.isfinite(value) for value in values):
         raise ParameterError(
             f"Drift {delta} is not a finite number: use e.g. 0.05 (the paper uses -0.2 to 0.2)."
+        )
+    if any(abs(value) > DRIFT_LIMIT for value in values):
+        raise ParameterError(
+            f"Drift {delta} is outside -{DRIFT_LIMIT:g} to {DRIFT_LIMIT:g}: use e.g. 0.05 "
+            "(the paper uses -0.2 to 0.2; far larger drifts leave the image unchanged)."
         )
     if len(values) > 1 and channels is not None and len(values) != channels:
         raise ParameterError(
             f"Per-channel drift has {len(values)} values but the model's latents have {channels} channels: "
             f"give {channels} values or a single number."
         )
+
+
+def check_seed(seed: int) -> None:
+    """Raise :class:`ParameterError` unless ``seed`` is a seed every command takes: 0 to 2^63 − 1."""
+    if not 0 <= seed < 2**63:
+        raise ParameterError(f"seed={seed} is outside 0 to 2^63-1: use a non-negative integer.")
+
+
+def check_batching(batch_size: int | None, workers: int | None) -> None:
+    """Raise :class:`ParameterError` for a batch size or a worker count below 1 (None: chosen by device)."""
+    if batch_size is not None and batch_size < 1:
+        raise ParameterError(f"batch_size={batch_size}: use 1 or more slices per batch.")
+    if workers is not None and workers < 1:
+        raise ParameterError(f"workers={workers}: use 1 or more, or leave it out to choose by device.")
+
+
+def check_steps(steps: int | None) -> None:
+    """Raise :class:`ParameterError` unless ``steps`` (None: the model's) is 1 to 1000 sampling steps."""
+    if steps is not None and not 1 <= steps <= 1000:
+        raise ParameterError(f"steps={steps} is outside 1–1000: use e.g. 50.")
+
+
+def check_blend(blend: float) -> None:
+    """Raise :class:`ParameterError` unless the neighbour blend weight is in [0, 1)."""
+    if not 0.0 <= blend < 1.0:
+        raise ParameterError(f"blend={blend} is outside [0, 1): use 0 (off) to e.g. 0.5.")
+
+
+def check_axis(axis: str | None) -> None:
+    """Raise :class:`ParameterError` unless ``axis`` is one of :data:`AXES` (None: the model's)."""
+    if axis is not None and axis not in AXES:
+        raise ParameterError(f"Unknown slice axis '{axis}': use axial, coronal or sagittal.")
+
+
+def slice_bounds(text: str | None) -> tuple[int, int | None]:
+    """``"a:b"`` (Python-style, end excluded, either side optional; ``"a"`` alone: slice a) → ``(a, b)``,
+    ``b`` None for "to the end"; ``None`` or ``""`` → ``(0, None)``, every slice.
+
+    Raises :class:`SliceRangeError` for text that is not a range and for a range that is empty, reversed
+    or negative whatever the volume (``"5:2"``); :func:`latentdrift.volumes.parse_slice_range` checks
+    the end against the volume.
+    """
+    if not text:
+        return 0, None
+    start_text, colon, stop_text = text.partition(":")
+    try:
+        start = int(start_text) if start_text.strip() else 0
+        stop = (int(stop_text) if stop_text.strip() else None) if colon else start + 1
+    except ValueError:
+        raise SliceRangeError(f"Slice range '{text}' is not 'a:b' with whole numbers.") from None
+    if start < 0 or (stop is not None and stop <= start):
+        first = max(start, 0)
+        raise SliceRangeError(
+            f"Slice range '{text}' is empty, reversed or negative: give 'a:b' with 0 ≤ a < b (b excluded), "
+            f"e.g. '{first}:{first + 1}' for one slice."
+        )
+    return start, stop
 
 
 # --------------------------------------------------------------------------- slice-level edits
@@ -153,20 +221,13 @@ class EditSettings:
         self._check_mode()
 
     def _check_numbers(self) -> None:
-        if not 1 <= self.steps <= 1000:
-            raise ParameterError(f"steps={self.steps} is outside 1–1000: use e.g. 50.")
+        check_steps(self.steps)
         if not 0 < self.strength <= 1:
             raise ParameterError(f"strength={self.strength} is outside (0, 1]: use e.g. 0.5.")
         if self.guidance < 0 or self.image_guidance < 0:
             raise ParameterError("Guidance scales must be ≥ 0: use e.g. guidance 7.5 and image guidance 1.5.")
-        if self.batch_size < 1:
-            raise ParameterError(f"batch_size={self.batch_size}: use 1 or more slices per batch.")
-        if self.workers is not None and self.workers < 1:
-            raise ParameterError(
-                f"workers={self.workers}: use 1 or more, or leave it out to choose by device."
-            )
-        if not 0 <= self.seed < 2**63:
-            raise ParameterError(f"seed={self.seed} is outside 0 to 2^63-1: use a non-negative integer.")
+        check_batching(self.batch_size, self.workers)
+        check_seed(self.seed)
 
     def _check_mode(self) -> None:
         if self.mode == "img2img" and int(self.steps * self.strength) < 1:
@@ -268,6 +329,15 @@ class SegmentSettings:
     workers: int | None = None
     front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ParameterError(f"samples={self.samples}: use 1 or more samples per slice (e.g. 8).")
+        check_steps(self.steps)
+        check_axis(self.axis)
+        slice_bounds(self.slices)
+        check_seed(self.seed)
+        check_batching(self.batch_size, self.workers)
+
 
 @dataclass(frozen=True)
 class DiffusionRun:
@@ -284,6 +354,9 @@ class DiffusionRun:
     device: str = "auto"
     full_precision: bool = False
 
+    def __post_init__(self) -> None:
+        check_batching(self.batch_size, None)
+
 
 @dataclass(frozen=True)
 class CounterfactualSettings(DiffusionRun):
@@ -298,12 +371,23 @@ class CounterfactualSettings(DiffusionRun):
     blend: float = 0.0
     front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_axis(self.axis)
+        slice_bounds(self.slices)
+        check_blend(self.blend)
+
 
 @dataclass(frozen=True)
 class GenerateSettings(DiffusionRun):
     """``latentdrift generate``: ``count`` new slices from ``edit`` (mode ``generate``); sample *i* uses seed + i."""
 
     count: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.count < 1:
+            raise ParameterError(f"count={self.count}: ask for at least one slice.")
 
 
 @dataclass(frozen=True)
@@ -320,6 +404,14 @@ class DemoSettings:
     seed: int = 0
     device: str = "auto"
     front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
+
+    def __post_init__(self) -> None:
+        if self.drift is not None:
+            validate_drift(self.drift)
+        check_steps(self.steps)
+        check_axis(self.axis)
+        slice_bounds(self.slices)
+        check_seed(self.seed)
 
 
 # --------------------------------------------------------------------------- from flat options

@@ -29,7 +29,6 @@ import SimpleITK as sitk
 
 from .errors import (
     EmptyVolumeError,
-    InputError,
     LabelMapGivenError,
     MissingFileError,
     NonFiniteVoxelsError,
@@ -37,7 +36,8 @@ from .errors import (
     UnreadableFileError,
     VolumeShapeError,
 )
-from .settings import Axis
+from .file_checks import check_volume_file
+from .settings import Axis, check_axis, slice_bounds
 
 LOG = logging.getLogger(__name__)
 
@@ -128,13 +128,22 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
 
 
 def _read_file(path: Path) -> sitk.Image:
+    """The image in ``path``, its header checked first (:func:`latentdrift.file_checks.check_volume_file`:
+    size against memory, stored bytes against the header, NIfTI spacing)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        return sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as error:
         raise UnreadableFileError(
             f"Cannot read '{path}' as an image ({_first_line(error)}): use NRRD, NIfTI, MHA/MHD "
             "or a folder holding one DICOM series."
         ) from error
+    check_volume_file(path, reader)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise UnreadableFileError(f"Cannot read the voxels of '{path}': {_first_line(error)}") from error
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -357,8 +366,7 @@ _DISPLAY = {
 
 def slice_layout(geometry: Geometry, axis: Axis) -> SliceLayout:
     """The :class:`SliceLayout` that cuts a volume of this geometry along an anatomical ``axis``."""
-    if axis not in _DISPLAY:
-        raise InputError(f"Unknown slice axis '{axis}': use axial, coronal or sagittal.")
+    check_axis(axis)
     lps_of_voxel_axis, signs = _nearest_lps_axes(geometry.direction)
     voxel_axis_of_lps = {lps: v for v, lps in enumerate(lps_of_voxel_axis)}
     permutation, flips, spacing = [], [], []
@@ -376,26 +384,19 @@ def slice_layout(geometry: Geometry, axis: Axis) -> SliceLayout:
 
 
 def parse_slice_range(text: str | None, count: int) -> range:
-    """``"a:b"`` (Python-style, end exclusive, either side optional) → a range within ``[0, count)``.
+    """``"a:b"`` (:func:`latentdrift.settings.slice_bounds`) → a range within ``[0, count)``.
 
-    ``None`` or ``""`` means every slice. Raises :class:`SliceRangeError` outside the volume.
+    ``None`` or ``""`` means every slice. Raises :class:`SliceRangeError` for an empty or reversed range
+    and for one that ends outside the volume.
     """
-    if not text:
-        return range(count)
-    try:
-        start_text, _, stop_text = text.partition(":")
-        start = int(start_text) if start_text.strip() else 0
-        stop = int(stop_text) if stop_text.strip() else count
-        if ":" not in text:
-            stop = start + 1
-    except ValueError as error:
-        raise SliceRangeError(f"Slice range '{text}' is not 'a:b' with whole numbers.") from error
-    if not 0 <= start < stop <= count:
+    start, stop = slice_bounds(text)
+    end = count if stop is None else stop
+    if not start < end <= count:
         raise SliceRangeError(
             f"Slice range '{text}' lies outside the volume, which has {count} slices along this axis "
             f"(valid: 0:{count})."
         )
-    return range(start, stop)
+    return range(start, end)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..devices import resolve_device
+from ..devices import check_memory, resolve_device
 from ..errors import ModelError, ParameterError
 from ..models import LDSEG_FORMAT
 from .network import LDSegConfig, LDSegNetwork
@@ -139,14 +139,17 @@ def load_ldseg_model(folder: str | os.PathLike[str], device: torch.device | str 
     """Load the model in ``folder`` onto ``device`` (``auto|cpu|cuda[:N]|mps`` or a device), in eval mode.
 
     Raises :class:`ModelError` for a missing folder, missing or pickled-only weights, an invalid
-    ``config.json`` (naming the key) or weights that do not match the config.
+    ``config.json`` (naming the key), a resolution whose activations do not fit in the device's memory
+    (:func:`latentdrift.devices.check_memory`) or weights that do not match the config.
     """
     config = read_config(folder)
+    target = device if isinstance(device, torch.device) else resolve_device(device)
+    size = "×".join([str(config.image_size)] * config.spatial_dims)
+    check_memory(target, config.activation_bytes, f"The LDSeg model '{folder}' at {size}")
     weights = _read_weights(Path(folder))
     model = LDSegNetwork(config)
     _check_weights_fit(Path(folder), model, weights)
     model.load_state_dict(weights, strict=True)
-    target = device if isinstance(device, torch.device) else resolve_device(device)
     return model.to(target).eval()
 
 

@@ -72,6 +72,10 @@ def default_classes(names: Sequence[str]) -> tuple[LabelClass, ...]:
     )
 
 
+MAX_IMAGE_SIZE = {2: 2048, 3: 512}
+"""The largest model resolution by ``spatial_dims`` (pixels per side): beyond it a config is taken for a mistake."""
+
+
 @dataclass(frozen=True)
 class LDSegConfig:
     """Everything that defines an LDSeg model: classes, architecture, diffusion schedule, input conventions.
@@ -157,6 +161,11 @@ class LDSegConfig:
     def latent_shape(self) -> tuple[int, ...]:
         """Shape of one latent, channel first: ``(c, s, s)`` or ``(c, s, s, s)``, ``c = latent_channels``."""
         return (self.latent_channels,) + (self.latent_size,) * self.spatial_dims
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes of one full-resolution activation of one sample (float32): a floor under any run of the model."""
+        return 4 * self.image_size**self.spatial_dims * max(self.label_channels[0], self.image_channels[0])
 
     @property
     def latent_bound(self) -> float:
@@ -338,6 +347,11 @@ def _config_problems(config: LDSegConfig) -> list[str]:
         )
     if config.spatial_dims not in (2, 3):
         problems.append("spatial_dims must be 2 (slices) or 3 (whole volumes)")
+    elif not 8 <= config.image_size <= MAX_IMAGE_SIZE[config.spatial_dims]:
+        problems.append(
+            f"image_size {config.image_size} is outside 8–{MAX_IMAGE_SIZE[config.spatial_dims]} "
+            f"for a {config.spatial_dims}D model"
+        )
     if not 0 <= config.intensity_percentiles[0] < config.intensity_percentiles[1] <= 100:
         problems.append("intensity_percentiles must be increasing, within 0–100")
     if not config.intensity_range[0] < config.intensity_range[1]:

@@ -65,17 +65,15 @@ def counterfactual_file(
     reuses a preparation of the same file (the demo's).
     """
     with_scene = scene_wanted(scene)
-    bundle = open_model(settings)
-    inputs = {"volume": str(input_path), "model": str(bundle.folder)}
-    run = {
-        "axis": settings.axis,
-        "slices": settings.slices,
-        "blend": settings.blend,
-        "device": str(bundle.device),
-        "dtype": str(bundle.dtype),
-    }
+    folder = choose_model(settings.model, settings.edit.mode).path
+    inputs = {"volume": str(input_path), "model": str(folder)}
+    run = {"axis": settings.axis, "slices": settings.slices, "blend": settings.blend}
     record = _settings_record(settings.edit)
     with ResultFolder(output, "counterfactual", inputs, settings=record, **run) as result:
+        bundle = load_bundle(folder, settings.device, settings.full_precision)
+        result.inputs["model"] = str(bundle.folder)
+        result.metadata.update(device=str(bundle.device), dtype=str(bundle.dtype))
+        model_resolution(bundle)  # a model too large to run is refused before the volume is read
         volume = read_volume(input_path)
         edit, prepared = counterfactual_head(volume, bundle, settings, progress, head)
         warnings = record_front_end(result, prepared)

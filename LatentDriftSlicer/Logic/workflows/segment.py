@@ -61,9 +61,9 @@ def segment_file(
     """
     entry = choose_model(settings.model, "segment")
     with_scene = scene_wanted(scene)
-    model = load_ldseg_model(entry.path, resolve_device(settings.device))
     inputs = {"volume": str(input_path), "model": str(entry.path)}
     with ResultFolder(output, "segment", inputs, settings=asdict(settings), model=entry.name) as result:
+        model = load_ldseg_model(entry.path, resolve_device(settings.device))
         volume = read_volume(input_path)
         segmentation, prepared = segment_head(volume, model, settings, progress, head)
         warnings = record_front_end(result, prepared)
