@@ -207,7 +207,7 @@ def test_steps_turned_off_run_not_and_say_what_that_risks(head: tuple[Volume, np
 
 
 def test_a_volume_that_is_no_head_is_refused_with_what_was_found() -> None:
-    k, j, i = np.meshgrid(np.arange(64), np.arange(80), np.arange(96), indexing="ij")
+    _, j, i = np.meshgrid(np.arange(64), np.arange(80), np.arange(96), indexing="ij")
     body = ((i - 48) / 44.0) ** 2 + ((j - 40) / 30.0) ** 2 < 1  # a torso-like phantom, 3 mm voxels
     inner = ((i - 48) / 38.0) ** 2 + ((j - 40) / 24.0) ** 2 < 1
     voxels = np.where(inner, 400.0, np.where(body, 900.0, 0.0))
