@@ -206,6 +206,17 @@ def test_steps_turned_off_run_not_and_say_what_that_risks(head: tuple[Volume, np
     assert not native.active
 
 
+def test_a_volume_that_is_no_head_is_refused_with_what_was_found() -> None:
+    _, j, i = np.meshgrid(np.arange(64), np.arange(80), np.arange(96), indexing="ij")
+    body = ((i - 48) / 44.0) ** 2 + ((j - 40) / 30.0) ** 2 < 1  # a torso-like phantom, 3 mm voxels
+    inner = ((i - 48) / 38.0) ** 2 + ((j - 40) / 24.0) ** 2 < 1
+    voxels = np.where(inner, 400.0, np.where(body, 900.0, 0.0))
+    voxels += np.random.default_rng(0).normal(0.0, 20.0, voxels.shape)
+    torso = Volume(voxels.clip(0).astype(np.float32), Geometry((3.0, 3.0, 3.0), (0.0, 0.0, 0.0)), "torso")
+    with pytest.raises(InputError, match=r"No brain found in 'torso' \(brain extraction found \d+ ml"):
+        prepare_head(torso, CONTRACT, FrontEndSettings(), CPU)
+
+
 def test_a_brain_without_t1_contrast_is_refused(head: tuple[Volume, np.ndarray]) -> None:
     volume, truth = head
     inverted = np.where(truth, volume.voxels.max() - volume.voxels, volume.voxels).astype(np.float32)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from latentdrift.errors import InputError, JobError, ParameterError
 from latentdrift.ldseg import LDSegNetwork, TrainSettings, evaluate_dice, tiny_config, train_ldseg
-from latentdrift.ldseg.augment import augment_batch
+from latentdrift.ldseg.augment import _anisotropic_blur, _rim, _tissue_contrast, augment_batch
 from latentdrift.ldseg.sampler import make_scheduler
 from latentdrift.ldseg.training import CHECKPOINT_VERSION, _losses
 
@@ -101,6 +101,48 @@ def test_augmentation_keeps_image_and_label_aligned() -> None:
     assert inside - outside > 1.0
     again = augment_batch(x, y, torch.Generator().manual_seed(0), flip_left_right=True)
     assert torch.equal(again[0], out_x) and torch.equal(again[1], out_y)
+
+
+def test_scanner_variation_is_reproducible_and_keeps_the_labels() -> None:
+    images, labels = _discs(16, 5)
+    x, y = torch.from_numpy(images)[:, None], torch.from_numpy(labels)
+    out = augment_batch(x, y, torch.Generator().manual_seed(1), scanner_variation=True)
+    plain = augment_batch(x, y, torch.Generator().manual_seed(1))
+    assert torch.equal(out[1], plain[1])  # the intensity transforms never move a label
+    assert not torch.equal(out[0], plain[0])
+    assert out[0].min() >= -1 and out[0].max() <= 1
+    again = augment_batch(x, y, torch.Generator().manual_seed(1), scanner_variation=True)
+    assert torch.equal(again[0], out[0])
+
+
+def test_the_rim_is_painted_just_outside_the_brain_only() -> None:
+    labels = torch.zeros(64, 32, 32, dtype=torch.int64)
+    labels[:, 10:22, 10:22] = 1
+    unit = torch.where(labels[:, None] > 0, 0.5, 0.0)
+    out = _rim(unit, labels, torch.Generator().manual_seed(0))
+    changed = (out != unit)[:, 0]
+    assert changed.any() and not changed.all(dim=(1, 2)).any()
+    assert not changed[labels > 0].any()  # the brain is untouched
+    assert not changed[:, :5].any() and not changed[:, 26:].any()  # at most 3 pixels out
+
+
+def test_tissue_contrast_scales_tissues_but_never_the_background() -> None:
+    labels = torch.zeros(32, 16, 16, dtype=torch.int64)
+    labels[:, 4:8], labels[:, 8:12] = 1, 2
+    unit = torch.full((32, 1, 16, 16), 0.5)
+    out = _tissue_contrast(unit, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 0][labels == 0], unit[:, 0][labels == 0])
+    ratios = out[:, 0] / unit[:, 0]
+    assert ratios.min() >= 0.85 - 1e-6 and ratios.max() <= 1.15 + 1e-6 and ratios.std() > 0
+
+
+def test_anisotropic_blur_smooths_along_one_axis_only() -> None:
+    stripes = torch.zeros(64, 1, 32, 32)
+    stripes[..., ::2, :] = 1.0  # alternating rows, constant along each row
+    out = _anisotropic_blur(stripes, torch.Generator().manual_seed(0))
+    blurred = ~torch.isclose(out, stripes).all(dim=(1, 2, 3))
+    assert 0 < int(blurred.sum()) < 64  # a random subset
+    assert torch.allclose(out, out[..., :1].expand_as(out), atol=1e-5)  # rows stay constant
 
 
 class _Stop(Exception):

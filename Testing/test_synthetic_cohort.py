@@ -156,3 +156,17 @@ def test_further_follow_ups_extend_the_cohort_without_changing_its_first_visits(
 def test_a_cohort_needs_a_follow_up(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one follow-up"):
         make_cohort(tmp_path, subjects=1, follow_ups=0)
+
+
+def test_aged_baselines_have_larger_ventricles_and_still_grow(tmp_path: Path) -> None:
+    young = make_cohort(tmp_path / "young", subjects=2, seed=11, spacing_mm=3.0)
+    aged = make_cohort(tmp_path / "aged", subjects=2, seed=11, spacing_mm=3.0, baseline_atrophy=(0.05, 0.1))
+    ventricles = {}
+    for name, csv in (("young", young), ("aged", aged)):
+        rows, problems = read_cohort(csv)
+        assert problems == []
+        ventricles[name] = {(r.subject, r.session): float(r.extra["ventricle_ml"]) for r in rows}
+    for (subject, session), volume in ventricles["aged"].items():
+        if session == "baseline":
+            assert volume > ventricles["young"][(subject, session)]
+            assert ventricles["aged"][(subject, "followup")] > volume

@@ -5,15 +5,18 @@
 1. ``mini-sd-natural``: a miniature Stable Diffusion pre-trained from random weights on scikit-image's
    sample images (:mod:`latentdrift.train.pretrain`).
 2. A synthetic longitudinal brain cohort (:func:`latentdrift.synthetic_cohort.make_cohort`: 48
-   subjects at baseline and follow-up, seed 0) in ``data/generative/cohort``, and the same subjects
-   with two further follow-ups each in ``data/generative/longitudinal`` (the first two visits are
-   identical in both).
+   subjects at baseline and follow-up, seed 0) in ``data/generative/cohort``, and for the editor a
+   cohort of 48 subjects with three follow-ups each whose anatomy varies more
+   (``data/generative/longitudinal-varied``: B-spline deformations of 6 mm, and baselines already aged
+   by 0–10 % brain-volume loss, so that ventricles of every size grow).
 3. ``brain-mri-sd``: text-to-image fine-tuning of ``mini-sd-natural`` on the first cohort's axial
    slices with the project's own job (scheme ``basic``), with Latent Drift at the δ searched on the
    base model.
 4. ``brain-mri-instruct``: an InstructPix2Pix editor fine-tuned (scheme ``instruct-pix2pix``) from
-   ``brain-mri-sd`` on every earlier → later pair of the longitudinal cohort plus identity pairs,
+   ``brain-mri-sd`` on every earlier → later pair of the varied cohort plus identity pairs,
    text encoder trained too, with the same δ.
+
+``--editor-only`` retrains the editor alone, from the published ``brain-mri-sd``.
 
 Every stage is resumable (checkpoints under ``data/generative/``): rerun the command after an
 interruption. The models are written to ``LatentDriftSlicer/Logic/bundled_models/`` (``--output``
@@ -31,14 +34,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from latentdrift.frontend import BRAIN_T1
 from latentdrift.progress import Progress
+from latentdrift.synthetic import SubjectSettings
 from latentdrift.synthetic_cohort import make_cohort
 from latentdrift.train.config import FinetuneConfig
 from latentdrift.train.jobs import create_job, run_job, status
-from latentdrift.train.metadata import recorded_drift
+from latentdrift.train.metadata import recorded_drift, update_metadata
 from latentdrift.train.pretrain import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
+BRAIN_MODEL_INPUT = replace(BRAIN_T1, spacing_mm=2.0)
+"""What the brain models expect (their ``latentdrift.json`` ``input``): skull-stripped, bias-corrected T1
+brains on the MNI152 grid at the cohorts' 2 mm, which the brain front end prepares real heads into."""
 BUNDLED = ROOT / "LatentDriftSlicer" / "Logic" / "bundled_models"
 REPRODUCE = """
 ## Data and reproduction
@@ -63,13 +71,26 @@ class Budget:
     subjects: int
     follow_ups: int
     spacing_mm: float
+    editor_subjects: SubjectSettings
+    baseline_atrophy: tuple[float, float]
     text_steps: int
     instruct_steps: int
     batch_size: int
     search_samples: int
 
 
-FULL = Budget(PretrainSettings(vae_steps=500, unet_steps=1000), 48, 3, 2.0, 1000, 5000, 16, 8)
+FULL = Budget(
+    PretrainSettings(vae_steps=500, unet_steps=1000),
+    48,
+    3,
+    2.0,
+    SubjectSettings(deformation_mm=6.0),
+    (0.0, 0.10),
+    1000,
+    5000,
+    16,
+    8,
+)
 QUICK = Budget(
     PretrainSettings(
         resolution=32, vae_resolution=16, vae_steps=4, unet_steps=4, batch_size=2, checkpoint_every=2
@@ -77,6 +98,8 @@ QUICK = Budget(
     2,
     2,
     4.0,
+    SubjectSettings(deformation_mm=6.0),
+    (0.0, 0.10),
     3,
     3,
     2,
@@ -130,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="toy sizes, into data/generative-quick")
     parser.add_argument("--output", type=Path, default=None, help="where the model folders go")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--editor-only",
+        action="store_true",
+        help="retrain brain-mri-instruct from the published brain-mri-sd",
+    )
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
     work = ROOT / "data" / ("generative-quick" if args.quick else "generative")
@@ -141,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (base / "model_index.json").is_file():
         pretrain(base, work / "pretrain", settings, Progress("pre-training"))
     store_half_precision(base)
-    cohort = work / "cohort" / "cohort.csv"
-    if not cohort.is_file():
-        make_cohort(cohort.parent, subjects=budget.subjects, seed=0, spacing_mm=budget.spacing_mm)
-    longitudinal = work / "longitudinal" / "cohort.csv"
+    longitudinal = work / "longitudinal-varied" / "cohort.csv"
     if not longitudinal.is_file():
         make_cohort(
             longitudinal.parent,
@@ -152,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=0,
             spacing_mm=budget.spacing_mm,
             follow_ups=budget.follow_ups,
+            subject_settings=budget.editor_subjects,
+            baseline_atrophy=budget.baseline_atrophy,
         )
 
     common = {
@@ -163,19 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "cache_dir": str(work / "cache"),
     }
-    text_model = finetune(
-        work / "jobs" / "brain-mri-sd",
-        FinetuneConfig(
-            scheme="basic",
-            cohort=str(cohort),
-            model=str(base),
-            steps=budget.text_steps,
-            search_drift=True,
-            search_samples=budget.search_samples,
-            **common,
-        ),
-    )
-    text_model = publish(text_model, output / "brain-mri-sd")
+    if args.editor_only:
+        text_model = output / "brain-mri-sd"
+    else:
+        text_model = publish(train_text_model(work, base, budget, common), output / "brain-mri-sd")
     delta, _ = recorded_drift(text_model)
     instruct_model = finetune(
         work / "jobs" / "brain-mri-instruct",
@@ -192,8 +210,29 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     publish(instruct_model, output / "brain-mri-instruct")
+    for name in ("brain-mri-sd", "brain-mri-instruct"):
+        update_metadata(output / name, input=BRAIN_MODEL_INPUT.to_dict())
     print(f"Models in {output}: mini-sd-natural, brain-mri-sd, brain-mri-instruct (δ = {delta})")
     return 0
+
+
+def train_text_model(work: Path, base: Path, budget: Budget, common: dict) -> Path:
+    """The text-to-image job (scheme ``basic``, δ searched on the base model) on its own cohort; its model folder."""
+    cohort = work / "cohort" / "cohort.csv"
+    if not cohort.is_file():
+        make_cohort(cohort.parent, subjects=budget.subjects, seed=0, spacing_mm=budget.spacing_mm)
+    return finetune(
+        work / "jobs" / "brain-mri-sd",
+        FinetuneConfig(
+            scheme="basic",
+            cohort=str(cohort),
+            model=str(base),
+            steps=budget.text_steps,
+            search_drift=True,
+            search_samples=budget.search_samples,
+            **common,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Retrain the bundled brain-tissue LDSeg model from scratch (the one command behind its model card).
 
     .venv/bin/python scripts/train_default_ldseg.py [--steps 5000] [--restart-steps 3000] [--final-steps 1500]
+        [--scanner-steps 800]
 
 1. Writes synthetic subjects made from the MNI152 template (``latentdrift.synthetic``: random smooth
    deformations, tissue contrast, gamma, bias field, noise) as image/label NRRD pairs under
@@ -13,12 +14,20 @@
    decay from 3e-4 (checkpoints in ``data/brain-tissue-ldseg.checkpoints-stage2``), same subject split,
    into ``data/brain-tissue-ldseg-stage2``.
 4. Stage 3, progressive resizing: the same networks (fully convolutional) fine-tuned at 144×144 instead
-   of 128×128 (a 36×36 latent), cosine from 3e-4 (``data/brain-tissue-ldseg.checkpoints-stage3``).
-5. Writes the model folder to ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``;
-   ``benchmarks/ldseg/choose_sampling.py`` then chooses its sampler.
+   of 128×128 (a 36×36 latent), cosine from 3e-4 (``data/brain-tissue-ldseg.checkpoints-stage3``), into
+   ``data/brain-tissue-ldseg-stage3``.
+5. Stage 4, real scans: the stage-3 model fine-tuned with the scanner-variation augmentation as well
+   (:mod:`latentdrift.ldseg.augment`: per-tissue contrast, sharper borders, blur along one axis, a rim of
+   non-brain tissue outside the brain), cosine from 1e-4, written to
+   ``LatentDriftSlicer/Logic/bundled_models/brain-tissue-ldseg``; ``benchmarks/ldseg/choose_sampling.py``
+   then chooses its sampler.
 
-Takes about 100 minutes of a quiet 2-core CPU (5000 + 3000 steps at 128², 1500 at 144²); rerunning
-resumes from the last checkpoint of each stage.
+The model declares the brain front end's contract (a skull-stripped, bias-corrected T1 on the MNI152
+grid at 1.5 mm, the subjects' spacing): real heads are prepared into that domain before it runs.
+
+Takes about 125 minutes of a quiet 2-core CPU (5000 + 3000 steps at 128², 1500 + 800 at 144²);
+rerunning resumes from the last checkpoint of each stage, and skips the stages before the latest
+stage whose model folder exists.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from latentdrift.frontend import BRAIN_T1
 from latentdrift.ldseg import LabelClass, LDSegConfig, TrainSettings, read_config, training_config
 from latentdrift.progress import Progress
 from latentdrift.synthetic import TISSUE_NAMES, synthetic_subject
@@ -42,6 +52,9 @@ DATA = Path("data") / "brain-tissue"
 OUTPUT = ROOT / "LatentDriftSlicer" / "Logic" / "bundled_models" / "brain-tissue-ldseg"
 STAGE1 = Path("data") / "brain-tissue-ldseg-stage1"
 STAGE2 = Path("data") / "brain-tissue-ldseg-stage2"
+STAGE3 = Path("data") / "brain-tissue-ldseg-stage3"
+INPUT = replace(BRAIN_T1, spacing_mm=1.5)
+"""What the model expects: the brain front end prepares real heads into the training subjects' domain."""
 FINAL_SIZE = 144
 
 # Names, colours and codes follow 3D Slicer's GenericAnatomyColors / General Anatomy terminology
@@ -67,12 +80,14 @@ CLASSES = (
     ),
 )
 
-STAGES = """## Three stages
+STAGES = """## Four stages
 
 Stage 1: {steps} steps from scratch at 128×128 (cosine decay from 1e-3, same settings otherwise).
 Stage 2: {restart} steps, a warm restart from the stage-1 model (cosine decay from 3e-4), on the same
-subject split. Stage 3, reported above: the stage-2 networks fine-tuned at {size}×{size} (progressive
-resizing; cosine decay from 3e-4).
+subject split. Stage 3: the stage-2 networks fine-tuned at {size}×{size} (progressive resizing; cosine
+decay from 3e-4). Stage 4, reported above: the stage-3 model fine-tuned with the scanner-variation
+augmentation as well (per-tissue contrast, sharper borders, blur along one axis, a rim of non-brain
+tissue around the brain: what a real scan keeps after the brain front end), cosine decay from 1e-4.
 
 """
 
@@ -128,7 +143,7 @@ def default_config() -> LDSegConfig:
     autoencoder's own reconstruction of the true labels scores low (``benchmarks/ldseg``, autoencoder
     ceiling). Four channels carry it at the same denoiser cost.
     """
-    return training_config(CLASSES, latent_channels=4)
+    return replace(training_config(CLASSES, latent_channels=4), input=INPUT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restart-steps", type=int, default=3000, help="stage 2: warm restart")
     parser.add_argument(
         "--final-steps", type=int, default=1500, help=f"stage 3: at {FINAL_SIZE}×{FINAL_SIZE}"
+    )
+    parser.add_argument(
+        "--scanner-steps", type=int, default=800, help="stage 4: with the scanner-variation augmentation"
     )
     parser.add_argument("--subjects", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -147,17 +165,30 @@ def main(argv: list[str] | None = None) -> int:
     pairs = write_subjects(args.subjects)
     progress = Progress(json_lines=not sys.stderr.isatty())
     stage1 = stage_settings(args.steps, args.batch_size, 1e-3, "brain-tissue-ldseg.checkpoints")
-    train_segmentation_model(pairs, STAGE1, default_config(), stage1, 0.2, progress, NOTES)
     stage2 = stage_settings(
         args.restart_steps, args.batch_size, 3e-4, "brain-tissue-ldseg.checkpoints-stage2"
     )
-    train_segmentation_model(pairs, STAGE2, None, stage2, 0.2, progress, NOTES, STAGE1)
     stage3 = stage_settings(args.final_steps, args.batch_size, 3e-4, "brain-tissue-ldseg.checkpoints-stage3")
-    larger = replace(read_config(STAGE2), image_size=FINAL_SIZE)
+    stage4 = replace(
+        stage_settings(args.scanner_steps, args.batch_size, 1e-4, "brain-tissue-ldseg.checkpoints-stage4"),
+        scanner_variation=True,
+    )
     notes = STAGES.format(steps=args.steps, restart=args.restart_steps, size=FINAL_SIZE) + NOTES
-    summary = train_segmentation_model(pairs, args.output, larger, stage3, 0.2, progress, notes, STAGE2)
+    if not _trained(STAGE3):  # each stage runs unless its model, or a later stage's, is there
+        if not _trained(STAGE2):
+            if not _trained(STAGE1):
+                train_segmentation_model(pairs, STAGE1, default_config(), stage1, 0.2, progress, NOTES)
+            train_segmentation_model(pairs, STAGE2, None, stage2, 0.2, progress, NOTES, STAGE1)
+        larger = replace(read_config(STAGE2), image_size=FINAL_SIZE)
+        train_segmentation_model(pairs, STAGE3, larger, stage3, 0.2, progress, notes, STAGE2)
+    summary = train_segmentation_model(pairs, args.output, None, stage4, 0.2, progress, notes, STAGE3)
     print(summary["figures"]["final"])
     return 0
+
+
+def _trained(stage: Path) -> bool:
+    """Whether a stage's model folder is there (its stage is then skipped)."""
+    return (stage / "model.safetensors").is_file()
 
 
 def stage_settings(steps: int, batch_size: int, learning_rate: float, checkpoints: str) -> TrainSettings:

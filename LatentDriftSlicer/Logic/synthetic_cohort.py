@@ -313,10 +313,15 @@ def make_cohort(
     subject_settings: SubjectSettings | None = None,
     atrophy: AtrophySettings | None = None,
     follow_ups: int = 1,
+    baseline_atrophy: tuple[float, float] = (0.0, 0.0),
 ) -> Path:
     """Write a synthetic longitudinal cohort into ``folder`` and return its ``cohort.csv`` (deterministic).
 
     Each subject has a baseline and ``follow_ups`` (≥ 1) follow-up scans (see the module docstring).
+    ``baseline_atrophy`` (a range of brain-volume fractions, drawn per subject from a generator of its
+    own) ages the baseline itself by the atrophy model, so that baselines differ in ventricle size and
+    cortical thickness the way older brains do, and an editor cannot learn where the template's
+    ventricles lie instead of how ventricles grow. With the default (none) the cohort is as before.
     """
     if follow_ups < 1:
         raise ValueError(f"follow_ups={follow_ups}: a longitudinal cohort needs at least one follow-up.")
@@ -330,6 +335,10 @@ def make_cohort(
         baseline, follow_up = plan_subject(index, rng, years)
         extra = later_visits(follow_up, follow_ups - 1, np.random.default_rng([seed, index, 2]))
         image, labels = synthetic_subject(subject_seed, settings)
+        if baseline_atrophy != (0.0, 0.0):
+            aged = float(np.random.default_rng([seed, index, 3]).uniform(*baseline_atrophy))
+            older = apply_atrophy(image, labels, aged, subject_seed + 1, atrophy)
+            image, labels = older.image, older.labels
         records.append(_write_visit(folder, baseline, image, labels, atrophy))
         for visit in (follow_up, *extra):
             result = apply_atrophy(image, labels, visit.atrophy_fraction, subject_seed, atrophy)

@@ -22,8 +22,9 @@ from ..errors import InputError, ModelError
 from ..volumes import Volume
 
 WEIGHT_FILES = ("data/models/model.pt", "data/models/bbox_model.pt")
-MIN_BRAIN_ML = 300.0
-"""Less brain than this (ml) means deepbet found none: the input is not a head MRI."""
+BRAIN_ML = (400.0, 2800.0)
+"""A brain deepbet finds outside this range (ml) is none: the input is not a head MRI (a newborn's brain
+is about 400 ml, a large adult's with its CSF under 2.5 l)."""
 
 
 def deepbet_weights() -> tuple[Path, Path]:
@@ -63,7 +64,8 @@ def _extractor(device: str) -> Any:
 def extract_brain(volume: Volume, device: torch.device) -> np.ndarray:
     """The brain mask of a T1 head: bool ``[k, j, i]`` on ``volume``'s grid.
 
-    Raises :class:`InputError` when deepbet finds no brain (less than :data:`MIN_BRAIN_ML`).
+    Raises :class:`InputError` when deepbet finds no brain, or a "brain" of a volume no brain has
+    (:data:`BRAIN_ML`): the input is then not a head MRI.
     """
     import nibabel as nib
 
@@ -76,13 +78,14 @@ def extract_brain(volume: Volume, device: torch.device) -> np.ndarray:
         raise InputError(_no_brain(volume, 0.0)) from error
     mask = np.asarray(mask_image.dataobj).transpose(2, 1, 0) > 0
     brain_ml = float(mask.sum()) * float(np.prod(volume.geometry.spacing)) / 1000.0
-    if brain_ml < MIN_BRAIN_ML:
+    if not BRAIN_ML[0] <= brain_ml <= BRAIN_ML[1]:
         raise InputError(_no_brain(volume, brain_ml))
     return np.ascontiguousarray(mask)
 
 
 def _no_brain(volume: Volume, brain_ml: float) -> str:
     return (
-        f"No brain found in '{volume.name}' (brain extraction found {brain_ml:.0f} ml): this model expects a "
-        "T1-weighted MRI of the head. Give a head MRI, or run without the brain front end (--no-preprocess)."
+        f"No brain found in '{volume.name}' (brain extraction found {brain_ml:.0f} ml, where a brain has "
+        f"{BRAIN_ML[0]:.0f}–{BRAIN_ML[1]:.0f} ml): this model expects a T1-weighted MRI of the head. Give a "
+        "head MRI, or run without the brain front end (--no-preprocess)."
     )

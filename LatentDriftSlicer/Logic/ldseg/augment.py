@@ -9,6 +9,13 @@ generator, so a batch is reproducible from its seed.
 3D batches (volumes ``(B, 1, D, H, W)``, the stack axis first) get the same transforms with one more
 axis: the rotation stays in the (H, W) plane, scale is isotropic, translation and the elastic field
 are 3D, resolution reduction and fields use trilinear instead of bilinear/bicubic interpolation.
+
+``scanner_variation`` (2D only) adds what a real scan keeps after the brain front end, which a model
+trained on template-derived subjects never saw: each tissue's contrast scaled on its own (another
+scanner and sequence), sharper tissue borders than the averaged template (unsharp masking), blur along
+one in-plane axis only (a thick-slice acquisition resampled into the model's slices), and a thin rim of
+dark or bright non-brain tissue around the brain (a brain mask a millimetre or two too wide), which
+stays background in the labels.
 """
 
 from __future__ import annotations
@@ -34,6 +41,14 @@ LOW_RESOLUTION_FACTOR = (1.5, 3.0)
 BIAS_AMPLITUDE = 0.3  # log-scale amplitude of the multiplicative field
 MAX_LOG_GAMMA = 0.4
 MAX_NOISE_STD = 0.05  # in units of the intensity range
+P_TISSUE_CONTRAST = 0.5
+TISSUE_CONTRAST = 0.15  # each tissue's intensity scaled by up to ±15 %
+P_SHARPEN = 0.4
+MAX_SHARPEN = 1.0  # unsharp-mask amount
+P_ANISOTROPIC = 0.3
+ANISOTROPIC_FACTOR = (1.5, 3.0)
+P_RIM = 0.3
+RIM_WIDTH = (1, 3)  # pixels
 
 
 def augment_batch(
@@ -42,6 +57,7 @@ def augment_batch(
     generator: torch.Generator,
     value_range: tuple[float, float] = (-1.0, 1.0),
     flip_left_right: bool = False,
+    scanner_variation: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment ``images`` ``(B, 1, H, W)`` in ``value_range`` and integer ``labels`` ``(B, H, W)``.
 
@@ -49,12 +65,18 @@ def augment_batch(
 
     ``flip_left_right`` mirrors the column axis (left-right on axial and coronal slices); leave it off
     for sagittal slices and for classes that differ between left and right. Returns tensors of the
-    same shapes, dtypes and device, images clipped to ``value_range``.
+    same shapes, dtypes and device, images clipped to ``value_range``. ``scanner_variation`` adds the
+    real-scan transforms of the module docstring (2D batches).
     """
     low, high = value_range
     unit = (images - low) / (high - low)
     unit, labels = _spatial(unit, labels, generator, flip_left_right)
+    if scanner_variation:
+        unit = _tissue_contrast(unit, labels, generator)
+        unit = _rim(unit, labels, generator)
     unit = _low_resolution(unit, generator)
+    if scanner_variation:
+        unit = _anisotropic_blur(_sharpen(unit, generator), generator)
     unit = _intensity(unit, generator)
     return unit.clamp(0.0, 1.0) * (high - low) + low, labels
 
@@ -165,3 +187,63 @@ def _intensity(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     noise = torch.randn(unit.shape, generator=generator).to(device, unit.dtype)
     out = (unit * bias.to(device, unit.dtype)).clamp(0.0, 1.0) ** per_sample(gamma)
     return out * per_sample(scale) + per_sample(shift) + noise * per_sample(noise_std)
+
+
+def _tissue_contrast(unit: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Scale each tissue's intensities by its own factor in 1 ± :data:`TISSUE_CONTRAST` (a random subset)."""
+    count = unit.shape[0]
+    classes = int(labels.max()) + 1
+    factors = 1 + _uniform(generator, count * classes, -TISSUE_CONTRAST, TISSUE_CONTRAST).view(count, classes)
+    factors = torch.where(
+        _chosen(generator, count, P_TISSUE_CONTRAST)[:, None] > 0, factors, torch.ones_like(factors)
+    )
+    factors[:, 0] = 1.0  # the background stays
+    per_pixel = torch.gather(factors, 1, labels.reshape(count, -1).long()).view_as(labels)
+    return unit * per_pixel[:, None].to(unit.device, unit.dtype)
+
+
+def _rim(unit: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A 1–3 pixel rim of uniform dark or bright tissue just outside the brain, on a random subset (labels unchanged)."""
+    count = unit.shape[0]
+    chosen = _chosen(generator, count, P_RIM)
+    widths = torch.randint(RIM_WIDTH[0], RIM_WIDTH[1] + 1, (count,), generator=generator)
+    levels = _uniform(generator, count, 0.05, 0.95)
+    brain = (labels > 0).to(unit.dtype)[:, None]
+    out = unit.clone()
+    for index in torch.nonzero(chosen).flatten().tolist():
+        size = 2 * int(widths[index]) + 1
+        grown = F.max_pool2d(brain[index : index + 1], size, stride=1, padding=size // 2)
+        rim = (grown - brain[index : index + 1]) > 0
+        out[index : index + 1][rim] = float(levels[index])
+    return out
+
+
+def _sharpen(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Unsharp masking (amount up to :data:`MAX_SHARPEN`, 3×3 box blur) on a random subset: crisper borders."""
+    count = unit.shape[0]
+    amount = _uniform(generator, count, 0.0, MAX_SHARPEN) * _chosen(generator, count, P_SHARPEN)
+    blurred = F.avg_pool2d(unit, 3, stride=1, padding=1, count_include_pad=False)
+    return unit + amount.view(count, 1, 1, 1).to(unit.device, unit.dtype) * (unit - blurred)
+
+
+def _anisotropic_blur(unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Down-sample one in-plane axis (rows or columns, at random) by 1.5–3× and back, on a random subset."""
+    count, _, height, width = unit.shape
+    chosen = _chosen(generator, count, P_ANISOTROPIC)
+    factors = _uniform(generator, count, *ANISOTROPIC_FACTOR)
+    along_rows = torch.rand(count, generator=generator) < 0.5
+    out = unit.clone()
+    for index in torch.nonzero(chosen).flatten().tolist():
+        factor = float(factors[index])
+        size = (
+            (max(2, round(height / factor)), width)
+            if along_rows[index]
+            else (height, max(2, round(width / factor)))
+        )
+        small = F.interpolate(
+            unit[index : index + 1], size=size, mode="bilinear", antialias=True, align_corners=False
+        )
+        out[index : index + 1] = F.interpolate(
+            small, size=(height, width), mode="bilinear", align_corners=False
+        )
+    return out

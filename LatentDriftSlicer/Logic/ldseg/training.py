@@ -82,7 +82,8 @@ class TrainSettings:
     DDIM steps (one sample) are used for the per-epoch validation Dice. ``checkpoint_every`` steps
     (and at the end) a checkpoint is written to ``checkpoint_dir`` when given; with ``resume`` a run
     continues from the checkpoint found there.
-    ``flip_left_right`` only applies to axial and coronal models (see :func:`augment_batch`).
+    ``flip_left_right`` only applies to axial and coronal models (see :func:`augment_batch`);
+    ``scanner_variation`` adds its real-scan transforms (2D models).
     ``lr_scheduler`` is a ``diffusers.optimization.get_scheduler`` name (no warm-up), over ``steps``.
     """
 
@@ -98,6 +99,7 @@ class TrainSettings:
     seed: int = 0
     augment: bool = True
     flip_left_right: bool = False
+    scanner_variation: bool = False
     validation_steps: int = 5
     checkpoint_dir: str | None = None
     checkpoint_every: int = 500
@@ -315,7 +317,8 @@ def _train_step(
     x, y = images[index], labels[index]
     if settings.augment:
         flip = settings.flip_left_right and model.config.axis in ("axial", "coronal")
-        x, y = augment_batch(x, y, generator, model.config.intensity_range, flip)
+        variation = settings.scanner_variation and model.config.spatial_dims == 2
+        x, y = augment_batch(x, y, generator, model.config.intensity_range, flip, variation)
     timesteps = torch.randint(0, model.config.train_timesteps, (len(x),), generator=generator)
     noise = torch.randn((len(x), *model.config.latent_shape), generator=generator)
     x, y, timesteps, noise = x.to(device), y.to(device), timesteps.to(device), noise.to(device)
