@@ -250,11 +250,20 @@ def test_a_run_killed_while_publishing_leaves_no_mixed_folder(tmp_path: Path) ->
     assert not leftovers(out)
 
 
+@pytest.fixture
+def private_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of this test's own (``TMPDIR``, for this process and those it starts)."""
+    folder = tmp_path / "temp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 def test_a_cancel_from_slicer_sigterm_leaves_nothing_behind(
-    tiny_defaults: Path, volume_file: Path, tmp_path: Path
+    tiny_defaults: Path, volume_file: Path, tmp_path: Path, private_temp: Path
 ) -> None:
     out = tmp_path / "out"
-    before = set(Path(tempfile.gettempdir()).iterdir())
     settings = SegmentSettings(samples=64, steps=20, batch_size=1, device="cpu")
     run = EngineProcess.start_command("segment", [str(volume_file), "--output", str(out)], settings)
     while not run.state.last_progress and run.join(0.05) is False:
@@ -264,15 +273,76 @@ def test_a_cancel_from_slicer_sigterm_leaves_nothing_behind(
     assert run.join(60)
     assert run.state.returncode == 128 + signal.SIGTERM  # stopped by its handler, not killed
     assert not out.exists() and not leftovers(out)
-    assert set(Path(tempfile.gettempdir()).iterdir()) <= before
+    assert not any(private_temp.iterdir())
 
 
-def test_a_slicer_scene_leaves_no_cache_folder_in_the_temp_directory() -> None:
+def test_a_slicer_scene_leaves_no_cache_folder_in_the_temp_directory(private_temp: Path) -> None:
     from latentdrift.scene import SceneSession
 
-    before = set(Path(tempfile.gettempdir()).iterdir())
     SceneSession.headless()
-    assert set(Path(tempfile.gettempdir()).iterdir()) <= before
+    assert not any(private_temp.iterdir())
+
+
+SIGNAL_IN_AN_IMPORT = """
+import os, signal, sys, time
+from latentdrift.interrupts import RunInterrupted, stop_on_signals
+sys.path.insert(0, sys.argv[1])
+try:
+    with stop_on_signals():
+        import slow_module  # sends itself SIGTERM half-way through its top-level code
+        print("imported whole:", slow_module.WHOLE, flush=True)
+        time.sleep(30)
+except RunInterrupted as stop:
+    print("interrupted by", stop.signum, flush=True)
+"""
+SLOW_MODULE = """
+import os, signal, time
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.3)
+WHOLE = True
+"""
+
+
+def test_a_signal_inside_an_import_stops_the_run_once_the_import_is_whole(tmp_path: Path) -> None:
+    """An import cut half-way leaves a broken module (numpy then fails with a RecursionError)."""
+    (tmp_path / "slow_module.py").write_text(SLOW_MODULE)
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_AN_IMPORT, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.splitlines() == ["imported whole: True", f"interrupted by {signal.SIGTERM}"], done
+
+
+A_SIGNAL_PYTHON_DROPS = """
+import os, signal, sys
+from pathlib import Path
+from latentdrift.interrupts import RunInterrupted, stop_on_signals
+from latentdrift.results import ResultFolder
+
+class Finalised:
+    def __del__(self):  # Python drops an exception raised here, after printing it
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100000):
+            pass  # the handler runs here
+
+try:
+    with stop_on_signals(), ResultFolder(sys.argv[1], "dropped", {}) as result:
+        result.path("volume", "a.nrrd").write_text("unfinished")
+        Finalised()
+        print("went on", flush=True)
+except RunInterrupted as stop:
+    print("interrupted by", stop.signum, flush=True)
+"""
+
+
+def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path: Path) -> None:
+    """Raised in a ``__del__``, the interruption is lost: the run must not publish its result anyway."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-c", A_SIGNAL_PYTHON_DROPS, str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.splitlines() == ["went on", f"interrupted by {signal.SIGTERM}"], done
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not out.exists() and not leftovers(out)
 
 
 NAMESPACE = 'mkdir -p "$1/ro" "$1/full" && mount -t tmpfs -o ro tmpfs "$1/ro" && mount -t tmpfs -o size=12k tmpfs "$1/full" && shift && exec "$@"'
@@ -292,9 +362,9 @@ def test_read_only_and_full_file_systems_are_one_line_errors(
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True, check=False).returncode != 0:
         pytest.skip("unshare cannot make a mount namespace here (no user namespaces)")
     command = [*segment_args(volume_file), "--scene", "no"]
+    in_namespace = [sys.executable, "-c", IN_NAMESPACE, str(tmp_path), json.dumps(command)]
     done = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", NAMESPACE, "sh", str(tmp_path)]
-        + [sys.executable, "-c", IN_NAMESPACE, str(tmp_path), json.dumps(command)],
+        ["unshare", "-rm", "sh", "-c", NAMESPACE, "sh", str(tmp_path), *in_namespace],
         capture_output=True,
         text=True,
         timeout=300,

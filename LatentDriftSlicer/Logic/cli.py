@@ -25,8 +25,8 @@ from typing import Any
 
 from . import __version__
 from .errors import LatentDriftError, ParameterError
+from .interrupts import StopState, stop_on_signals
 from .progress import Progress, emit_event
-from .results import RunInterrupted, stop_on_signals
 from .settings import (
     AXES,
     DEMO_SOURCE,
@@ -896,24 +896,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args.progress = Progress(quiet=args.quiet, json_lines=args.progress_json)
     handler: Handler = args.handler
+    stopping = StopState()
     try:
-        with stop_on_signals():
+        with stop_on_signals() as stopping:
             if vars(args).get("device") not in (None, "auto"):
                 from .devices import resolve_device
 
                 resolve_device(args.device)  # fail early, before any work
             return handler(args)
-    except LatentDriftError as error:
-        if args.debug:
-            LOG.exception("failed")
-        print(f"latentdrift: error: {error}", file=sys.stderr)
-        if args.progress_json:
-            emit_event("error", kind=type(error).__name__, message=str(error))
-        return error.exit_code
-    except KeyboardInterrupt as stop:
-        signum = stop.signum if isinstance(stop, RunInterrupted) else signal.SIGINT
+    except BaseException as error:
+        return _failed(args, error, stopping.received)
+
+
+def _failed(args: argparse.Namespace, error: BaseException, signum: int | None) -> int:
+    """The exit status of a run that raised ``error`` (``signum``: the stop signal it received, if any),
+    reported in one line on stderr; an error that is not the engine's is a bug and goes on up."""
+    if signum is None and isinstance(error, KeyboardInterrupt):
+        signum = signal.SIGINT
+    if signum is not None:  # whatever the signal broke on its way out, the run was interrupted
         print(f"latentdrift: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
+    if not isinstance(error, LatentDriftError):
+        raise error
+    if args.debug:
+        LOG.error("failed", exc_info=error)
+    print(f"latentdrift: error: {error}", file=sys.stderr)
+    if args.progress_json:
+        emit_event("error", kind=type(error).__name__, message=str(error))
+    return error.exit_code
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 
 from .errors import DeviceError, ModelError, OutOfMemoryError
 from .file_checks import available_ram
+from .interrupts import raise_if_stopped
 
 LOG = logging.getLogger(__name__)
 
@@ -115,7 +116,9 @@ def run_in_batches(
     the rest of the run. A batch of one that still fails raises :class:`OutOfMemoryError` with
     advice. ``on_batch_done(done, total)`` reports progress in items: ``(0, total)`` before the first
     batch (so a progress bar times the first batch too), then after each batch. Once ``stop`` is set
-    no further batch starts (what is done so far is returned; the caller is being interrupted).
+    no further batch starts (what is done so far is returned; the caller is being interrupted); after a
+    stop signal whose exception was lost (:func:`latentdrift.interrupts.raise_if_stopped`) none starts
+    either.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -124,6 +127,7 @@ def run_in_batches(
     if on_batch_done is not None and items:
         on_batch_done(0, len(items))
     while start < len(items) and not (stop is not None and stop.is_set()):
+        raise_if_stopped()
         batch = items[start : start + batch_size]
         try:
             results.extend(function(batch))

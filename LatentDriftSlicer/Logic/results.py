@@ -11,7 +11,7 @@ Every command that writes results does it through :class:`ResultFolder`:
 * **Staging**: files go to a hidden temporary folder next to the destination, ``summary.json`` lists
   each one by role, and only when the work succeeds are they moved into place, ``summary.json`` last;
   the outputs a previous run's ``summary.json`` listed and this run does not write are removed (other
-  files in the folder are left alone). On any error, SIGINT or SIGTERM (:func:`stop_on_signals`) the
+  files in the folder are left alone). On any error, SIGINT or SIGTERM (:mod:`latentdrift.interrupts`) the
   temporary folder is removed, so the destination never holds half a result or two runs' files.
 * **One-line errors** for a destination that cannot be written: a regular file, a read-only file
   system, a full disk ("no space left"), another run.
@@ -26,82 +26,23 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from . import __version__
 from .errors import OutputError
+from .interrupts import raise_if_stopped, uncut
 
 SUMMARY = "summary.json"
 REPLACED_SUMMARY = ".replaced-summary.json"
 """The previous run's ``summary.json``, moved into the staging folder while a result is published."""
 FULL_DISK_BYTES = 16 << 20
 """A write that fails with less than this free on the result's file system failed for lack of space."""
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-# --------------------------------------------------------------------------- signals
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped a run (see :func:`stop_on_signals`); ``signum`` says which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_deferred: list[int] = []
-_critical = 0
-
-
-def _stop(signum: int, frame: FrameType | None) -> None:
-    """The handler of :data:`STOP_SIGNALS`: stop the run, unless a result folder is being moved into place."""
-    if _critical:
-        _deferred.append(signum)
-        return
-    raise RunInterrupted(signum)
-
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`RunInterrupted` in the main thread while the block runs.
-
-    The Slicer panel's Cancel sends SIGTERM to the engine process; Python's default would end it without
-    running any ``finally``, leaving the temporary folder of every :class:`ResultFolder` open. Raised as an
-    exception, the signal removes them like any error. Publishing a result and removing a temporary
-    folder finish first (the signal is raised right after). Call from the main thread; the previous
-    handlers come back after the block.
-    """
-    previous = {kind: signal.getsignal(kind) for kind in STOP_SIGNALS}
-    for kind in STOP_SIGNALS:
-        signal.signal(kind, _stop)
-    try:
-        yield
-    finally:
-        for kind, handler in previous.items():
-            signal.signal(kind, handler)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold back :func:`stop_on_signals`' stop while the block runs; raise it after."""
-    global _critical
-    _critical += 1
-    try:
-        yield
-    finally:
-        _critical -= 1
-        if not _critical and _deferred:
-            signum = _deferred[0]
-            _deferred.clear()
-            raise RunInterrupted(signum)
 
 
 # --------------------------------------------------------------------------- one run per folder
@@ -245,14 +186,14 @@ class ResultFolder:
                 f"'{self.destination}' is a file, not a folder: give a folder for the results (it is created)."
             )
         try:
-            with _signals_deferred(), _writing(self.destination):
+            with uncut(), _writing(self.destination):
                 self.destination.parent.mkdir(parents=True, exist_ok=True)
                 self._lock.acquire(self.command)
                 clear_leftovers(self.destination)
                 prefix = f".{self.destination.name}.partial-"
                 self._staging = Path(tempfile.mkdtemp(prefix=prefix, dir=self.destination.parent))
         except BaseException:
-            with _signals_deferred():
+            with uncut():
                 self._discard()
             raise
         self._started = time.perf_counter()
@@ -272,7 +213,7 @@ class ResultFolder:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        with _signals_deferred():
+        with uncut():
             try:
                 if kind is None:
                     self._finish()
@@ -284,6 +225,7 @@ class ResultFolder:
     def _finish(self) -> None:
         """Write ``summary.json`` and publish; a publication cut short by an error keeps its staging
         folder for the next run into the destination to complete (:func:`clear_leftovers`)."""
+        raise_if_stopped()  # a stop signal whose exception a library dropped: stop here, not publish
         with _writing(self.destination):
             self._write_summary()
             try:
