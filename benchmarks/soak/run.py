@@ -6,8 +6,8 @@
 Each trial starts a real ``latentdrift`` process (tiny random models built here, an 8×24×24 volume,
 ``--no-preprocess``, one torch thread) into one of a few shared output folders and sends it SIGINT,
 SIGTERM or SIGKILL at a random time between its start and a little after its usual end. In a quarter
-of the trials a rival run (the other command, not interrupted) is started into the same folder while the
-first one runs. After a SIGKILL the next run into that folder (run to its end) must clear what the
+of the trials a rival run (the other command, not interrupted) is started into the same folder soon after
+the first one (before its signal when the signal comes late enough). After a SIGKILL the next run into that folder (run to its end) must clear what the
 killed run left. Checked after every trial:
 
 * **leftovers**: anything beside the output folder named ``.NAME.*`` (partial folders, lock files) and
@@ -52,6 +52,8 @@ HERE = Path(__file__).resolve().parent
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 COMMON = ["--device", "cpu", "--no-preprocess", "--quiet"]
 RIVAL_SHARE = 0.25
+RIVAL_LAG = 0.15
+"""A rival starts up to this fraction of a run's duration after the first run (or right after its signal)."""
 SCENE_SHARE = 0.25
 LATE_FACTOR = 1.15
 """Signals land between a run's start and this factor × its usual duration (some after it has ended)."""
@@ -206,54 +208,64 @@ def trial(space: Workspace, totals: Totals, rng: random.Random, durations: dict[
     command = rng.choice(sorted(durations))
     kind = rng.choice(sorted(SIGNALS))
     delay = rng.uniform(0, LATE_FACTOR * durations[command])
-    rival = rng.random() < RIVAL_SHARE
-    rival_delay = rng.uniform(0.3, 1.0) * durations[command]
+    rival_delay = rng.uniform(0, RIVAL_LAG) * durations[command] if rng.random() < RIVAL_SHARE else None
     argv = command_line(space, command, output, rng.randrange(1000), rng.random() < SCENE_SHARE)
     complete_before = folder_problem(output) is None and output.exists()
+    what = f"{command} into {output.name}, {kind} after {delay:.2f} s"
 
     process, temp = start(space, argv)
     temps = [temp]
     started = time.monotonic()
-    rival_run = None
-    if rival and rival_delay < delay:
+    rival = None
+    if rival_delay is not None and rival_delay < delay:
         time.sleep(rival_delay)
-        rival_run = start_rival(space, rng, command, output, temps)
+        rival = start_rival(space, rng, command, output, temps)
     time.sleep(max(0.0, delay - (time.monotonic() - started)))
     if process.poll() is None:
         process.send_signal(SIGNALS[kind])
         totals.interruptions[kind] += 1
     else:
         totals.finished_before_signal += 1
-    if rival and rival_run is None:
-        rival_run = start_rival(space, rng, command, output, temps)
+    if rival_delay is not None and rival is None:
+        rival = start_rival(space, rng, command, output, temps)
     code, err = finish(process)
     totals.runs += 1
-    expected = {0, 128 + SIGNALS[kind], -SIGNALS[kind]}  # ended first; stopped by its handler; before it
-    if code not in expected or (
-        "Traceback" in err and kind != "SIGINT"
-    ):  # Ctrl-C while Python starts: its own
-        totals.unexpected.append(
-            f"{' '.join(argv[3:5])} {kind} after {delay:.2f}s: status {code}: {err[-300:]}"
-        )
-    if rival_run is not None:
-        judge_rival(totals, *rival_run)
-    killed = code == -signal.SIGKILL
-    if killed:  # only the next run into the folder can clear what a killed run left
+    if not interrupted_as_expected(code, err, SIGNALS[kind], rival is not None):
+        totals.unexpected.append(f"{what}: status {code}: {messages(err)}")
+    if rival is not None:
+        judge_rival(totals, rival)
+    if code == -signal.SIGKILL:  # only the next run into the folder can clear what a killed run left
         recover(space, totals, rng, output, temps)
-    check(totals, output, temps, complete_before, f"{command} {kind} after {delay:.2f}s")
+    check(totals, output, temps, complete_before, what)
+
+
+def interrupted_as_expected(code: int, err: str, signum: int, rival: bool) -> bool:
+    """Ended before its signal (0), stopped by the engine's handler (128 + signal, one line), killed by the
+    signal before the handler was in place, or (with a rival that got the lock first) refused by the lock."""
+    if code == -signal.SIGINT:  # Ctrl-C while Python starts: Python's own traceback
+        return signum == signal.SIGINT
+    if rival and code == 2:
+        return LOCKED in one_error_line(err)
+    return code in (0, 128 + signum, -signum) and "Traceback" not in err
+
+
+def messages(err: str) -> str:
+    """The end of a run's stderr without the libraries' import-time notices."""
+    lines = [line for line in err.splitlines() if not line.startswith(("[transformers]", "Writing model"))]
+    return "\n".join(lines)[-600:]
 
 
 def start_rival(
     space: Workspace, rng: random.Random, command: str, output: Path, temps: list[Path]
-) -> tuple[subprocess.Popen[str], float]:
+) -> subprocess.Popen[str]:
     """A second run (the other command) into the same folder, not interrupted."""
     other = "segment" if command == "counterfactual" else "counterfactual"
     process, temp = start(space, command_line(space, other, output, rng.randrange(1000), False))
     temps.append(temp)
-    return process, time.monotonic()
+    return process
 
 
-def judge_rival(totals: Totals, process: subprocess.Popen[str], started: float) -> None:
+def judge_rival(totals: Totals, process: subprocess.Popen[str]) -> None:
     """A rival either ran after the first run ended (status 0) or was refused at once by the lock."""
     code, err = finish(process)
     totals.runs += 1
@@ -263,7 +275,7 @@ def judge_rival(totals: Totals, process: subprocess.Popen[str], started: float) 
         totals.rivals["refused by the lock"] += 1
     else:
         totals.rivals["unexpected"] += 1
-        totals.unexpected.append(f"rival: status {code}: {err[-300:]}")
+        totals.unexpected.append(f"rival: status {code}: {messages(err)}")
 
 
 def one_error_line(err: str) -> str:
@@ -281,7 +293,7 @@ def recover(space: Workspace, totals: Totals, rng: random.Random, output: Path, 
     totals.runs += 1
     totals.recovery_runs += 1
     if code != 0:
-        totals.unexpected.append(f"run after a SIGKILL: status {code}: {err[-300:]}")
+        totals.unexpected.append(f"run after a SIGKILL: status {code}: {messages(err)}")
 
 
 def check(totals: Totals, output: Path, temps: list[Path], complete_before: bool, what: str) -> None:
@@ -321,6 +333,12 @@ def calibrate(space: Workspace) -> dict[str, float]:
     return durations
 
 
+def commit() -> str:
+    """The commit of the code soaked (the repository holding this script)."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown"
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -338,7 +356,7 @@ def write_results(report: dict[str, Any]) -> None:
     lines = [
         "# Soak: random interruptions of segment and counterfactual",
         "",
-        f"Command: `{report['command']}`  ",
+        f"Command: `{report['command']}` (code at commit {report['commit'][:10]})  ",
         f"Machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs, Python "
         f"{report['machine']['python']}, torch {report['machine']['torch']}  ",
         f"Seed {report['seed']}, {report['folders']} shared output folders, {report['minutes']} minutes; "
@@ -394,6 +412,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     report = {
         "command": " ".join([".venv/bin/python", "benchmarks/soak/run.py", *sys.argv[1:]]),
+        "commit": commit(),
         "machine": machine(),
         "seed": args.seed,
         "folders": args.folders,
