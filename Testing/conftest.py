@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,45 @@ import SimpleITK as sitk
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SUITE_TEMP = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the suite a temporary directory of its own (``TMPDIR`` of every test and every process a test
+    starts), checked at the end: nothing the engine makes may outlive its run (issue 21).
+
+    pytest's own ``tmp_path`` folders stay in the system's temporary directory, and so does torch's
+    per-user compile cache. The xdist workers inherit the variables from the controller, which makes and
+    checks the folder.
+    """
+    if hasattr(config, "workerinput"):
+        return
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    # torch's compile cache, made when torch._dynamo is imported (diffusers does), is per user and kept
+    # across runs by design: it stays where torch puts it by default, outside the checked folder
+    user_cache = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(user_cache))
+    folder = Path(tempfile.mkdtemp(prefix="latentdrift-tests-"))
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # read TMPDIR again
+    config.stash[SUITE_TEMP] = folder
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when tests (or the runs they started) left anything in the suite's temporary directory."""
+    folder = session.config.stash.get(SUITE_TEMP, None)
+    if folder is None:
+        return
+    left = sorted(path.name for path in folder.iterdir())
+    shutil.rmtree(folder, ignore_errors=True)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"Left in the temporary directory after the tests: {', '.join(left)}", red=True
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def oblique_direction() -> np.ndarray:

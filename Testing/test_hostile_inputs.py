@@ -98,6 +98,18 @@ def test_a_nifti_spacing_of_zero_is_refused_not_taken_as_one(
     refused(capsys, segment_args(zero), tmp_path / "out", "voxel spacing of 0 mm along j", "true spacing")
 
 
+def test_a_nrrd_spacing_of_zero_is_refused_with_how_to_fix_it(
+    tiny_defaults: Path, tmp_path: Path, capsys
+) -> None:
+    zero = tmp_path / "zero.nrrd"
+    zero.write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\nsizes: 24 24 8\n"
+        b"space directions: (0,0,0) (0,1,0) (0,0,1)\nencoding: raw\nendian: little\n\n"
+        + bytes(4 * 24 * 24 * 8)
+    )
+    refused(capsys, segment_args(zero), tmp_path / "out", "voxel spacing of 0 mm along i", "true spacing")
+
+
 def test_a_header_declaring_more_voxels_than_memory_is_refused_before_reading(
     tiny_defaults: Path, tmp_path: Path, capsys
 ) -> None:
@@ -117,41 +129,61 @@ def test_a_header_declaring_more_voxels_than_memory_is_refused_before_reading(
 # --------------------------------------------------------------------------- absurd settings and configs
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "value", "words"),
+    [
+        ("segment", "--slices", "5:2", ["'5:2' is empty, reversed", "0 ≤ a < b"]),  # not "outside the volume"
+        ("segment", "--batch-size", "0", ["batch_size=0", "1 or more"]),  # was a ValueError traceback
+        ("counterfactual", "--batch-size", "0", ["batch_size=0", "1 or more"]),
+        ("counterfactual", "--drift", "1e9", ["Drift 1000000000.0 is outside -1 to 1"]),  # was rc 0, no edit
+        ("segment", "--seed", "-1", ["seed=-1 is outside 0 to 2^63-1"]),  # was accepted
+        ("counterfactual", "--seed", "-1", ["seed=-1 is outside 0 to 2^63-1"]),  # the same rule and words
+    ],
+)
 def test_settings_out_of_bounds_are_refused_with_the_bound(
-    tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys
+    tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys, command, option, value, words
 ) -> None:
-    out = tmp_path / "out"
-    refused(
-        capsys, segment_args(volume_file, "--slices", "5:2"), out, "'5:2' is empty, reversed", "0 ≤ a < b"
-    )
-    refused(capsys, segment_args(volume_file, "--batch-size", "0"), out, "batch_size=0", "1 or more")
-    refused(capsys, edit_args(volume_file, "--drift", "1e9"), out, "Drift 1000000000.0 is outside -1 to 1")
-    seeds = [
-        refused(capsys, segment_args(volume_file, "--seed", "-1"), out, "seed=-1"),
-        refused(capsys, edit_args(volume_file, "--seed", "-1"), out, "seed=-1"),
-    ]
-    assert seeds[0] == seeds[1]  # one rule for every command
+    arguments = segment_args if command == "segment" else edit_args
+    refused(capsys, arguments(volume_file, option, value), tmp_path / "out", *words)
 
 
-def test_model_configs_declaring_absurd_sizes_are_refused_before_any_work(
-    tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys
+def edited_config(folder: Path, name: str, **changes: int) -> Path:
+    """``folder``'s ``name`` (a JSON config) with ``changes``; returns ``folder``."""
+    config = folder / name
+    config.write_text(json.dumps({**json.loads(config.read_text()), **changes}))
+    return folder
+
+
+@pytest.mark.parametrize(("sample_size", "pixels"), [(3000, "6000×6000"), (100000, "200000×200000")])
+def test_an_editor_config_declaring_an_absurd_resolution_is_refused_before_any_work(
+    tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys, sample_size: int, pixels: str
 ) -> None:
+    """3000 computed for minutes; 100000 tried to allocate 596 GiB and died with a traceback."""
     editor = shutil.copytree(tiny_defaults / "brain-mri-instruct", tmp_path / "editor")
-    unet_config = editor / "unet" / "config.json"
-    unet_config.write_text(json.dumps({**json.loads(unet_config.read_text()), "sample_size": 100000}))
-    refused(
-        capsys,
-        edit_args(volume_file, "--model", str(editor)),
-        tmp_path / "out",
-        "200000×200000",
-        "beyond 2048",
-    )
+    edited_config(editor, "unet/config.json", sample_size=sample_size)
+    refused(capsys, edit_args(volume_file, "--model", str(editor)), tmp_path / "out", pixels, "beyond 2048")
+
+
+def test_a_segmenter_config_declaring_an_absurd_image_size_is_refused_before_any_work(
+    tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys
+) -> None:
     segmenter = shutil.copytree(tiny_defaults / "brain-tissue-ldseg", tmp_path / "segmenter")
-    config = segmenter / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "image_size": 100000}))
+    edited_config(segmenter, "config.json", image_size=100000)
     refused(
         capsys, segment_args(volume_file, "--model", str(segmenter)), tmp_path / "out", "image_size 100000"
     )
+
+
+def test_a_model_whose_activations_exceed_the_memory_available_is_refused_before_loading(
+    tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declared size within the bounds is still checked against this machine's memory (here: 4 kB)."""
+    from latentdrift import devices
+
+    monkeypatch.setattr(devices, "available_ram", lambda: 4096)
+    words = ["needs at least", "more than the 4.1e-06 GB available on cpu"]
+    refused(capsys, segment_args(volume_file), tmp_path / "out", "The LDSeg model", *words)
+    refused(capsys, edit_args(volume_file), tmp_path / "out", "brain-mri-instruct at 32×32 pixels", *words)
 
 
 # --------------------------------------------------------------------------- output folders
@@ -271,7 +303,7 @@ def test_a_cancel_from_slicer_sigterm_leaves_nothing_behind(
     assert run.state.last_progress, run.state.log_tail  # it was working when the cancel came
     run.cancel()  # what the panel's Cancel does: SIGTERM to the process tree
     assert run.join(60)
-    assert run.state.returncode == 128 + signal.SIGTERM  # stopped by its handler, not killed
+    assert run.state.returncode == 128 + signal.SIGTERM, run.state.log_tail  # stopped by its handler
     assert not out.exists() and not leftovers(out)
     assert not any(private_temp.iterdir())
 
@@ -343,6 +375,36 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path: Pat
     assert done.stdout.splitlines() == ["went on", f"interrupted by {signal.SIGTERM}"], done
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not out.exists() and not leftovers(out)
+
+
+SHARES_INTERRUPTED = """
+import os, signal, threading, time
+from latentdrift.devices import run_in_workers
+from latentdrift.interrupts import RunInterrupted, stop_on_signals
+started, ended = [], []
+
+def slow(batch):  # the first share's batches are slow, the second's quick
+    started.append(batch)
+    time.sleep(0.4 if batch[0] < 4 else 0.05)
+    ended.append(batch)
+    return list(batch)
+
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+try:
+    with stop_on_signals():
+        run_in_workers(lambda: slow, list(range(8)), batch_size=2, workers=2)
+except RunInterrupted:
+    print("batches in flight:", len(started) - len(ended), "of", len(started))
+"""
+
+
+def test_an_interrupted_run_waits_for_its_threads_before_it_ends(tmp_path: Path) -> None:
+    """A process that ends while threads are inside torch aborts ("terminate called without an active
+    exception", status -6, its partial folder left): Thread.join cut by a signal marks a thread ended."""
+    done = subprocess.run(
+        [sys.executable, "-c", SHARES_INTERRUPTED], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "batches in flight: 0 of 6", done
 
 
 NAMESPACE = 'mkdir -p "$1/ro" "$1/full" && mount -t tmpfs -o ro tmpfs "$1/ro" && mount -t tmpfs -o size=12k tmpfs "$1/full" && shift && exec "$@"'

@@ -19,7 +19,7 @@ import torch
 
 from .errors import DeviceError, ModelError, OutOfMemoryError
 from .file_checks import available_ram
-from .interrupts import raise_if_stopped
+from .interrupts import raise_if_stopped, uncut
 
 LOG = logging.getLogger(__name__)
 
@@ -196,6 +196,7 @@ def run_in_workers(
     results: list[list] = [[] for _ in shares]
     errors: list[BaseException] = []
     stop = threading.Event()
+    finished = [threading.Event() for _ in shares]
 
     def run_share(index: int) -> None:
         try:
@@ -205,21 +206,23 @@ def run_in_workers(
             )
         except BaseException as error:  # handed to the calling thread below
             errors.append(error)
+        finally:
+            finished[index].set()
 
-    runners = [
-        threading.Thread(target=run_share, args=(index,), name=f"latentdrift-share-{index}", daemon=True)
-        for index in range(workers)
-    ]
+    started: list[threading.Event] = []
     try:
-        for runner in runners:
-            runner.start()
-        for runner in runners:
-            runner.join()
+        with uncut():  # a start cut by a signal could leave a thread running that no one waits for
+            for index in range(workers):
+                name = f"latentdrift-share-{index}"
+                threading.Thread(target=run_share, args=(index,), name=name, daemon=True).start()
+                started.append(finished[index])
+        for done in started:
+            done.wait()
     except BaseException:  # SIGINT/SIGTERM in this thread: the shares finish their batch and stop
         stop.set()
-        for runner in runners:
-            if runner.ident is not None:  # started
-                runner.join()
+        with uncut():  # Event.wait, not Thread.join: a join cut by a signal marks a running thread ended
+            for done in started:
+                done.wait()
         raise
     finally:
         torch.set_num_threads(threads)

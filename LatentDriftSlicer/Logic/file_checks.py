@@ -15,9 +15,9 @@ these with one message, before SimpleITK reads the voxels:
   NRRD (``.nrrd``, ``.nhdr``; raw, gzip or bzip2 data, attached or in one data file; header by pynrrd)
   and uncompressed MetaImage (``.mha``, ``.mhd``). Other encodings, and DICOM series (GDCM checks its
   own), are left to their readers, which refuse short data themselves.
-* **NIfTI spacing**: a ``pixdim`` of a spatial axis that is 0, negative or not a number, which readers
-  replace by 1 mm (or its absolute value) without a word, so every size and volume in millimetres
-  would be wrong.
+* **Spacing**: a spacing of 0, less or not a number, in any header, and in a NIfTI ``pixdim``
+  (nibabel reads it as stored), which SimpleITK replaces by 1 mm (or its absolute value) without a word,
+  so every size and volume in millimetres would be wrong; other readers fail with ITK's own words.
 
 The two readers of headers are imported only when a file of their format is checked, and the memory
 available is looked up (psutil) only for a volume of more than :data:`SMALL_VOLUME_BYTES`, so loading
@@ -30,7 +30,7 @@ import bz2
 import gzip
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -60,9 +60,10 @@ class VoxelData:
 def check_volume_file(path: Path, header: sitk.ImageFileReader) -> None:
     """Refuse ``path`` when its header (read by ``header``'s ``ReadImageInformation``) cannot be trusted.
 
-    Raises :class:`InputError` for a declared size beyond the memory available, a NIfTI spacing of 0 or
-    less, and voxel data shorter or longer than the header declares (see the module docstring).
+    Raises :class:`InputError` for a spacing of 0 or less, a declared size beyond the memory available
+    and voxel data shorter or longer than the header declares (see the module docstring).
     """
+    check_spacing(path, header.GetSpacing(), "spacing")
     declared = math.prod(header.GetSize()) * _one_voxel(header).nbytes
     if declared > SMALL_VOLUME_BYTES:
         check_memory(path, header, declared)
@@ -70,6 +71,19 @@ def check_volume_file(path: Path, header: sitk.ImageFileReader) -> None:
     data = locate(path) if locate is not None else None
     if data is not None:
         compare_stored_bytes(path, header, data, declared)
+
+
+def check_spacing(path: Path, spacing: Sequence[float], field: str) -> None:
+    """Refuse a voxel spacing of 0, less, or not a number (``field``: where the header declares it)."""
+    bad = [(axis, value) for axis, value in zip("ijk", spacing, strict=False) if not value > 0]
+    if bad:
+        axis, value = bad[0]
+        raise InputError(
+            f"'{path.name}' declares a voxel spacing of {value:g} mm along {axis} ({field} "
+            f"{[round(v, 6) for v in spacing]}): readers would take 1 mm, its absolute value or fail, so "
+            "sizes and volumes would be wrong. Write the file again with its true spacing (e.g. nibabel's "
+            "header.set_zooms, SimpleITK's SetSpacing)."
+        )
 
 
 def check_memory(path: Path, header: sitk.ImageFileReader, declared: int) -> None:
@@ -157,15 +171,7 @@ def _nifti_data(path: Path) -> VoxelData:
         kind = nibabel.Nifti2Header if is_nifti2 else nibabel.Nifti1Header
         header = kind.from_fileobj(handle, check=False)
     axes = min(3, int(header["dim"][0]))
-    pixdim = [float(value) for value in header["pixdim"][1 : 1 + axes]]
-    bad = [(axis, value) for axis, value in zip("ijk", pixdim, strict=False) if not value > 0]
-    if bad:
-        axis, value = bad[0]
-        raise InputError(
-            f"'{path.name}' declares a voxel spacing of {value:g} mm along {axis} (NIfTI pixdim "
-            f"{pixdim}): readers would take 1 mm or its absolute value, so sizes and volumes would be "
-            "wrong. Write the file again with its true spacing (e.g. nibabel's header.set_zooms)."
-        )
+    check_spacing(path, [float(value) for value in header["pixdim"][1 : 1 + axes]], "NIfTI pixdim")
     offset = int(header.get_data_offset())
     return VoxelData(path, 0, "gzip", skip=offset) if compressed else VoxelData(path, offset, "raw")
 
