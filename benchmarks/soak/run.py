@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/soak/run.py --trials 6 --quick   # a smoke test: prints, writes nothing
 
 Each trial starts a real ``latentdrift`` process (tiny random models built here, an 8×24×24 volume,
-``--no-preprocess``, one torch thread) into one of a few shared output folders and sends it SIGINT,
+``--no-preprocess``; one torch thread, or two and the slices shared by two threads) into one of a few
+shared output folders and sends it SIGINT,
 SIGTERM or SIGKILL at a random time between its start and a little after its usual end. In a quarter
 of the trials a rival run (the other command, not interrupted) is started into the same folder soon after
 the first one (before its signal when the signal comes late enough). After a SIGKILL the next run into that folder (run to its end) must clear what the
@@ -132,10 +133,10 @@ def command_line(space: Workspace, command: str, output: Path, seed: int, scene:
     ]  # fmt: skip
 
 
-def start(space: Workspace, argv: list[str]) -> tuple[subprocess.Popen[str], Path]:
-    """Start one run with its own ``TMPDIR`` and one torch thread."""
+def start(space: Workspace, argv: list[str], threads: int = 1) -> tuple[subprocess.Popen[str], Path]:
+    """Start one run with its own ``TMPDIR`` and ``threads`` torch threads (2: two threads share the slices)."""
     temp = space.temp_dir()
-    env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, temp
 
@@ -213,7 +214,7 @@ def trial(space: Workspace, totals: Totals, rng: random.Random, durations: dict[
     complete_before = folder_problem(output) is None and output.exists()
     what = f"{command} into {output.name}, {kind} after {delay:.2f} s"
 
-    process, temp = start(space, argv)
+    process, temp = start(space, argv, rng.choice([1, 2]))
     temps = [temp]
     started = time.monotonic()
     rival = None
