@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,23 @@ def test_settings_out_of_bounds_are_refused_with_the_bound(
 ) -> None:
     arguments = segment_args if command == "segment" else edit_args
     refused(capsys, arguments(volume_file, option, value), tmp_path / "out", *words)
+
+
+def test_every_command_takes_the_same_seeds_batch_sizes_and_resolutions() -> None:
+    """One rule, one message, wherever a seed or a batch size is set (training included)."""
+    from latentdrift.errors import ParameterError
+    from latentdrift.ldseg import TrainSettings
+    from latentdrift.settings import MAX_RESOLUTION, EditSettings
+    from latentdrift.train.config import FinetuneConfig
+
+    for make in (SegmentSettings, EditSettings, TrainSettings, partial(FinetuneConfig, "c.csv", "basic")):
+        with pytest.raises(ParameterError, match=r"^seed=-1 is outside 0 to 2\^63-1"):
+            make(seed=-1)
+    for make in (SegmentSettings, EditSettings, TrainSettings):
+        with pytest.raises(ParameterError, match=r"^batch_size=0: use 1 or more"):
+            make(batch_size=0)
+    with pytest.raises(ParameterError, match=f"up to {MAX_RESOLUTION}"):
+        FinetuneConfig("c.csv", "basic", resolution=100000)
 
 
 def edited_config(folder: Path, name: str, **changes: int) -> Path:

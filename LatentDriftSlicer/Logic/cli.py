@@ -608,7 +608,7 @@ def _run_train_ldseg(args: argparse.Namespace) -> int:
     config, layout = _ldseg_configs(args)
     settings = TrainSettings(
         steps=args.steps,
-        batch_size=args.batch_size or (2 if layout.spatial_dims == 3 else 16),
+        batch_size=(2 if layout.spatial_dims == 3 else 16) if args.batch_size is None else args.batch_size,
         learning_rate=args.learning_rate,
         lr_scheduler=args.lr_scheduler,
         reconstruction_weight=args.reconstruction_weight,

@@ -46,7 +46,7 @@ from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
 from .errors import ModelError
 from .progress import ProgressCallback
 from .resampling import SliceResizer
-from .settings import Axis, check_axis, check_blend
+from .settings import MAX_RESOLUTION, Axis, check_axis, check_blend
 from .volumes import (
     IntensityWindow,
     SliceStack,
@@ -63,8 +63,6 @@ BACKGROUND = -1.0
 EMPTY_MARGIN = 0.02
 """A slice is empty (copied, not edited) when no windowed pixel exceeds ``BACKGROUND + EMPTY_MARGIN``."""
 MAX_BATCH = 64
-MAX_RESOLUTION = 2048
-"""The largest slice size (pixels) a model may work at: beyond it a config is taken for a mistake."""
 DOWNSAMPLING_WARNING = 2.0
 
 

@@ -74,6 +74,10 @@ def parse_drift(text: str) -> Drift:
     return values[0] if len(values) == 1 else values
 
 
+MAX_RESOLUTION = 2048
+"""The largest slice side (pixels) a model may work or be trained at: beyond it a model config or an option
+is taken for a mistake (a UNet ``sample_size`` of 3000 computed for minutes, 100000 asked for 596 GiB)."""
+
 DRIFT_LIMIT = 1.0
 """The largest |δ| accepted, five times the paper's range (−0.2 … 0.2): far beyond it every latent is pushed
 out of the VAE's range at each step, and a counterfactual comes out identical to its factual edit."""

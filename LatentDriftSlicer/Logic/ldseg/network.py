@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..frontend.contract import NATIVE, InputContract
+from ..settings import MAX_RESOLUTION
 
 AXES = ("axial", "coronal", "sagittal")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")
@@ -72,7 +73,7 @@ def default_classes(names: Sequence[str]) -> tuple[LabelClass, ...]:
     )
 
 
-MAX_IMAGE_SIZE = {2: 2048, 3: 512}
+MAX_IMAGE_SIZE = {2: MAX_RESOLUTION, 3: 512}
 """The largest model resolution by ``spatial_dims`` (pixels per side): beyond it a config is taken for a mistake."""
 
 

@@ -53,6 +53,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from ..devices import resolve_device
 from ..errors import InputError, JobError, ParameterError
+from ..settings import check_batching, check_seed
 from .augment import augment_batch
 from .model_io import atomic_write_bytes, atomic_write_json
 from .network import LDSegConfig, LDSegNetwork
@@ -105,6 +106,12 @@ class TrainSettings:
     checkpoint_every: int = 500
     resume: bool = True
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ParameterError(f"steps={self.steps}: train for 1 or more steps.")
+        check_batching(self.batch_size, None)
+        check_seed(self.seed)
 
 
 @dataclass

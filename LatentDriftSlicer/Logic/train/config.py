@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ParameterError
 from ..prompts import PromptOptions
-from ..settings import Drift, settings_from_json, validate_drift
+from ..settings import MAX_RESOLUTION, Drift, check_seed, settings_from_json, validate_drift
 from . import SCHEMES
 
 if TYPE_CHECKING:  # cohorts reads volumes (SimpleITK): the Slicer panel imports this module at start-up
@@ -89,8 +89,11 @@ class FinetuneConfig:
                 raise ParameterError(f"{name}={getattr(self, name)}: use 1 or more.")
         if self.keep_checkpoints < 1 or self.sample_every < 0 or self.sample_steps < 1:
             raise ParameterError("keep_checkpoints and sample_steps must be ≥ 1, sample_every ≥ 0.")
-        if self.resolution < 8 or self.resolution % 8:
-            raise ParameterError(f"resolution={self.resolution}: use a multiple of 8 (e.g. 64, 256, 512).")
+        if not 8 <= self.resolution <= MAX_RESOLUTION or self.resolution % 8:
+            raise ParameterError(
+                f"resolution={self.resolution}: use a multiple of 8 up to {MAX_RESOLUTION} (e.g. 64, 256, 512)."
+            )
+        check_seed(self.seed)
         if self.mixed_precision not in MIXED_PRECISION:
             raise ParameterError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}.")
         if not 0 <= self.validation_fraction < 1 or not 0 <= self.conditioning_dropout < 1 / 3:
