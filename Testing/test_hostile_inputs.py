@@ -218,6 +218,14 @@ def test_an_output_path_that_is_a_file_is_refused_in_one_line(
     assert taken.read_text() == "mine" and not leftovers(taken)
 
 
+def test_a_failed_run_leaves_no_folder_it_made_for_its_result(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "nested" / "out"
+    with pytest.raises(RuntimeError), ResultFolder(out, "failing", {}) as result:
+        result.path("volume", "a.nrrd").write_text("unfinished")
+        raise RuntimeError("the model failed")
+    assert list(tmp_path.iterdir()) == []
+
+
 HOLDER = """
 import sys, time
 from latentdrift.results import ResultFolder

@@ -171,6 +171,7 @@ class ResultFolder:
         self.outputs: dict[str, list[str]] = {}
         self._staging: Path | None = None
         self._lock = FolderLock(self.destination)
+        self._made: list[Path] = []
         self._started = time.perf_counter()
 
     @property
@@ -187,7 +188,9 @@ class ResultFolder:
             )
         try:
             with uncut(), _writing(self.destination):
-                self.destination.parent.mkdir(parents=True, exist_ok=True)
+                parent = self.destination.parent
+                self._made = [folder for folder in (parent, *parent.parents) if not folder.exists()]
+                parent.mkdir(parents=True, exist_ok=True)
                 self._lock.acquire(self.command)
                 clear_leftovers(self.destination)
                 prefix = f".{self.destination.name}.partial-"
@@ -235,11 +238,18 @@ class ResultFolder:
                 raise
 
     def _discard(self) -> None:
-        """Remove the staging folder (if any) and release the lock."""
+        """Remove the staging folder (if any), release the lock and remove the folders made to hold the
+        result when they stayed empty (it was not published)."""
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
         self._staging = None
         self._lock.release()
+        for folder in self._made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: it holds the result, or another run's
+                break
+        self._made = []
 
     def summary(self) -> dict[str, Any]:
         """The content of ``summary.json``."""
