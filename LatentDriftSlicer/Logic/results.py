@@ -23,6 +23,7 @@ import contextlib
 import datetime as _dt
 import errno
 import json
+import logging
 import os
 import platform
 import shutil
@@ -38,9 +39,13 @@ from . import __version__
 from .errors import OutputError
 from .interrupts import raise_if_stopped, uncut
 
+LOG = logging.getLogger(__name__)
+
 SUMMARY = "summary.json"
 REPLACED_SUMMARY = ".replaced-summary.json"
 """The previous run's ``summary.json``, moved into the staging folder while a result is published."""
+UNLOCKABLE = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
+"""What a file system without locks (some network mounts) answers: the run goes on, unguarded, with a warning."""
 FULL_DISK_BYTES = 16 << 20
 """A write that fails with less than this free on the result's file system failed for lack of space."""
 
@@ -70,7 +75,7 @@ class FolderLock:
         """Take the lock for a run of ``command``, or raise :class:`OutputError` naming the run that holds it."""
         while True:
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            if not _try_lock(descriptor):
+            if not _try_lock(descriptor, self.path):
                 holder = _holder_text(descriptor)
                 os.close(descriptor)
                 raise OutputError(
@@ -109,8 +114,8 @@ class FolderLock:
         os.close(descriptor)
 
 
-def _try_lock(descriptor: int) -> bool:
-    """Lock ``descriptor``'s file without waiting; False when another open file holds the lock."""
+def _try_lock(descriptor: int, path: Path) -> bool:
+    """Lock ``descriptor``'s file (``path``) without waiting; False when another open file holds the lock."""
     try:
         if sys.platform == "win32":
             import msvcrt
@@ -124,7 +129,9 @@ def _try_lock(descriptor: int) -> bool:
     except OSError as error:
         if error.errno in (errno.EAGAIN, errno.EACCES, errno.EDEADLK):
             return False
-        raise
+        if error.errno not in UNLOCKABLE:
+            raise
+        LOG.warning("The file system of %s cannot lock files: runs into it are not kept apart.", path)
     return True
 
 
