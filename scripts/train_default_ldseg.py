@@ -23,8 +23,9 @@
 stage-3 model fine-tuned N steps with the scanner-variation augmentation as well
 (:mod:`latentdrift.ldseg.augment`: per-tissue contrast, sharper borders, blur along one axis, a rim of
 non-brain tissue outside the brain), cosine from 1e-4. Tried with 800 steps: held-out synthetic mean
-Dice 0.707 → 0.782, but on the real ROBEX head grey-matter agreement with the atlas labelling fell
-(``benchmarks/realhead/results-ldseg-stage4.md`` against ``results.md``), so the bundled model is stage 3.
+Dice 0.707 → 0.782, but on the real ROBEX head no measured gain (grey matter against the atlas labelling
+0.788 vs 0.786, CSF 0.394 vs 0.406: ``benchmarks/realhead/results-ldseg-stage4.md`` against ``results.md``),
+so the bundled model is stage 3.
 
 The model declares the brain front end's contract (a skull-stripped, bias-corrected T1 on the MNI152
 grid at 1.5 mm, the subjects' spacing): real heads are prepared into that domain before it runs.
