@@ -53,13 +53,16 @@ REPRODUCE = """
 
 Fine-tuned only on a **synthetic** longitudinal cohort made from the MNI152 template
 (`latentdrift.synthetic_cohort`, 48 subjects, seed 0; the text-to-image model on a baseline and one
-follow-up each, the editor on a baseline and three follow-ups each, with identity pairs and its
+follow-up each, the editor on a cohort of its own whose anatomy varies more — 6 mm deformations,
+baselines aged by 0–10 % brain loss — a baseline and three follow-ups each, with identity pairs and its
 text encoder trained): a demonstration model, not a clinical tool. Retrain every default generative model with
 
     .venv/bin/python scripts/train_default_generative.py
 
 Measured behaviour on held-out synthetic subjects (drift on/off, counterfactual fidelity against
-ground-truth follow-ups, classifier AUC): `benchmarks/evidence/results.md`.
+ground-truth follow-ups, classifier AUC): `benchmarks/evidence/results.md` (measured on the editor before
+its retraining on the varied cohort; not rerun since). On a real head through the brain front end:
+`benchmarks/realhead/results.md`.
 """
 
 
