@@ -25,36 +25,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from latentdrift.edit import load_bundle
+from run import Ours  # this folder's benchmark: the same engine calls, one home
+
 from latentdrift.frontend.head import PreparedHead
-from latentdrift.frontend.tasks import counterfactual_head, segment_head
-from latentdrift.ldseg.model_io import load_ldseg_model
 from latentdrift.models import default_model
-from latentdrift.prompts import Attributes
 from latentdrift.sample_data import robex_head_path
-from latentdrift.settings import CounterfactualSettings, DemoSettings, SegmentSettings
 from latentdrift.synthetic import SubjectSettings, synthetic_head, synthetic_subject
 from latentdrift.synthetic_cohort import apply_atrophy, atrophy_fraction
 from latentdrift.train.metadata import update_metadata
 from latentdrift.volumes import Volume, read_volume
-from latentdrift.workflows.demo import editor_settings
 
 HERE = Path(__file__).resolve().parent
-SOURCE, TARGET = "age=70,sex=F,dx=CN", "age=78,dx=AD"
+SOURCE, TARGET = "age=70,sex=F,dx=CN", "age=78,dx=AD"  # the sex sets the true atrophy
 YEARS = 8.0
 SYNTHETIC_SEEDS = (3000, 3001)
 CSF = "Cerebrospinal fluid"
 
 
-class Measure:
-    """Our segmentation's CSF (ml) of a volume, through the front end (a head prepared once is reused)."""
-
-    def __init__(self) -> None:
-        self.model = load_ldseg_model(default_model("segment").path, "cpu")
-
-    def csf(self, volume: Volume, head: PreparedHead | None = None) -> tuple[float, PreparedHead]:
-        result, prepared = segment_head(volume, self.model, SegmentSettings(device="cpu"), head=head)
-        return float(result.figures["classes"][CSF]["volume_ml"]), prepared
+def csf_ml(ours: Ours, volume: Volume, head: PreparedHead | None = None) -> tuple[float, PreparedHead]:
+    """Our segmentation's CSF (ml) of ``volume``, through the front end (``head``: one prepared from it)."""
+    result, prepared, _ = ours.segment(volume, head)
+    return float(result.figures["classes"][CSF]["volume_ml"]), prepared
 
 
 def heads(synthetic: int) -> list[tuple[str, Volume, Volume | None]]:
@@ -70,25 +61,16 @@ def heads(synthetic: int) -> list[tuple[str, Volume, Volume | None]]:
 
 
 def sweep(drifts: list[float], synthetic: int) -> dict[str, Any]:
-    measure = Measure()
-    editor = default_model("instruct").path
-    bundle = load_bundle(editor, "cpu")
+    ours = Ours(SOURCE, TARGET)
     rows = []
     for name, volume, truth in heads(synthetic):
-        before, head = measure.csf(volume)
+        before, head = csf_ml(ours, volume)
         row: dict[str, Any] = {"head": name, "csf_ml": round(before, 1)}
         if truth is not None:
-            row["true_ratio"] = round(measure.csf(truth)[0] / before, 4)
+            row["true_ratio"] = round(csf_ml(ours, truth)[0] / before, 4)
         for drift in drifts:
-            edit = editor_settings(
-                DemoSettings(Attributes.parse(SOURCE), Attributes.parse(TARGET), drift), editor
-            )
-            started = time.perf_counter()
-            counterfactual, _ = counterfactual_head(
-                volume, bundle, CounterfactualSettings(edit, device="cpu"), head=head
-            )
-            seconds = time.perf_counter() - started
-            after, _ = measure.csf(counterfactual.counterfactual)
+            counterfactual, seconds = ours.counterfactual(volume, head, drift)
+            after, _ = csf_ml(ours, counterfactual)
             row[f"ratio_at_{drift:g}"] = round(after / before, 4)
             row[f"seconds_at_{drift:g}"] = round(seconds, 1)
             print(name, drift, row[f"ratio_at_{drift:g}"], flush=True)
@@ -98,7 +80,7 @@ def sweep(drifts: list[float], synthetic: int) -> dict[str, Any]:
         + ",".join(f"{d:g}" for d in drifts)
         + f" --synthetic {synthetic}",
         "date": time.strftime("%Y-%m-%d"),
-        "editor": str(editor.name),
+        "editor": ours.editor_path.name,
         "from": SOURCE,
         "to": TARGET,
         "drifts": drifts,

@@ -81,23 +81,39 @@ def volumes_ml(labels: np.ndarray, volume: Volume) -> dict[str, float]:
 
 
 class Ours:
-    """The engine's defaults: the bundled LDSeg model and editor, through the brain front end."""
+    """The engine's defaults: the bundled LDSeg model and editor, through the brain front end.
 
-    def __init__(self) -> None:
+    The counterfactual goes from ``source`` to ``target`` (attribute strings) with the editor's recorded
+    δ, or ``drift`` when given (``benchmarks/realhead/calibrate.py`` sweeps it).
+    """
+
+    def __init__(self, source: str = SOURCE, target: str = TARGET) -> None:
         self.segmenter = load_ldseg_model(default_model("segment").path, "cpu")
-        editor = default_model("instruct").path
-        edit = editor_settings(DemoSettings(Attributes.parse(SOURCE), Attributes.parse(TARGET)), editor)
-        self.edit_settings = CounterfactualSettings(edit, model=str(editor), device="cpu")
-        self.editor = load_bundle(editor, "cpu")
+        self.editor_path = default_model("instruct").path
+        self.editor = load_bundle(self.editor_path, "cpu")
+        self.source, self.target = Attributes.parse(source), Attributes.parse(target)
+        self.edit_settings = self.settings(None)
 
-    def segment(self, volume: Volume) -> tuple[VolumeSegmentation, PreparedHead, float]:
+    def settings(self, drift: float | None) -> CounterfactualSettings:
+        """The counterfactual's settings at ``drift`` (None: the editor's recorded δ), as ``demo`` makes them."""
+        edit = editor_settings(DemoSettings(self.source, self.target, drift), self.editor_path)
+        return CounterfactualSettings(edit, model=str(self.editor_path), device="cpu")
+
+    def segment(
+        self, volume: Volume, head: PreparedHead | None = None
+    ) -> tuple[VolumeSegmentation, PreparedHead, float]:
+        """Segment ``volume`` through the front end (``head``: one already prepared from it); seconds."""
         started = time.perf_counter()
-        result, head = segment_head(volume, self.segmenter, SegmentSettings(device="cpu"))
+        result, head = segment_head(volume, self.segmenter, SegmentSettings(device="cpu"), head=head)
         return result, head, time.perf_counter() - started
 
-    def counterfactual(self, volume: Volume, head: PreparedHead) -> tuple[Volume, float]:
+    def counterfactual(
+        self, volume: Volume, head: PreparedHead, drift: float | None = None
+    ) -> tuple[Volume, float]:
+        """The counterfactual of ``volume`` (prepared as ``head``) on its own grid; seconds."""
         started = time.perf_counter()
-        edit, _ = counterfactual_head(volume, self.editor, self.edit_settings, head=head)
+        settings = self.edit_settings if drift is None else self.settings(drift)
+        edit, _ = counterfactual_head(volume, self.editor, settings, head=head)
         return edit.counterfactual, time.perf_counter() - started
 
 
@@ -156,7 +172,7 @@ def atlas_labels(head: PreparedHead) -> tuple[np.ndarray, float]:
     ), time.perf_counter() - started
 
 
-def real_head(ours: Ours, quick: bool) -> dict[str, Any]:
+def real_head(ours: Ours) -> dict[str, Any]:
     """Section 1 on ``sample:robex-head``."""
     volume = read_volume(robex_head_path())
     reference_mask = read_volume(robex_brain_mask_path()).voxels > 0
@@ -431,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "version": __version__,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {sys.version.split()[0]}",
         "date": time.strftime("%Y-%m-%d"),
-        "real_head": real_head(ours, args.quick),
+        "real_head": real_head(ours),
         "synthetic_heads": synthetic_heads(ours, args.quick),
         "front_end_settings": asdict(FrontEndSettings()),
     }
