@@ -1,7 +1,7 @@
 """Random interruptions of ``latentdrift segment`` and ``counterfactual``: nothing lost, nothing left, nothing mixed.
 
-    .venv/bin/python benchmarks/soak/run.py                  # 240 interruptions, about 45 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/soak/run.py --trials 6 --quick   # a smoke test: prints, writes nothing
+    .venv/bin/python benchmarks/soak/run.py                       # until 220 interruptions, 1–2 hours on 2 CPU cores
+    .venv/bin/python benchmarks/soak/run.py --interruptions 4 --quick   # a smoke test: prints, writes nothing
 
 Each trial starts a real ``latentdrift`` process (tiny random models built here, an 8×24×24 volume,
 ``--no-preprocess``; one torch thread, or two and the slices shared by two threads) into one of a few
@@ -389,7 +389,13 @@ def write_results(report: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=240, help="interrupted runs (default: 240)")
+    parser.add_argument(
+        "--interruptions",
+        type=int,
+        default=220,
+        help="trials go on until this many runs were signalled while running (default: 220); a signal that "
+        "lands after its run ended counts as a trial, not as an interruption",
+    )
     parser.add_argument("--seed", type=int, default=21, help="seed of the random choices (default: 21)")
     parser.add_argument("--folders", type=int, default=3, help="shared output folders (default: 3)")
     parser.add_argument("--quick", action="store_true", help="print the results, write nothing")
@@ -402,11 +408,12 @@ def main() -> int:
         durations = calibrate(space)
         print(f"a plain run takes {durations} s", flush=True)
         totals = Totals()
-        for number in range(args.trials):
+        while sum(totals.interruptions.values()) < args.interruptions:
             trial(space, totals, rng, durations)
             totals.trials += 1
-            if (number + 1) % 10 == 0:
-                print(f"{number + 1}/{args.trials} trials, {totals.runs} runs, "
+            if totals.trials % 10 == 0:
+                print(f"{sum(totals.interruptions.values())}/{args.interruptions} interruptions, "
+                      f"{totals.trials} trials, {totals.runs} runs, "
                       f"leftovers {totals.leftovers_found}, corrupt or mixed {totals.corrupt_or_mixed_found}, "
                       f"unexpected {len(totals.unexpected)}", flush=True)  # fmt: skip
     finally:
