@@ -31,7 +31,8 @@ from ..settings import Drift
 from .checkpoints import load_trainable_weights, resume_from, save_checkpoint, save_trainable_weights_only
 from .config import FinetuneConfig
 from .job_folder import JobFolder
-from .schemes import Batch, Examples, Parts, Scheme
+from .parts import Batch, Examples, Parts
+from .schemes import Scheme
 
 LOG = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ class _Run:
             text_encoder=self.accelerator.unwrap_model(parts.text_encoder),
         )
         with self.accelerator.autocast():
-            image = sample_slice(plain, self.scheme, self.examples, self.config, self.delta)
+            image = sample_slice(plain, self.examples, self.config, self.delta)
         name = f"samples/step-{step:08d}.png"
         save_png(image, self.job.path / name)
         return name

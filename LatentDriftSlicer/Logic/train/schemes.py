@@ -28,7 +28,6 @@ are longitudinal (same subject, earlier → later) with ``prompts.instruct`` ins
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,8 @@ from ..errors import InputError, ModelError
 from ..prompts import DEFAULT_MODALITY, Attributes, PromptOptions, describe, instruct
 from .cohorts import CohortData, longitudinal_pairs
 from .config import FinetuneConfig
+from .parts import Batch, Examples, Parts, as_pixels
+from .sampling import class_images
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 DEFAULT_LEARNING_RATES = {
@@ -61,18 +62,6 @@ DEFAULT_LEARNING_RATES = {
     "custom-diffusion": 1e-5,
     "instruct-pix2pix": 1e-4,
 }
-
-
-@dataclass
-class Parts:
-    """The modules of a Stable Diffusion folder, as the training loop uses them."""
-
-    base: Path
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    noise_scheduler: Any
 
 
 def record_resolution(unet: Any, vae: Any, resolution: int) -> None:
@@ -93,33 +82,6 @@ def load_parts(folder: str | Path) -> Parts:
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
         noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True),
     )
-
-
-@dataclass
-class Examples:
-    """What batches are drawn from: images (N, S, S) in [-1, 1], one prompt each, optional sources."""
-
-    images: torch.Tensor
-    prompts: list[str]
-    sources: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-@dataclass
-class Batch:
-    """One process's batch: pixels (B, 3, S, S), prompts, sources (InstructPix2Pix), prior items at the end."""
-
-    pixels: torch.Tensor
-    prompts: list[str]
-    sources: torch.Tensor | None = None
-    prior_count: int = 0
-
-
-def as_pixels(images: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) grey slices → (B, 3, S, S) as the VAE takes them."""
-    return images[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
 class Scheme:
@@ -338,8 +300,6 @@ class DreamBoothScheme(Scheme):
     def prepare_data(self, parts: Parts, job_dir: Path, device: torch.device) -> None:
         path = job_dir / "class_images.npz"
         if not path.is_file():
-            from .sampling import class_images
-
             images = class_images(parts, self.class_prompt, self.config, device)
             staging = path.with_suffix(".partial.npz")
             np.savez(staging, images=images)
