@@ -31,7 +31,7 @@ from ..settings import Drift
 from .checkpoints import load_trainable_weights, resume_from, save_checkpoint, save_trainable_weights_only
 from .config import FinetuneConfig
 from .job_folder import JobFolder
-from .parts import Batch, Examples, Parts
+from .parts import Batch, Examples, Parts, UNetInput
 from .schemes import Scheme
 
 LOG = logging.getLogger(__name__)
@@ -84,8 +84,8 @@ def training_loss(
         return_tensors="pt",
     ).input_ids.to(device)
     hidden = parts.text_encoder(ids)[0]
-    model_input, hidden = scheme.model_input(noisy, hidden, batch, parts, generator)
-    prediction = parts.unet(model_input, timesteps, hidden, return_dict=False)[0]
+    given = scheme.model_input(UNetInput(noisy, hidden), batch, parts, generator)
+    prediction = parts.unet(given.latents, timesteps, given.text, return_dict=False)[0]
     if parts.noise_scheduler.config.prediction_type == "v_prediction":
         target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:

@@ -50,3 +50,14 @@ class Batch:
 def as_pixels(images: torch.Tensor) -> torch.Tensor:
     """(B, S, S) grey slices → (B, 3, S, S) as the VAE takes them."""
     return images[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+@dataclass
+class UNetInput:
+    """What the UNet of one training step takes: ``latents`` (B, C, h, w) and text states ``text`` (B, L, D).
+
+    ``C`` is the latent channels, or twice that for InstructPix2Pix (source latents concatenated).
+    """
+
+    latents: torch.Tensor
+    text: torch.Tensor

@@ -50,7 +50,7 @@ from ..errors import InputError, ModelError
 from ..prompts import DEFAULT_MODALITY, Attributes, PromptOptions, describe, instruct
 from .cohorts import CohortData, longitudinal_pairs
 from .config import FinetuneConfig
-from .parts import Batch, Examples, Parts, as_pixels
+from .parts import Batch, Examples, Parts, UNetInput, as_pixels
 from .sampling import class_images
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -134,15 +134,10 @@ class Scheme:
         return Batch(as_pixels(examples.images[indices]), [examples.prompts[i] for i in indices], sources)
 
     def model_input(
-        self,
-        noisy: torch.Tensor,
-        hidden: torch.Tensor,
-        batch: Batch,
-        parts: Parts,
-        generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The UNet's input and text conditioning for this batch."""
-        return noisy, hidden
+        self, given: UNetInput, batch: Batch, parts: Parts, generator: torch.Generator
+    ) -> UNetInput:
+        """The UNet's input and text conditioning for this batch (by default what the loop made)."""
+        return given
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The training loss (mean squared error on the ε- or v-target)."""
@@ -362,14 +357,11 @@ class InstructPix2PixScheme(Scheme):
         )
 
     def model_input(
-        self,
-        noisy: torch.Tensor,
-        hidden: torch.Tensor,
-        batch: Batch,
-        parts: Parts,
-        generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, given: UNetInput, batch: Batch, parts: Parts, generator: torch.Generator
+    ) -> UNetInput:
+        """The source's latents (B, 4, h, w) concatenated to the noisy ones; both conditionings dropped out."""
         assert batch.sources is not None
+        noisy, hidden = given.latents, given.text
         vae = _unwrapped(parts.vae)
         sources = vae.encode(batch.sources.to(noisy.device, vae.dtype)).latent_dist.mode()
         p = self.config.conditioning_dropout
@@ -379,7 +371,7 @@ class InstructPix2PixScheme(Scheme):
             hidden = torch.where((chance < 2 * p)[:, None, None], null, hidden)
             keep_image = 1 - ((chance >= p) & (chance < 3 * p)).to(sources.dtype)
             sources = sources * keep_image[:, None, None, None]
-        return torch.cat([noisy, sources.to(noisy.dtype)], dim=1), hidden
+        return UNetInput(torch.cat([noisy, sources.to(noisy.dtype)], dim=1), hidden)
 
 
 def _encode(parts: Parts, prompts: list[str]) -> torch.Tensor:
