@@ -16,6 +16,7 @@ import torch
 
 from ..devices import parallel_workers, resolve_device, run_in_workers
 from ..errors import ParameterError
+from ..volumes import nonempty_slices
 from .network import LDSegNetwork
 from .sampler import sample_probabilities
 
@@ -151,10 +152,9 @@ def _initial_noise(model: LDSegNetwork, count: int, samples: int, seed: int) -> 
 
 
 def _nonempty_indices(images: torch.Tensor) -> list[int]:
-    """Indices of slices whose value range exceeds :data:`EMPTY_RANGE`."""
-    flat = images.flatten(1)
-    spread = flat.amax(dim=1) - flat.amin(dim=1)
-    return [int(i) for i in torch.nonzero(spread > EMPTY_RANGE).flatten()]
+    """Indices of slices whose values spread more than :data:`EMPTY_RANGE` (a constant slice is empty)."""
+    nonempty = nonempty_slices(images.detach().cpu().numpy(), margin=EMPTY_RANGE)
+    return [int(i) for i in np.flatnonzero(nonempty)]
 
 
 def _empty_result(model: LDSegNetwork, count: int) -> dict[str, np.ndarray]:
