@@ -27,6 +27,7 @@ are longitudinal (same subject, earlier → later) with ``prompts.instruct`` ins
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..atomic_files import write_bytes_atomic
 from ..edit.loading import stock_pipeline
 from ..errors import InputError, ModelError
 from ..prompts import DEFAULT_MODALITY, Attributes, PromptOptions, describe, instruct
@@ -296,9 +298,9 @@ class DreamBoothScheme(Scheme):
         path = job_dir / "class_images.npz"
         if not path.is_file():
             images = class_images(parts, self.class_prompt, self.config, device)
-            staging = path.with_suffix(".partial.npz")
-            np.savez(staging, images=images)
-            staging.replace(path)
+            stored = io.BytesIO()
+            np.savez(stored, images=images)
+            write_bytes_atomic(path, stored.getvalue())
         with np.load(path, allow_pickle=False) as arrays:
             self.class_images = torch.from_numpy(arrays["images"])
 
