@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 ProgressCallback = Callable[[int, int, str], None]
 """``(done, total, message)``: how far a piece of work is."""
 
+CountCallback = Callable[[int, int], None]
+"""``(done, total)``: items of a batch run done so far; a :data:`ProgressCallback` less its message."""
+
 
 TrainingEvent = dict[str, Any]
 """What a training run reports, for every scheme alike (a plain dict, to be stored as JSON as it is).

@@ -8,7 +8,7 @@ instead of slices; every result then has one more spatial axis.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 
 from ..devices import parallel_workers, resolve_device, run_in_workers
 from ..errors import ParameterError
+from ..progress import CountCallback
 from ..volumes import nonempty_slices
 from .network import LDSegNetwork
 from .sampler import sample_probabilities
@@ -76,7 +77,7 @@ def segment_slices(
     seed: int = 0,
     batch_size: int = 8,
     device: torch.device | str | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: CountCallback | None = None,
     workers: int | None = None,
 ) -> SliceSegmentation:
     """Segment ``images`` ``(B, 1, H, W)`` (model range, ``H = W = image_size``) with ``samples`` draws each.
