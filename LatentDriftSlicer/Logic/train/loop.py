@@ -244,9 +244,13 @@ class _Run:
         cancel = self._cancel_requested()
         if step % config.checkpoint_every == 0 or step == config.steps or cancel:
             trainer = {"step": step, "losses": losses, "delta": self.delta}
-            save_checkpoint(self.accelerator, self.job.checkpoints, step, trainer, config.keep_checkpoints)
+            path = save_checkpoint(
+                self.accelerator, self.job.checkpoints, step, trainer, config.keep_checkpoints
+            )
             if main:
                 self.job.write_state("running", step=step, checkpoint=step)
+                if self.on_event is not None:
+                    self.on_event({"kind": "checkpoint", "step": step, "path": str(path)})
         if cancel:
             raise CancelledError(
                 f"Cancelled at step {step} (checkpoint saved): resume with `latentdrift jobs resume {self.job.path}`."
