@@ -18,6 +18,8 @@ from latentdrift.volumes import (
     Volume,
     check_image_volume,
     extract_slices,
+    foreground_fraction,
+    nonempty_slices,
     parse_slice_range,
     read_volume,
     reassemble,
@@ -228,3 +230,19 @@ def test_write_image_helper_matches_reader(tmp_path: Path, rng) -> None:
     path = write_image(tmp_path / "x.nrrd", voxels, spacing=(1, 2, 3), origin=(4, 5, 6))
     volume = read_volume(path)
     assert volume.geometry.spacing == (1.0, 2.0, 3.0) and volume.name == "x"
+
+
+def test_one_empty_slice_rule_for_background_constant_and_faint_slices() -> None:
+    slices = np.full((4, 3, 3), -1.0, np.float32)  # 0: all background
+    slices[1, 0, 0] = -0.97  # a pixel just above the margin
+    slices[2, 0, 0] = -0.99  # within the margin: still empty
+    slices[3] = 0.3  # constant but bright
+    assert nonempty_slices(slices, background=-1.0).tolist() == [False, True, False, True]
+    assert nonempty_slices(slices, margin=1e-6).tolist() == [
+        False,
+        True,
+        True,
+        False,
+    ]  # against its own minimum
+    np.testing.assert_allclose(foreground_fraction(slices, -0.98), [0, 1 / 9, 0, 1])
+    np.testing.assert_allclose(foreground_fraction(slices, np.array([0, -1, -1, 0])), [0, 1 / 9, 1 / 9, 1])

@@ -20,6 +20,7 @@ import torch
 from .errors import DeviceError, ModelError, OutOfMemoryError
 from .file_checks import available_ram
 from .interrupts import raise_if_stopped, uncut
+from .progress import CountCallback
 
 LOG = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def run_in_batches(
     function: Callable[[Sequence[T]], list],
     items: Sequence[T],
     batch_size: int,
-    on_batch_done: Callable[[int, int], None] | None = None,
+    on_batch_done: CountCallback | None = None,
     stop: threading.Event | None = None,
 ) -> list:
     """Apply ``function`` to consecutive batches of ``items`` and concatenate the returned lists.
@@ -168,7 +169,7 @@ def run_in_workers(
     items: Sequence[T],
     batch_size: int,
     workers: int,
-    on_batch_done: Callable[[int, int], None] | None = None,
+    on_batch_done: CountCallback | None = None,
 ) -> list:
     """:func:`run_in_batches` on ``workers`` contiguous shares of ``items`` at once, one thread each.
 
@@ -234,13 +235,13 @@ def run_in_workers(
 class _SummedProgress:
     """``report(done, total)`` with ``done`` summed over the shares of :func:`run_in_workers`."""
 
-    def __init__(self, total: int, report: Callable[[int, int], None] | None) -> None:
+    def __init__(self, total: int, report: CountCallback | None) -> None:
         self._total, self._report = total, report
         self._done: dict[int, int] = {}
         self._reported = -1
         self._lock = threading.Lock()
 
-    def of_share(self, index: int) -> Callable[[int, int], None] | None:
+    def of_share(self, index: int) -> CountCallback | None:
         """The ``on_batch_done`` of share ``index`` (None when nobody listens)."""
         if self._report is None:
             return None

@@ -7,6 +7,10 @@ CLI's ``--progress-json``, used by the Slicer module), prints one JSON object pe
     {"event": "progress", "done": 12, "total": 180, "fraction": 0.0667, "message": "segmenting", "eta_s": 41.2}
 
 Lines are throttled to at most ``max_rate`` per second (the last update is always printed).
+
+Training runs (every fine-tuning scheme and LDSeg) report :class:`TrainingEvent` dicts instead, one
+per optimizer step with its loss, to a :data:`TrainingCallback`; a job turns them into its status lines
+(:class:`latentdrift.train.job_folder.StatusLines`), which the panel's loss chart plots.
 """
 
 from __future__ import annotations
@@ -20,6 +24,26 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm
 
 ProgressCallback = Callable[[int, int, str], None]
+"""``(done, total, message)``: how far a piece of work is."""
+
+CountCallback = Callable[[int, int], None]
+"""``(done, total)``: items of a batch run done so far; a :data:`ProgressCallback` less its message."""
+
+
+TrainingEvent = dict[str, Any]
+"""What a training run reports, for every scheme alike (a plain dict, to be stored as JSON as it is).
+
+``"kind": "step"``: after every optimizer step, ``step`` of ``steps`` (1-based) with its ``loss`` (mean
+over the step's batch and over processes), ``epoch`` and learning rate ``lr``, and ``sample_image`` (a
+path relative to the job folder) when the step saved one; a loss of several terms adds them as
+``loss_<term>`` (LDSeg: ``loss_segmentation``, ``loss_noise``, ``loss_reconstruction``).
+``"kind": "epoch"``: the end of an epoch (LDSeg), with ``step``, mean losses and, with validation
+data, ``dice`` and ``mean_dice``. ``"kind": "checkpoint"``: a checkpoint of ``step`` was written to
+``path``.
+"""
+
+TrainingCallback = Callable[[TrainingEvent], None]
+"""Receives a run's :class:`TrainingEvent` dicts; raising from it stops the run (the last checkpoint stays)."""
 
 PROGRESS_EVENT = "progress"
 

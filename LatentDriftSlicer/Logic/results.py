@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from . import __version__
+from .atomic_files import write_json_atomic
 from .errors import OutputError
 from .interrupts import raise_if_stopped, uncut
 
@@ -275,9 +276,7 @@ class ResultFolder:
         """Write ``summary.json`` whole (a temporary file renamed): from then on the staging folder is a
         finished result, which :func:`clear_leftovers` publishes should this run be killed."""
         self.outputs.setdefault("summary", []).append(SUMMARY)
-        written = self.staging / f".{SUMMARY}.tmp"
-        written.write_text(json.dumps(self.summary(), indent=2, default=str) + "\n")
-        os.replace(written, self.staging / SUMMARY)
+        write_json_atomic(self.staging / SUMMARY, self.summary())
 
 
 def publish(staging: Path, destination: Path) -> None:

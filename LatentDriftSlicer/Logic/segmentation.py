@@ -26,11 +26,13 @@ from .progress import ProgressCallback
 from .resampling import SliceResizer, VolumeResizer
 from .settings import Axis, SegmentSettings, check_axis
 from .volumes import (
+    FOREGROUND_MARGIN,
     IntensityWindow,
     SliceStack,
     Volume,
     check_image_volume,
     extract_slices,
+    nonempty_slices,
     reassemble,
 )
 
@@ -203,11 +205,12 @@ def assemble_segmentation(
 def intensity_statistics(images: np.ndarray, background: float) -> tuple[float, float, float]:
     """(foreground fraction, mean, std) of the non-empty slices among model-range ``images`` ``[n, ..., S, S]``.
 
-    Foreground is what lies above ``background + 0.02``; empty slices (no foreground) are left out,
-    so the figures describe the anatomy, not how many slices around it were included.
+    Foreground is what lies :data:`~latentdrift.volumes.FOREGROUND_MARGIN` above ``background``; empty
+    slices (:func:`~latentdrift.volumes.nonempty_slices`) are left out, so the figures describe the
+    anatomy, not how many slices around it were included.
     """
-    foreground = images > background + 0.02
-    nonempty = foreground.reshape(len(images), -1).any(axis=1)
+    foreground = images > background + FOREGROUND_MARGIN
+    nonempty = nonempty_slices(images, background)
     if not nonempty.any():
         return (0.0, background, 0.0)
     foreground, values = foreground[nonempty], images[nonempty][foreground[nonempty]]

@@ -24,11 +24,13 @@ from .errors import InputError, MissingFileError
 from .ldseg import LDSegConfig
 from .resampling import SliceResizer, VolumeResizer
 from .settings import Axis
+from .train.cohorts import split_subjects
 from .volumes import (
     VOLUME_SUFFIXES,
     IntensityWindow,
     Volume,
     extract_slices,
+    foreground_fraction,
     read_volume,
 )
 
@@ -98,7 +100,7 @@ def pair_slices(
     axis = cast(Axis, config.axis)
     image_stack = extract_slices(image, axis)
     label_stack = extract_slices(labels, axis).slices.astype(np.int64)
-    keep = (label_stack > 0).mean(axis=(1, 2)) > min_foreground
+    keep = foreground_fraction(label_stack, 0) > min_foreground
     rows, cols = image_stack.slices.shape[1:]
     resizer = SliceResizer((rows, cols), image_stack.layout.pixel_spacing, config.image_size)
     images = resizer.to_model(window.forward(image_stack.slices[keep]), background=config.intensity_range[0])
@@ -183,14 +185,6 @@ def load_training_slices(pairs: list[VolumePair], config: LDSegConfig) -> tuple[
 def split_by_subject(
     pairs: list[VolumePair], validation_fraction: float, seed: int
 ) -> tuple[list[VolumePair], list[VolumePair]]:
-    """Training and validation pairs, never splitting a subject (at least one subject each when possible)."""
-    subjects = sorted({p.subject for p in pairs})
-    rng = np.random.default_rng(seed)
-    rng.shuffle(subjects)
-    count = (
-        max(1, round(len(subjects) * validation_fraction))
-        if len(subjects) > 1 and validation_fraction > 0
-        else 0
-    )
-    held_out = set(subjects[:count])
+    """Training and validation pairs, never splitting a subject (:func:`split_subjects`)."""
+    held_out = split_subjects([p.subject for p in pairs], validation_fraction, seed)
     return [p for p in pairs if p.subject not in held_out], [p for p in pairs if p.subject in held_out]

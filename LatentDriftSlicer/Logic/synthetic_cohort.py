@@ -66,15 +66,22 @@ CSV_COLUMNS = (
 )
 
 
+MAX_JACOBIAN_STEP = 0.8
+"""Cap on ``k · |Hessian S|``, which keeps the ventricular map ``x + k ∇S(x)`` invertible."""
+BISECTION_STEPS = 14
+"""Bisection steps of the search for ``k`` (solver precision, not a property of the atrophy)."""
+
+
 @dataclass(frozen=True)
 class AtrophySettings:
     """Shape of the atrophy model (see the module docstring)."""
 
     ventricle_share: float = 0.4
+    """Part of the tissue loss made by enlarging the ventricles (the rest thins the cortex)."""
     deep_csf_mm: float = 12.0
+    """CSF at least this far from the outside of the brain counts as deep (mostly the ventricles)."""
     smoothing_mm: float = 6.0
-    max_jacobian_step: float = 0.8
-    bisection_steps: int = 14
+    """Gaussian width of the field ``S`` smoothed from the deep CSF."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ def _enlarge_ventricles(
         for component in range(3)
         for derivative in np.gradient(gradient[..., component], *spacing_kji)
     )
-    k_max = settings.max_jacobian_step / max(float(np.sqrt(np.max(hessian))), 1e-12)
+    k_max = MAX_JACOBIAN_STEP / max(float(np.sqrt(np.max(hessian))), 1e-12)
     source_labels = volume_to_sitk(labels)
     tissue = np.isin(labels.voxels, (GREY_MATTER, WHITE_MATTER))
     before = int(tissue.sum())
@@ -178,7 +185,7 @@ def _enlarge_ventricles(
 
     low, high = 0.0, k_max
     if loss(high) > target_voxels:
-        for _ in range(settings.bisection_steps):
+        for _ in range(BISECTION_STEPS):
             middle = 0.5 * (low + high)
             low, high = (middle, high) if loss(middle) < target_voxels else (low, middle)
     k = high

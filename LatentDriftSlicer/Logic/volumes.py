@@ -447,6 +447,32 @@ def reassemble(
 
 # --------------------------------------------------------------------------- intensities
 
+FOREGROUND_MARGIN = 0.02
+"""In model units (range ``[-1, 1]``): a pixel is foreground when it lies this far above the background."""
+
+
+def foreground_fraction(slices: np.ndarray, level: float | np.ndarray) -> np.ndarray:
+    """Share ``(n,)`` of each slice's pixels above ``level``, for slices ``(n, ...)``.
+
+    ``level`` is one value, or one per slice ``(n,)``. The one rule for "an empty slice" of the
+    project is this share being zero (:func:`nonempty_slices`); where slices are chosen for
+    training, a minimum share of anatomy (cohorts) or of labelled pixels (LDSeg data) is asked of it.
+    """
+    values = np.asarray(slices).reshape(len(slices), -1)
+    return (values > np.asarray(level, dtype=np.float64).reshape(-1, 1)).mean(axis=1)
+
+
+def nonempty_slices(
+    slices: np.ndarray, background: float | np.ndarray | None = None, margin: float = FOREGROUND_MARGIN
+) -> np.ndarray:
+    """Bool ``(n,)``: which slices ``(n, ...)`` hold a pixel more than ``margin`` above ``background``.
+
+    ``background`` ``None`` takes each slice's own minimum, so a constant slice is empty whatever its value.
+    """
+    values = np.asarray(slices).reshape(len(slices), -1)
+    floor = values.min(axis=1) if background is None else background
+    return foreground_fraction(values, np.asarray(floor, dtype=np.float64) + margin) > 0
+
 
 @dataclass(frozen=True)
 class IntensityWindow:

@@ -50,7 +50,7 @@ def ours(config: FinetuneConfig, folder: Path) -> float:
         examples,
         0.0,
         job,
-        lambda done, total, text: stamps.setdefault(done, time.perf_counter()),
+        lambda event: stamps.setdefault(event["step"], time.perf_counter()),
     )
     return (STEPS - WARMUP) * BATCH / (stamps[STEPS] - stamps[WARMUP])
 

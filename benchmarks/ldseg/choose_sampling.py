@@ -30,8 +30,9 @@ sys.path.insert(0, str(HERE))
 
 from run import accuracy  # noqa: E402
 
+from latentdrift.atomic_files import write_json_atomic  # noqa: E402
 from latentdrift.ldseg import load_ldseg_model, sampling_scheduler  # noqa: E402
-from latentdrift.ldseg.model_io import CARD_FILE, CONFIG_FILE, atomic_write_json, config_document  # noqa: E402
+from latentdrift.ldseg.model_io import CARD_FILE, CONFIG_FILE, config_document  # noqa: E402
 from latentdrift.ldseg.sampler import describe_sampling  # noqa: E402
 from latentdrift.models import resolve_model  # noqa: E402
 from latentdrift.segmentation import SegmentSettings, segment_volume  # noqa: E402
@@ -121,7 +122,7 @@ def apply(folder: Path, steps: int, first_timestep: int | None, mirror: bool, me
     model = load_ldseg_model(folder)
     old = describe_sampling(model.config)
     config = replace(model.config, sampling_steps=steps, first_timestep=first_timestep, mirror_samples=mirror)
-    atomic_write_json(folder / CONFIG_FILE, config_document(config))
+    write_json_atomic(folder / CONFIG_FILE, config_document(config))
     card = folder / CARD_FILE
     sentence = re.compile(re.escape(f"{old} by default") + r"( \(chosen on [^)]*\))?")
     if not sentence.search(card.read_text()):

@@ -17,11 +17,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ..atomic_files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from ..devices import check_memory, resolve_device
 from ..errors import ModelError, ParameterError
+from ..model_cards import ldseg_card
 from ..models import LDSEG_FORMAT
 from .network import LDSegConfig, LDSegNetwork
-from .sampler import describe_sampling
 
 FORMAT = LDSEG_FORMAT
 FORMAT_VERSION = 1
@@ -29,27 +30,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL_CARD.md"
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: temporary file, fsync, ``os.replace``, fsync folder."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    if hasattr(os, "O_DIRECTORY"):
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 def save_ldseg_model(
@@ -63,37 +43,16 @@ def save_ldseg_model(
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
-    atomic_write_bytes(folder / WEIGHTS_FILE, save(tensors, metadata=metadata))
-    atomic_write_json(folder / CONFIG_FILE, config_document(model.config))
-    card = default_card(model) if card_text is None else card_text
-    atomic_write_bytes(folder / CARD_FILE, card.encode("utf-8"))
+    write_bytes_atomic(folder / WEIGHTS_FILE, save(tensors, metadata=metadata))
+    write_json_atomic(folder / CONFIG_FILE, config_document(model.config))
+    card = ldseg_card(model) if card_text is None else card_text
+    write_text_atomic(folder / CARD_FILE, card)
     return folder
 
 
 def config_document(config: LDSegConfig) -> dict[str, Any]:
     """The content of ``config.json`` for ``config``."""
     return {"format": FORMAT, "format_version": FORMAT_VERSION, **config.to_dict()}
-
-
-def default_card(model: LDSegNetwork) -> str:
-    """A minimal Markdown model card: classes, input conventions, size."""
-    config = model.config
-    size = "×".join([str(config.image_size)] * config.spatial_dims)
-    what = (
-        f"{config.axis} slices" if config.spatial_dims == 2 else f"whole volumes ({config.axis} orientation)"
-    )
-    classes = "\n".join(
-        f"| {i} | {c.name} | {c.color} | {c.terminology or '—'} |" for i, c in enumerate(config.classes)
-    )
-    return (
-        "# LDSeg model\n\n"
-        f"Latent-diffusion segmentation of {what} at {size}, "
-        f"{model.parameter_counts()['total']:,} parameters, "
-        f"{describe_sampling(config)} by default.\n\n"
-        f"Input: intensities windowed to percentiles {config.intensity_percentiles} and mapped to "
-        f"{config.intensity_range}.\n\n| value | class | colour | terminology |\n| --- | --- | --- | --- |\n"
-        f"{classes}\n"
-    )
 
 
 def read_config(folder: str | os.PathLike[str]) -> LDSegConfig:

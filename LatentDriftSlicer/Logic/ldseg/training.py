@@ -51,11 +51,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch.optim.swa_utils import AveragedModel
 
+from ..atomic_files import write_bytes_atomic, write_json_atomic
 from ..devices import resolve_device
 from ..errors import InputError, JobError, ParameterError
+from ..progress import TrainingCallback
 from ..settings import check_batching, check_seed
 from .augment import augment_batch
-from .model_io import atomic_write_bytes, atomic_write_json
 from .network import LDSegConfig, LDSegNetwork
 from .sampler import make_scheduler, predict_original
 from .uncertainty import segment_slices
@@ -70,8 +71,6 @@ model and the learning-rate scheduler is saved; 1: EMA of the denoiser only)."""
 DICE_WEIGHT = 2.0
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
 """``diffusers.optimization.get_scheduler`` names that need nothing beyond the number of steps."""
-
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -149,16 +148,17 @@ def train_ldseg(
     val_labels: np.ndarray | None,
     config: LDSegConfig,
     settings: TrainSettings | None = None,
-    progress: ProgressCallback | None = None,
+    progress: TrainingCallback | None = None,
     start_from: LDSegNetwork | None = None,
 ) -> TrainResult:
     """Train an LDSeg model on slices ``images`` ``(N, S, S)`` float32 in the model range and ``labels``.
 
     ``labels`` ``(N, S, S)`` integers in ``[0, C)``; ``S = config.image_size``. A 3D config takes
     volumes ``(N, S, S, S)`` instead. Validation arrays are
-    optional (same conventions). ``progress`` receives dicts: ``{"kind": "step", "step", "steps", "epoch",
-    "loss", ...}`` every step, ``{"kind": "epoch", **history entry}`` and ``{"kind": "checkpoint",
-    "path", "step"}``. Raise from ``progress`` to stop (the last checkpoint stays valid).
+    optional (same conventions). ``progress`` receives :class:`~latentdrift.progress.TrainingEvent` dicts:
+    ``{"kind": "step", "step", "steps", "epoch", "loss", "lr", "loss_segmentation", ...}`` every step,
+    ``{"kind": "epoch", **history entry}`` and ``{"kind": "checkpoint", "path", "step"}``. Raise from
+    ``progress`` to stop (the last checkpoint stays valid).
     ``start_from``: a trained model whose weights replace the seeded initialisation (fine-tuning; its
     networks must have the shapes ``config`` gives); a checkpoint being resumed still takes precedence.
     """
@@ -190,6 +190,7 @@ def train_ldseg(
                 "step": state.step,
                 "steps": settings.steps,
                 "epoch": _epoch(state.step, steps_per_epoch),
+                "lr": state.lr_scheduler.get_last_lr()[0],
                 **_loss_dict(losses),
             }
         )
@@ -465,7 +466,7 @@ def save_checkpoint(state: _State, folder: Path, settings: TrainSettings) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     weights_name = f"checkpoint-{state.step:08d}.safetensors"
     tensors, groups = _checkpoint_tensors(state)
-    atomic_write_bytes(folder / weights_name, save(tensors, metadata={"step": str(state.step)}))
+    write_bytes_atomic(folder / weights_name, save(tensors, metadata={"step": str(state.step)}))
     document = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -478,7 +479,7 @@ def save_checkpoint(state: _State, folder: Path, settings: TrainSettings) -> Pat
         "config": state.model.config.to_dict(),
         "settings": asdict(settings),
     }
-    atomic_write_json(folder / CHECKPOINT_JSON, document)
+    write_json_atomic(folder / CHECKPOINT_JSON, document)
     for old in folder.glob("checkpoint-*.safetensors"):
         if old.name != weights_name:
             old.unlink(missing_ok=True)

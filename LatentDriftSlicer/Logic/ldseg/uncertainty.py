@@ -8,7 +8,7 @@ instead of slices; every result then has one more spatial axis.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,8 @@ import torch
 
 from ..devices import parallel_workers, resolve_device, run_in_workers
 from ..errors import ParameterError
+from ..progress import CountCallback
+from ..volumes import nonempty_slices
 from .network import LDSegNetwork
 from .sampler import sample_probabilities
 
@@ -75,7 +77,7 @@ def segment_slices(
     seed: int = 0,
     batch_size: int = 8,
     device: torch.device | str | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: CountCallback | None = None,
     workers: int | None = None,
 ) -> SliceSegmentation:
     """Segment ``images`` ``(B, 1, H, W)`` (model range, ``H = W = image_size``) with ``samples`` draws each.
@@ -151,10 +153,9 @@ def _initial_noise(model: LDSegNetwork, count: int, samples: int, seed: int) -> 
 
 
 def _nonempty_indices(images: torch.Tensor) -> list[int]:
-    """Indices of slices whose value range exceeds :data:`EMPTY_RANGE`."""
-    flat = images.flatten(1)
-    spread = flat.amax(dim=1) - flat.amin(dim=1)
-    return [int(i) for i in torch.nonzero(spread > EMPTY_RANGE).flatten()]
+    """Indices of slices whose values spread more than :data:`EMPTY_RANGE` (a constant slice is empty)."""
+    nonempty = nonempty_slices(images.detach().cpu().numpy(), margin=EMPTY_RANGE)
+    return [int(i) for i in np.flatnonzero(nonempty)]
 
 
 def _empty_result(model: LDSegNetwork, count: int) -> dict[str, np.ndarray]:

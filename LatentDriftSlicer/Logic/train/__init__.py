@@ -2,6 +2,7 @@
 
 * :mod:`.cohorts` — cohort CSV/folder → validated, cached slices; longitudinal pairs; subject split.
 * :mod:`.config` — :class:`FinetuneConfig` (a job's ``config.json``).
+* :mod:`.parts` — what the loop works on (modules, examples, a batch), shared by loop, schemes and sampling.
 * :mod:`.schemes` — basic, LoRA, textual inversion, DreamBooth, Custom Diffusion, InstructPix2Pix.
 * :mod:`.loop` — the one shared training loop (the drift enters in :func:`.loop.noisy_latents`).
 * :mod:`.checkpoints` — atomic checkpoints, resume from the last good one.

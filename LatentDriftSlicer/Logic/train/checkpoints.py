@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import fsync_file, fsync_folder
+
 LOG = logging.getLogger(__name__)
 
 MANIFEST = "checkpoint.json"
@@ -52,15 +54,15 @@ def save_checkpoint(
         (staging / TRAINER_STATE).write_text(json.dumps(trainer) + "\n", encoding="utf-8")
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         for path in files:
-            _fsync(path)
+            fsync_file(path)
         manifest = {"step": step, "files": {str(p.relative_to(staging)): p.stat().st_size for p in files}}
         (staging / MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
-        _fsync(staging / MANIFEST)
-        _fsync(staging)
+        fsync_file(staging / MANIFEST)
+        fsync_folder(staging)
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
-        _fsync(folder)
+        fsync_folder(folder)
         prune(folder, keep)
     accelerator.wait_for_everyone()
     return final
@@ -86,14 +88,6 @@ def save_trainable_weights_only(accelerator: Any) -> None:
 def load_trainable_weights(accelerator: Any, path: Path) -> None:
     """``accelerator.load_state`` of a checkpoint written with :func:`save_trainable_weights_only`."""
     accelerator.load_state(str(path), strict=False)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -28,14 +28,13 @@ import csv
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic_files import write_folder_atomic
 from ..errors import InputError, LatentDriftError, MissingFileError
 from ..prompts import Attributes, PromptOptions, describe
 from ..settings import Axis
@@ -45,6 +44,7 @@ from ..volumes import (
     Volume,
     check_image_volume,
     extract_slices,
+    foreground_fraction,
     read_volume,
 )
 
@@ -350,7 +350,7 @@ def volume_slices(volume: Volume, settings: SliceSettings) -> tuple[np.ndarray, 
     window = IntensityWindow.from_percentiles(volume.voxels, settings.percentiles)
     stack = extract_slices(volume, settings.axis)
     windowed = window.forward(stack.slices)
-    keep = (windowed > ANATOMY_LEVEL).mean(axis=(1, 2)) >= settings.min_anatomy
+    keep = foreground_fraction(windowed, ANATOMY_LEVEL) >= settings.min_anatomy
     from ..resampling import SliceResizer  # torch: loaded in the training process only, not with the config
 
     resizer = SliceResizer(windowed.shape[1:], stack.layout.pixel_spacing, settings.size)
@@ -390,18 +390,18 @@ def _report(
 
 
 def _write_cache(folder: Path, data: CohortData) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
+    """Store ``data`` as the cache ``folder`` (atomically; another process storing it first is fine)."""
+
+    def fill(staging: Path) -> None:
         np.savez(staging / "slices.npz", images=data.images)
         index = {"format": CACHE_FORMAT, "slices": data.slices, "rows": data.rows, "report": data.report}
         (staging / "index.json").write_text(json.dumps(index) + "\n", encoding="utf-8")
-        os.replace(staging, folder)
+
+    try:
+        write_folder_atomic(folder, fill)
     except OSError:
         if not (folder / "index.json").is_file():
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read_cache(folder: Path) -> CohortData:

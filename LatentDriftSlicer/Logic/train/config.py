@@ -38,6 +38,7 @@ class FinetuneConfig:
     scheme: str
     model: str | None = None
     steps: int = 1000
+    seed: int = 0
     drift: Drift | None = None
     search_drift: bool = False
     batch_size: int = 4
@@ -46,25 +47,27 @@ class FinetuneConfig:
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
     mixed_precision: str = "auto"
+    device: str = "auto"
     resolution: int = 64
     axis: str = "axial"
     min_anatomy: float = 0.05
+    validation_fraction: float = 0.1
     prompt_style: str = "diverse"
     patient_info: bool = True
     age_format: str = "numerical"
-    validation_fraction: float = 0.1
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
+    """Checkpoints kept in ``JOB_DIR/checkpoints`` (the newest)."""
     sample_every: int = 100
+    """Optimizer steps between sample images in ``JOB_DIR/samples`` (0: none)."""
     sample_steps: int = 20
     log_every: int = 1
-    seed: int = 0
-    device: str = "auto"
-    lora_rank: int = 4
-    merge_lora: bool = True
+    """Optimizer steps between status lines (each a point of the panel's loss chart)."""
     placeholder_token: str = "<cohort-mri>"
     initializer_token: str = "brain"
     instance_token: str = "sks"
+    lora_rank: int = 4
+    merge_lora: bool = True
     prior_loss_weight: float = 1.0
     num_class_images: int = 16
     modifier_token: str = "<new1>"

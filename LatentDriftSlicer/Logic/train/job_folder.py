@@ -18,11 +18,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
+import logging
 import signal
-import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ..atomic_files import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:  # the panel reads job folders without tqdm (progress.py's bar)
+    from ..progress import ProgressCallback, TrainingEvent
+
+LOG = logging.getLogger(__name__)
 
 STATES = ("running", "finished", "failed", "cancelled")
 
@@ -175,16 +182,55 @@ class JobFolder:
         self._signalled = False
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file and a rename."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+class StatusLines:
+    """A run's :class:`~latentdrift.progress.TrainingEvent` dicts → progress updates and status lines.
 
+    Every step event updates ``progress`` (``(step, steps, message)``); every ``log_every`` steps, at the
+    last step and at every step that saved a sample image, one status line is appended: ``step``,
+    ``epoch``, ``loss`` (the mean over the steps since the previous line), ``lr``, ``eta_s`` and
+    ``sample_image``. Fine-tuning and LDSeg jobs alike, so the panel's loss chart has points for both.
+    """
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+    def __init__(
+        self,
+        job: JobFolder,
+        log_every: int,
+        progress: ProgressCallback | None = None,
+        message: str = "training",
+    ) -> None:
+        self.job, self.log_every, self.progress, self.message = job, log_every, progress, message
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+        self.pending: list[float] = []
+
+    def __call__(self, event: TrainingEvent) -> None:
+        if event["kind"] != "step":
+            return
+        step = int(event["step"])
+        steps = int(event.get("steps") or step)
+        if self.first_step is None:
+            self.first_step = step
+        if self.progress is not None:
+            self.progress(step, steps, self.message)
+        if event.get("loss") is not None:
+            self.pending.append(float(event["loss"]))
+        sample = event.get("sample_image")
+        if step % self.log_every == 0 or step == steps or sample:
+            record = self._record(event, step, steps, sample)
+            self.job.append_status(record)
+            LOG.info("step %d/%d loss %s", step, steps, record["loss"])
+
+    def _record(self, event: TrainingEvent, step: int, steps: int, sample: str | None) -> dict[str, Any]:
+        """The status line of ``step``; the pending losses are used up."""
+        done = step - (self.first_step or step) + 1
+        eta = (time.monotonic() - self.started) / done * (steps - step)
+        loss = round(sum(self.pending) / len(self.pending), 6) if self.pending else None
+        self.pending = []
+        return {
+            "step": step,
+            "epoch": event.get("epoch"),
+            "loss": loss,
+            "lr": event.get("lr"),
+            "eta_s": round(eta, 1),
+            "sample_image": sample,
+        }

@@ -29,15 +29,17 @@ from typing import Any
 
 import psutil
 
+from ..atomic_files import write_json_atomic
 from ..errors import CancelledError, InputError, JobError, ModelError
+from ..model_cards import finetuned_card
 from ..models import find_default, list_models, resolve_model
 from ..progress import ProgressCallback
 from ..results import ResultFolder
 from .checkpoints import checkpoint_step, checkpoints, is_complete
 from .cohorts import prepare_cohort, read_cohort, split_subjects, validate_rows, write_report
 from .config import FinetuneConfig
-from .job_folder import JobFolder, write_json_atomic
-from .metadata import model_card, update_metadata
+from .job_folder import JobFolder, StatusLines
+from .metadata import update_metadata
 
 LOG = logging.getLogger("latentdrift")
 DIFFUSION_KINDS = ("stable-diffusion", "instruct-pix2pix")
@@ -258,7 +260,8 @@ def _run_diffusion(
     scheme.setup(parts)
     with accelerator.main_process_first():
         scheme.prepare_data(parts, job.path, accelerator.device)
-    outcome = train(accelerator, config, scheme, parts, examples, delta, job, progress)
+    status_lines = StatusLines(job, config.log_every, progress, "fine-tuning")
+    outcome = train(accelerator, config, scheme, parts, examples, delta, job, status_lines)
     summary: dict[str, Any] = {}
     if main:
         metadata = {
@@ -282,7 +285,7 @@ def _run_diffusion(
             update_metadata(result.staging, **metadata)
             result.record("metadata", "latentdrift.json")
             result.path("model_card", "MODEL_CARD.md").write_text(
-                model_card(metadata, report), encoding="utf-8"
+                finetuned_card(metadata, report), encoding="utf-8"
             )
             steps = [entry["step"] for entry in outcome.losses]
             losses = [entry["loss"] for entry in outcome.losses]
@@ -348,8 +351,6 @@ def _searched_drift(
 
 def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallback | None) -> dict[str, Any]:
     """LDSeg: validate image/label rows, then the project's LDSeg training (its own resumable checkpoints)."""
-    import time
-
     from ..ldseg import TrainSettings
     from ..workflows.segment import train_segmentation_model
 
@@ -385,23 +386,13 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
         device=config.device,
         flip_left_right=config.axis != "sagittal",
     )
-    started = time.monotonic()
+    status_lines = StatusLines(job, config.log_every)
 
     def report_step(done: int, total: int, message: str) -> None:
+        # the loss comes once train_segmentation_model passes LDSeg's training events on (it sends done/total)
+        status_lines({"kind": "step", "step": done, "steps": total, "lr": settings.learning_rate})
         if progress is not None:
             progress(done, total, message)
-        if done % config.log_every == 0 or done == total:
-            eta = (time.monotonic() - started) / max(done, 1) * (total - done)
-            job.append_status(
-                {
-                    "step": done,
-                    "epoch": None,
-                    "loss": None,
-                    "lr": settings.learning_rate,
-                    "eta_s": round(eta, 1),
-                    "sample_image": None,
-                }
-            )
         if job.cancel_requested():
             raise CancelledError(
                 f"Cancelled at step {done}: resume with `latentdrift jobs resume {job.path}` "

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,15 +25,16 @@ import torch
 
 from ..drift import drift_training_noise
 from ..errors import CancelledError
+from ..progress import TrainingCallback, TrainingEvent
 from ..settings import Drift
 from .checkpoints import load_trainable_weights, resume_from, save_checkpoint, save_trainable_weights_only
 from .config import FinetuneConfig
 from .job_folder import JobFolder
-from .schemes import Batch, Examples, Parts, Scheme
+from .parts import Batch, Examples, Parts, UNetInput
+from .schemes import Scheme
 
 LOG = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 MAX_GRAD_NORM = 1.0
 
 
@@ -83,8 +82,8 @@ def training_loss(
         return_tensors="pt",
     ).input_ids.to(device)
     hidden = parts.text_encoder(ids)[0]
-    model_input, hidden = scheme.model_input(noisy, hidden, batch, parts, generator)
-    prediction = parts.unet(model_input, timesteps, hidden, return_dict=False)[0]
+    given = scheme.model_input(UNetInput(noisy, hidden), batch, parts, generator)
+    prediction = parts.unet(given.latents, timesteps, given.text, return_dict=False)[0]
     if parts.noise_scheduler.config.prediction_type == "v_prediction":
         target = parts.noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
@@ -139,12 +138,13 @@ def train(
     examples: Examples,
     delta: Drift,
     job: JobFolder,
-    progress: ProgressCallback | None = None,
+    on_event: TrainingCallback | None = None,
 ) -> TrainOutcome:
     """Train ``parts`` with ``scheme`` on ``examples`` for ``config.steps`` optimizer steps.
 
-    Resumes from the newest good checkpoint in ``job.checkpoints``; writes status lines, samples and
-    checkpoints (main process). A cancel request checkpoints and raises :class:`CancelledError`.
+    Resumes from the newest good checkpoint in ``job.checkpoints``; writes samples and checkpoints and
+    sends ``on_event`` a step event with the loss after every step (main process). A cancel request
+    checkpoints and raises :class:`CancelledError`.
     """
     from diffusers.optimization import get_scheduler
 
@@ -174,7 +174,7 @@ def train(
         LOG.info("Resuming from step %d", start)
     if accelerator.is_main_process:
         job.truncate_status(start)  # steps after the checkpoint are redone
-    run = _Run(accelerator, config, scheme, examples, delta, job, progress, start)
+    run = _Run(accelerator, config, scheme, examples, delta, job, on_event)
     run.trained = list(modules.values())
     for module in modules.values():
         module.train()
@@ -218,7 +218,7 @@ def _optimizer_step(
 
 
 class _Run:
-    """What happens between optimizer steps: status lines, progress, samples, checkpoints, cancel."""
+    """What happens between optimizer steps: the step's event, samples, checkpoints, cancel."""
 
     def __init__(
         self,
@@ -228,31 +228,29 @@ class _Run:
         examples: Examples,
         delta: Drift,
         job: JobFolder,
-        progress: ProgressCallback | None,
-        start: int,
+        on_event: TrainingCallback | None,
     ) -> None:
         self.accelerator, self.config, self.scheme = accelerator, config, scheme
-        self.examples, self.delta, self.job, self.progress = examples, delta, job, progress
-        self.start, self.started = start, time.monotonic()
-        self.pending: list[float] = []
+        self.examples, self.delta, self.job, self.on_event = examples, delta, job, on_event
         self.trained: list[Any] = []
 
     def after_step(self, parts: Parts, step: int, losses: list[dict[str, float]], lr: float) -> None:
         config, main = self.config, self.accelerator.is_main_process
-        self.pending.append(losses[-1]["loss"])
         sample = None
         if main and config.sample_every and (step % config.sample_every == 0 or step == config.steps):
             sample = self.save_sample(parts, step)
-        if main and (step % config.log_every == 0 or step == config.steps or sample):
-            self.log(step, lr, sample)
-        if main and self.progress is not None:
-            self.progress(step, config.steps, "fine-tuning")
+        if main and self.on_event is not None:
+            self.on_event(self.step_event(step, losses[-1]["loss"], lr, sample))
         cancel = self._cancel_requested()
         if step % config.checkpoint_every == 0 or step == config.steps or cancel:
             trainer = {"step": step, "losses": losses, "delta": self.delta}
-            save_checkpoint(self.accelerator, self.job.checkpoints, step, trainer, config.keep_checkpoints)
+            path = save_checkpoint(
+                self.accelerator, self.job.checkpoints, step, trainer, config.keep_checkpoints
+            )
             if main:
                 self.job.write_state("running", step=step, checkpoint=step)
+                if self.on_event is not None:
+                    self.on_event({"kind": "checkpoint", "step": step, "path": str(path)})
         if cancel:
             raise CancelledError(
                 f"Cancelled at step {step} (checkpoint saved): resume with `latentdrift jobs resume {self.job.path}`."
@@ -264,23 +262,20 @@ class _Run:
             flag = self.accelerator.reduce(flag, reduction="max")
         return bool(flag.item() > 0)
 
-    def log(self, step: int, lr: float, sample: str | None) -> None:
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / (step - self.start) * (self.config.steps - step)
+    def step_event(self, step: int, loss: float, lr: float, sample: str | None) -> TrainingEvent:
+        """The event of optimizer step ``step``; ``epoch`` counts the passes over the examples so far."""
         examples_seen = (
             step * self.config.batch_size * self.accelerator.num_processes * self.config.gradient_accumulation
         )
-        record = {
+        return {
+            "kind": "step",
             "step": step,
+            "steps": self.config.steps,
             "epoch": examples_seen // max(1, len(self.examples)),
-            "loss": round(sum(self.pending) / len(self.pending), 6),
+            "loss": loss,
             "lr": lr,
-            "eta_s": round(eta, 1),
             "sample_image": sample,
         }
-        self.pending = []
-        self.job.append_status(record)
-        LOG.info("step %d/%d loss %.4f", step, self.config.steps, record["loss"])
 
     def save_sample(self, parts: Parts, step: int) -> str:
         """A sample image of the current model (first example's prompt; InstructPix2Pix edits its source)."""
@@ -292,7 +287,7 @@ class _Run:
             text_encoder=self.accelerator.unwrap_model(parts.text_encoder),
         )
         with self.accelerator.autocast():
-            image = sample_slice(plain, self.scheme, self.examples, self.config, self.delta)
+            image = sample_slice(plain, self.examples, self.config, self.delta)
         name = f"samples/step-{step:08d}.png"
         save_png(image, self.job.path / name)
         return name

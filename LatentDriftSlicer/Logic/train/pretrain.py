@@ -30,9 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -43,7 +41,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ..atomic_files import write_folder_atomic
 from ..errors import ParameterError
+from ..model_cards import pretraining_card
 from ..progress import ProgressCallback
 from ..tiny_models import MAX_TOKENS, tiny_scheduler, tiny_tokenizer
 from .checkpoints import resume_from, save_checkpoint
@@ -325,7 +325,7 @@ def _trained_vae(
     losses = _run_stage("vae", vae_loss, accelerator, optimizer, settings.vae_steps, settings, work, progress)
     vae = accelerator.unwrap_model(vae).cpu().eval()
     vae.register_to_config(scaling_factor=_latent_scale(vae, images, settings))
-    _save_atomic(final, lambda folder: vae.save_pretrained(folder, safe_serialization=True))
+    write_folder_atomic(final, lambda folder: vae.save_pretrained(folder, safe_serialization=True))
     (final / "losses.json").write_text(json.dumps(losses) + "\n", encoding="utf-8")
     return vae, losses
 
@@ -427,16 +427,6 @@ def _run_stage(
     return history
 
 
-def _save_atomic(folder: Path, write: Any) -> None:
-    """Write ``folder`` through a hidden staging folder and one rename."""
-    staging = folder.with_name(f".partial-{folder.name}")
-    shutil.rmtree(staging, ignore_errors=True)
-    write(staging)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(staging, folder)
-
-
 def _write_pipeline(pipeline: Any, output: Path, record: dict[str, Any]) -> Path:
     def write(folder: Path) -> None:
         pipeline.save_pretrained(folder, safe_serialization=True)
@@ -444,35 +434,5 @@ def _write_pipeline(pipeline: Any, output: Path, record: dict[str, Any]) -> Path
         (folder / "MODEL_CARD.md").write_text(pretraining_card(record), encoding="utf-8")
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(output, write)
+    write_folder_atomic(output, write)
     return output
-
-
-def pretraining_card(record: dict[str, Any]) -> str:
-    """``MODEL_CARD.md`` of a pre-trained model: sizes, data, settings and the measured loss curves."""
-    settings = record["settings"]
-    size = settings["resolution"] // 2 ** (len(settings["vae_channels"]) - 1)
-    counts = ", ".join(f"{name} {count:,}" for name, count in record["parameters"].items())
-    lines = [
-        "# Miniature Stable Diffusion, pre-trained on natural images",
-        "",
-        "A diffusers `StableDiffusionPipeline` trained from random weights by `latentdrift.train.pretrain` "
-        "(LatentDriftSlicer) as a stand-in for Stable Diffusion v1.4: a general image model to fine-tune "
-        "on medical images. It makes rough, blurry images; it is not a medical model.",
-        "",
-        f"* {settings['resolution']}×{settings['resolution']} pixels, latents 4×{size}×{size}; parameters: {counts}.",
-        f"* Data: random crops (grey and colour, several scales) of scikit-image's sample images "
-        f"({', '.join(record['images'])}), captioned `a <tone> <scale> photo of <subject>`.",
-        f"* VAE: {settings['vae_steps']} steps on {settings['vae_resolution']}² crops; UNet + text encoder: "
-        f"{settings['unet_steps']} steps; batch {settings['batch_size']}, seed {settings['seed']}.",
-        "",
-        "Training losses (mean over each interval):",
-        "",
-        "| stage | step | loss |",
-        "|---|---|---|",
-    ]
-    for stage in ("vae", "unet"):
-        lines += [
-            f"| {stage} | {entry['step']} | {entry['loss']:.4f} |" for entry in record[f"{stage}_losses"]
-        ]
-    return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import torch
 from ..edit import EditSettings, PipelineBundle, edit_slices, generate_slices
 from ..settings import Drift
 from .config import FinetuneConfig
-from .schemes import Examples, Parts, Scheme
+from .parts import Examples, Parts
 
 
 def bundle_of(parts: Parts) -> PipelineBundle:
@@ -40,9 +40,7 @@ def has_drift(delta: Drift) -> bool:
 
 
 @torch.no_grad()
-def sample_slice(
-    parts: Parts, scheme: Scheme, examples: Examples, config: FinetuneConfig, delta: Drift
-) -> np.ndarray:
+def sample_slice(parts: Parts, examples: Examples, config: FinetuneConfig, delta: Drift) -> np.ndarray:
     """One (S, S) slice in [-1, 1]: a generation from the first prompt, or an edit of the first source."""
     settings = {
         "drift": delta,

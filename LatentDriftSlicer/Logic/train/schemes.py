@@ -27,8 +27,8 @@ are longitudinal (same subject, earlier → later) with ``prompts.instruct`` ins
 
 from __future__ import annotations
 
+import io
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,14 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..atomic_files import write_bytes_atomic
 from ..edit.loading import stock_pipeline
 from ..errors import InputError, ModelError
 from ..prompts import DEFAULT_MODALITY, Attributes, PromptOptions, describe, instruct
 from .cohorts import CohortData, longitudinal_pairs
 from .config import FinetuneConfig
+from .parts import Batch, Examples, Parts, UNetInput, as_pixels
+from .sampling import class_images
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 DEFAULT_LEARNING_RATES = {
@@ -61,18 +64,6 @@ DEFAULT_LEARNING_RATES = {
     "custom-diffusion": 1e-5,
     "instruct-pix2pix": 1e-4,
 }
-
-
-@dataclass
-class Parts:
-    """The modules of a Stable Diffusion folder, as the training loop uses them."""
-
-    base: Path
-    unet: Any
-    vae: Any
-    text_encoder: Any
-    tokenizer: Any
-    noise_scheduler: Any
 
 
 def record_resolution(unet: Any, vae: Any, resolution: int) -> None:
@@ -93,33 +84,6 @@ def load_parts(folder: str | Path) -> Parts:
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
         noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True),
     )
-
-
-@dataclass
-class Examples:
-    """What batches are drawn from: images (N, S, S) in [-1, 1], one prompt each, optional sources."""
-
-    images: torch.Tensor
-    prompts: list[str]
-    sources: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-@dataclass
-class Batch:
-    """One process's batch: pixels (B, 3, S, S), prompts, sources (InstructPix2Pix), prior items at the end."""
-
-    pixels: torch.Tensor
-    prompts: list[str]
-    sources: torch.Tensor | None = None
-    prior_count: int = 0
-
-
-def as_pixels(images: torch.Tensor) -> torch.Tensor:
-    """(B, S, S) grey slices → (B, 3, S, S) as the VAE takes them."""
-    return images[:, None].expand(-1, 3, -1, -1).contiguous()
 
 
 class Scheme:
@@ -172,15 +136,10 @@ class Scheme:
         return Batch(as_pixels(examples.images[indices]), [examples.prompts[i] for i in indices], sources)
 
     def model_input(
-        self,
-        noisy: torch.Tensor,
-        hidden: torch.Tensor,
-        batch: Batch,
-        parts: Parts,
-        generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The UNet's input and text conditioning for this batch."""
-        return noisy, hidden
+        self, given: UNetInput, batch: Batch, parts: Parts, generator: torch.Generator
+    ) -> UNetInput:
+        """The UNet's input and text conditioning for this batch (by default what the loop made)."""
+        return given
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The training loss (mean squared error on the ε- or v-target)."""
@@ -338,12 +297,10 @@ class DreamBoothScheme(Scheme):
     def prepare_data(self, parts: Parts, job_dir: Path, device: torch.device) -> None:
         path = job_dir / "class_images.npz"
         if not path.is_file():
-            from .sampling import class_images
-
             images = class_images(parts, self.class_prompt, self.config, device)
-            staging = path.with_suffix(".partial.npz")
-            np.savez(staging, images=images)
-            staging.replace(path)
+            stored = io.BytesIO()
+            np.savez(stored, images=images)
+            write_bytes_atomic(path, stored.getvalue())
         with np.load(path, allow_pickle=False) as arrays:
             self.class_images = torch.from_numpy(arrays["images"])
 
@@ -402,14 +359,11 @@ class InstructPix2PixScheme(Scheme):
         )
 
     def model_input(
-        self,
-        noisy: torch.Tensor,
-        hidden: torch.Tensor,
-        batch: Batch,
-        parts: Parts,
-        generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, given: UNetInput, batch: Batch, parts: Parts, generator: torch.Generator
+    ) -> UNetInput:
+        """The source's latents (B, 4, h, w) concatenated to the noisy ones; both conditionings dropped out."""
         assert batch.sources is not None
+        noisy, hidden = given.latents, given.text
         vae = _unwrapped(parts.vae)
         sources = vae.encode(batch.sources.to(noisy.device, vae.dtype)).latent_dist.mode()
         p = self.config.conditioning_dropout
@@ -419,7 +373,7 @@ class InstructPix2PixScheme(Scheme):
             hidden = torch.where((chance < 2 * p)[:, None, None], null, hidden)
             keep_image = 1 - ((chance >= p) & (chance < 3 * p)).to(sources.dtype)
             sources = sources * keep_image[:, None, None, None]
-        return torch.cat([noisy, sources.to(noisy.dtype)], dim=1), hidden
+        return UNetInput(torch.cat([noisy, sources.to(noisy.dtype)], dim=1), hidden)
 
 
 def _encode(parts: Parts, prompts: list[str]) -> torch.Tensor:
