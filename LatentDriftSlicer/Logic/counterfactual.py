@@ -122,7 +122,7 @@ def bytes_per_slice(bundle: PipelineBundle, settings: EditSettings, size: int) -
     latent resolution, times the classifier-free guidance copies (3 for InstructPix2Pix, 2 with
     guidance, else 1); 16 live tensors of that size are assumed. Out-of-memory still halves the batch.
     """
-    copies = 3 if settings.mode == "instruct" else 2 if settings.guidance > 1 else 1
+    copies = settings.edit_mode.guidance_copies(settings)
     return copies * 16 * _widest_activation(bundle, size)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..models import default_model
+from ..modes import INSTRUCT
 from ..progress import ProgressCallback
 from ..results import ResultFolder
 from ..settings import (
@@ -47,7 +48,7 @@ def demo_file(
     name, and ``results``: each part's own ``summary.json``. ``scene`` applies to both parts.
     """
     scene_wanted(scene)
-    segmenter, editor = default_model("segment"), default_model("instruct")
+    segmenter, editor = default_model("segment"), default_model(INSTRUCT.name)
     edit = editor_settings(settings, editor.path)
     inputs = {"volume": str(input_path), "segmentation_model": str(segmenter.path), "model": str(editor.path)}
     record = {
@@ -117,7 +118,7 @@ def editor_settings(settings: DemoSettings, editor: Path) -> EditSettings:
     """
     drift = settings.drift if settings.drift is not None else recorded_drift(editor)[0]
     return EditSettings(
-        mode="instruct",
+        mode=INSTRUCT.name,
         source=settings.source,
         target=settings.target,
         drift=drift,
