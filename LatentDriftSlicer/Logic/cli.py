@@ -181,7 +181,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .workflows.demo import demo_file
 
     settings = _settings(args, DemoSettings, _names(DemoSettings), demo_settings)
-    summary = demo_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
+    summary = demo_file(
+        resolve_input(args.input), args.output, settings, progress=args.progress, scene=args.scene
+    )
     _report(args, summary)
     return 0
 
