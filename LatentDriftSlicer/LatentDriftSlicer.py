@@ -87,6 +87,7 @@ if SUPPORTED:
         EditSettings,
         FrontEndSettings,
         SegmentSettings,
+        option_range,
     )
     from latentdrift.train import SCHEMES
     from latentdrift.train.config import FinetuneConfig
@@ -152,8 +153,10 @@ if SUPPORTED:
         fromDiagnosis: str = ""
         toDiagnosis: str = ""
         drift: Annotated[float, WithinRange(-0.2, 0.2)] = EditSettings.drift
-        strength: Annotated[float, WithinRange(0.0, 1.0)] = EditSettings.strength
-        editSteps: Annotated[int, WithinRange(1, 1000)] = EditSettings.steps
+        strength: Annotated[float, WithinRange(*option_range(EditSettings, "strength"))] = (
+            EditSettings.strength
+        )
+        editSteps: Annotated[int, WithinRange(*option_range(EditSettings, "steps"))] = EditSettings.steps
         guidance: Annotated[float, WithinRange(0.0, 30.0)] = EditSettings.guidance
         imageGuidance: Annotated[float, WithinRange(0.0, 10.0)] = EditSettings.image_guidance
         factualReference: bool = EditSettings.factual_reference

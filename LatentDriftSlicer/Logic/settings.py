@@ -24,10 +24,11 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from types import UnionType
+from typing import Any, ClassVar, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from .errors import ParameterError, SliceRangeError, UnreadableFileError
 from .models import DEFAULT_MODELS
@@ -579,32 +580,32 @@ def _required(setting: Any) -> bool:
 # --------------------------------------------------------------------------- as JSON, across processes
 
 
-_NESTED: dict[str, Callable[[Any], Any]] = {
-    "edit": lambda value: settings_from_json(EditSettings, value),
-    "source": lambda value: Attributes(**value),
-    "target": lambda value: Attributes(**value),
-    "prompt_options": lambda value: PromptOptions(**value),
-    "drift": lambda value: tuple(value) if isinstance(value, list) else value,
-    "search_grid": tuple,
-    "front_end": lambda value: settings_from_json(FrontEndSettings, value),
-}
-"""How a field read from JSON becomes its value again (by field name; JSON has no tuples or classes)."""
-
-
 def settings_json(settings: Any) -> str:
     """A settings object as JSON text (nested settings and attributes as objects, paths as text)."""
     return json.dumps(asdict(settings), default=str)
 
 
 def settings_from_json(kind: type[T], values: Mapping[str, Any]) -> T:
-    """The ``kind`` settings of :func:`settings_json`'s values (unknown keys are refused)."""
+    """The ``kind`` settings of :func:`settings_json`'s values (unknown keys are refused).
+
+    Each value becomes its field's type again (JSON has no tuples or classes): an object becomes the
+    dataclass its field declares (nested settings, attributes, prompt options), a list a tuple.
+    """
     if not isinstance(values, Mapping):
         raise ParameterError(f"{kind.__name__} must be a JSON object, got {type(values).__name__}.")
-    converted = {
-        name: _NESTED[name](value) if name in _NESTED and value is not None else value
-        for name, value in values.items()
-    }
-    return build_settings(kind, converted)
+    hints = get_type_hints(kind)
+    return build_settings(kind, {name: _from_json(hints.get(name), value) for name, value in values.items()})
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """``value`` read from JSON as the field type ``hint`` declares (unchanged where JSON keeps it)."""
+    members = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    for member in members:
+        if isinstance(value, Mapping) and is_dataclass(member):
+            return settings_from_json(cast(type, member), value)
+        if isinstance(value, list) and get_origin(member) is tuple:
+            return tuple(value)
+    return value
 
 
 def read_settings(kind: type[T], path: str | Path) -> T:
