@@ -88,27 +88,28 @@ def role_field(role: str, *, missing: str | None = None, every: bool = False, de
 @dataclass
 class SegmentResult:
     """LDSeg output nodes: the segmentation, the uncertainty map, (when asked) per-class probabilities, and
-    the brain mask when the brain front end made one (a brain model on a head)."""
+    the brain mask when the brain front end made one (a brain model on a head); the run's summary and
+    result folder (None when temporary)."""
 
+    summary: dict[str, Any]
+    output: Path | None
     segmentation_node: Any = role_field("segmentation", missing="The segment command wrote no segmentation.")
     uncertainty_node: Any | None = role_field("uncertainty")
     probability_nodes: list[Any] = role_field("probability", every=True)
-    summary: dict[str, Any] = field()
-    output: Path | None = field()
     brain_mask_node: Any | None = role_field("brain_mask", default=None)
 
 
 @dataclass
 class CounterfactualResult:
     """Latent Drift output nodes: the counterfactual volume, the signed difference from the input, and the
-    brain mask when the brain front end made one."""
+    brain mask when the brain front end made one; the run's summary and result folder (None when temporary)."""
 
+    summary: dict[str, Any]
+    output: Path | None
     counterfactual_node: Any = role_field(
         "counterfactual", missing="The counterfactual command wrote no counterfactual volume."
     )
     difference_node: Any | None = role_field("difference")
-    summary: dict[str, Any] = field()
-    output: Path | None = field()
     brain_mask_node: Any | None = role_field("brain_mask", default=None)
 
 

@@ -76,8 +76,8 @@ def option(
     ``help`` (``{default}`` is replaced by the default) makes the field a command-line option,
     ``--name-with-dashes`` unless ``flag`` names it otherwise; ``metavar`` names its value in the help;
     ``choices`` lists the values a command or the panel offers (a ``Literal`` type gives them itself);
-    ``range`` is the ``(low, high)`` of a number (the checks of :func:`check_steps` and the others hold
-    it; the panel's sliders show it). The command line derives its options from these fields
+    ``range`` is the ``(low, high)`` a number may take (the panel's sliders offer it; ``__post_init__``
+    refuses values outside it). The command line derives its options from these fields
     (:mod:`latentdrift.cli_options`); the console and the JSON of :func:`settings_json` use the fields
     by name.
     """

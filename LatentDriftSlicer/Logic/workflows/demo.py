@@ -57,7 +57,7 @@ def demo_file(
         **{name: getattr(edit, name) for name in ("drift", "drift_start", "steps")},
     }
     slicing = {"axis": settings.axis, "slices": settings.slices, "device": settings.device}
-    shared = {**slicing, "front_end": settings.front_end}
+    shared: dict[str, Any] = {**slicing, "front_end": settings.front_end}
     parts: dict[str, tuple[Callable[..., dict], Any]] = {
         "segmentation": (
             segment_file,
