@@ -80,13 +80,14 @@ SUPPORTED = not unsupportedMessage()
 if SUPPORTED:
     registerEngine()
     # The engine's light modules: its settings hold every option's default (no torch, no SimpleITK).
+    from latentdrift.modes import INSTRUCT, volume_edit_names
     from latentdrift.settings import (
         AXES,
-        EDIT_MODES,
         CounterfactualSettings,
         EditSettings,
         FrontEndSettings,
         SegmentSettings,
+        option_range,
     )
     from latentdrift.train import SCHEMES
     from latentdrift.train.config import FinetuneConfig
@@ -142,7 +143,7 @@ if SUPPORTED:
         seed: Annotated[int, WithinRange(0, 2147483647)] = EditSettings.seed
         preprocess: bool = FrontEndSettings.enabled
         # Counterfactual
-        editMode: Annotated[str, Choice(EDIT_MODES)] = EditSettings.mode
+        editMode: Annotated[str, Choice(volume_edit_names())] = EditSettings.mode
         instruction: str = ""
         prompt: str = ""
         fromAge: Annotated[float, WithinRange(-1.0, 120.0)] = -1.0
@@ -152,8 +153,10 @@ if SUPPORTED:
         fromDiagnosis: str = ""
         toDiagnosis: str = ""
         drift: Annotated[float, WithinRange(-0.2, 0.2)] = EditSettings.drift
-        strength: Annotated[float, WithinRange(0.0, 1.0)] = EditSettings.strength
-        editSteps: Annotated[int, WithinRange(1, 1000)] = EditSettings.steps
+        strength: Annotated[float, WithinRange(*option_range(EditSettings, "strength"))] = (
+            EditSettings.strength
+        )
+        editSteps: Annotated[int, WithinRange(*option_range(EditSettings, "steps"))] = EditSettings.steps
         guidance: Annotated[float, WithinRange(0.0, 30.0)] = EditSettings.guidance
         imageGuidance: Annotated[float, WithinRange(0.0, 10.0)] = EditSettings.image_guidance
         factualReference: bool = EditSettings.factual_reference
@@ -417,7 +420,11 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def currentTask(self) -> str:
         """The engine task of the tab: its edit mode on the Counterfactual tab, else ``segment``/``finetune``."""
         mode = self.currentMode()
-        return str(self.ui.editModeComboBox.currentText or "instruct") if mode == "counterfactual" else mode
+        return (
+            str(self.ui.editModeComboBox.currentText or EditSettings.mode)
+            if mode == "counterfactual"
+            else mode
+        )
 
     def onAddModelFolder(self) -> None:
         """Ask for a model folder (or a folder of models) and remember it."""
@@ -767,7 +774,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         from latentdrift import console
 
         settings = self.counterfactualSettings(p, model, device, preview)
-        run = console.prepare_counterfactual(p.inputVolume, settings, fade=p.fade)
+        run = console.prepare(p.inputVolume, settings, fade=p.fade)
         return console.start_run(run, console.as_counterfactual_result)
 
     def startSegment(self, p: Any, model: str, device: str) -> Any:
@@ -788,7 +795,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             seed=p.seed,
             front_end=FrontEndSettings(enabled=p.preprocess),
         )
-        return console.start_run(console.prepare_segment(p.inputVolume, settings), console.as_segment_result)
+        return console.start_run(console.prepare(p.inputVolume, settings), console.as_segment_result)
 
     @staticmethod
     def startFinetune(p: Any, model: str, device: str) -> Any:
@@ -942,7 +949,7 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
         segments = segmented.segmentation_node.GetSegmentation()
         self.assertEqual(segments.GetNthSegment(0).GetName(), "object")
         edited = console.counterfactual(
-            node, instruction="make it older", model=str(folder / "instruct"), steps=2, device="cpu"
+            node, instruction="make it older", model=str(folder / INSTRUCT.name), steps=2, device="cpu"
         )
         self.assertEqual(
             slicer.util.arrayFromVolume(edited.counterfactual_node).shape,

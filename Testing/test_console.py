@@ -125,7 +125,7 @@ def test_outputs_load_by_role_with_display(session, volume_node, tmp_path: Path)
 
     _write_segmentation(template, out / "brain.seg.nrrd")
     summary["outputs"]["brain_mask"] = "brain.seg.nrrd"  # the brain front end's role: loaded once written
-    run = console.prepare_segment(volume_node, SegmentSettings(), session=session, output=out)
+    run = console.prepare(volume_node, SegmentSettings(), session=session, output=out)
     loaded = run.load(summary)
     assert loaded.node("brain_mask").GetSegmentation().GetNumberOfSegments() == 2
     segmented = console.as_segment_result(loaded)
@@ -155,7 +155,7 @@ def test_outputs_load_by_role_with_display(session, volume_node, tmp_path: Path)
     write_volume(template.with_voxels(template.voxels + 1), out / "cf.nrrd")
     write_volume(template.with_voxels(difference), out / "diff.nrrd")
     settings = counterfactual_settings(instruction="make it older")
-    run = console.prepare_counterfactual(volume_node, settings, fade=0.7, session=session, output=out)
+    run = console.prepare(volume_node, settings, fade=0.7, session=session, output=out)
     edited = console.as_counterfactual_result(
         run.load({"outputs": {"counterfactual": "cf.nrrd", "difference": "diff.nrrd"}})
     )

@@ -88,11 +88,11 @@ def test_console_runs_leave_the_model_to_the_command_when_none_is_given(session,
 
     node = load_volume_node(session, oblique_nifti)
     runs = [
-        console.prepare_segment(node, SegmentSettings(), session=session),
-        console.prepare_counterfactual(
+        console.prepare(node, SegmentSettings(), session=session),
+        console.prepare(
             node, counterfactual_settings(source="age=70", target="age=75"), fade=1.0, session=session
         ),
-        console.prepare_segment(node, SegmentSettings(model="mine"), session=session),
+        console.prepare(node, SegmentSettings(model="mine"), session=session),
     ]
     try:
         assert [json.loads(settings_json(run.settings))["model"] for run in runs] == [None, None, "mine"]

@@ -148,7 +148,7 @@ def _check_the_panels_loader(runs: dict[str, Path], session) -> None:
     """What the panel does with a run's folder, on slicer-core: nodes on the input's geometry, named,
     coloured segments with their terminology."""
     node = load_volume_node(session, runs["input"])
-    run = console.prepare_segment(node, SegmentSettings(), session=session, output=runs["segment"])
+    run = console.prepare(node, SegmentSettings(), session=session, output=runs["segment"])
     result = console.as_segment_result(run.load(json.loads((runs["segment"] / "summary.json").read_text())))
     run.cleanup()
     for loaded in (result.uncertainty_node, *result.probability_nodes):
@@ -165,9 +165,7 @@ def _check_the_panels_loader(runs: dict[str, Path], session) -> None:
     )
 
     settings = counterfactual_settings(instruction="older")
-    run = console.prepare_counterfactual(
-        node, settings, fade=0.6, session=session, output=runs["counterfactual"]
-    )
+    run = console.prepare(node, settings, fade=0.6, session=session, output=runs["counterfactual"])
     edited = console.as_counterfactual_result(
         run.load(json.loads((runs["counterfactual"] / "summary.json").read_text()))
     )

@@ -5,9 +5,10 @@ take ``--output DIR`` and write ``DIR/summary.json``. Errors the user can fix pr
 (``latentdrift: error: …``) and exit non-zero; ``--debug`` shows the traceback as well.
 
 The options of ``segment``, ``counterfactual``, ``generate``, ``demo``, ``finetune`` and ``batch`` are
-fields of the engine's settings (:mod:`.settings`, :class:`~.train.config.FinetuneConfig`): an option
-left out takes the default declared there, and ``--settings FILE`` gives them all at once as JSON
-(how the Slicer panel and the console hand a run to the engine process).
+fields of the engine's settings (:mod:`.settings`, :class:`~.train.config.FinetuneConfig`), the parser
+derived from them in :mod:`.cli_options`: an option left out takes the default declared there, and
+``--settings FILE`` gives them all at once as JSON (how the Slicer panel and the console hand a run
+to the engine process).
 """
 
 from __future__ import annotations
@@ -19,27 +20,21 @@ import platform
 import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from importlib import metadata
 from typing import Any
 
 from . import __version__
+from .cli_options import Handler
+from .cli_options import build_parser as parser_with
 from .errors import LatentDriftError, ParameterError
 from .interrupts import StopState, stop_on_signals
+from .modes import GENERATE
 from .progress import Progress, emit_event
 from .settings import (
-    AXES,
-    DEMO_SOURCE,
-    DEMO_TARGET,
-    EDIT_MODES,
-    FRONT_END_STEPS,
-    SCENE_CHOICES,
-    SCENE_DEFAULT,
-    SCHEDULERS,
     CounterfactualSettings,
     DemoSettings,
     EditSettings,
-    FrontEndSettings,
     GenerateSettings,
     SegmentSettings,
     counterfactual_settings,
@@ -51,217 +46,10 @@ from .settings import (
 
 LOG = logging.getLogger("latentdrift")
 
-Handler = Callable[[argparse.Namespace], int]
-GIVEN = argparse.SUPPRESS
-"""The default of every settings option: left out of the namespace, so the settings' own default applies."""
-
-
-def _common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("common options")
-    group.add_argument(
-        "--device", default=GIVEN, help=f"auto, cpu, cuda, cuda:N or mps (default: {SegmentSettings.device})"
-    )
-    group.add_argument(
-        "--seed",
-        type=int,
-        default=GIVEN,
-        help=f"random seed: the same seed gives the same result (default: {SegmentSettings.seed})",
-    )
-    group.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
-    group.add_argument("--debug", action="store_true", help="show tracebacks and debug messages")
-    group.add_argument(
-        "--progress-json",
-        action="store_true",
-        help="print progress and the result as JSON lines on stdout (for GUIs; replaces the progress bar)",
-    )
-    return common
-
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (one sub-parser per command)."""
-    common = _common_parser()
-    parser = argparse.ArgumentParser(
-        prog="latentdrift",
-        description="Latent Drift counterfactuals and LDSeg segmentation for medical volumes.",
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    info = commands.add_parser("info", parents=[common], help="versions, devices and models found")
-    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    info.set_defaults(handler=_run_info)
-
-    scene = commands.add_parser(
-        "scene", parents=[common], help="load volumes, slice and reassemble them, save a Slicer scene"
-    )
-    scene.add_argument("inputs", nargs="+", metavar="INPUT", help=_INPUT_HELP)
-    _add_output(scene, with_scene=True)
-    scene.add_argument("--axis", choices=AXES, default="axial", help="slice axis (default: axial)")
-    scene.add_argument(
-        "--slices", default=None, metavar="A:B", help="slice range along the axis (default: all)"
-    )
-    scene.set_defaults(handler=_run_scene)
-
-    segment = commands.add_parser(
-        "segment",
-        parents=[common],
-        help="LDSeg segmentation with per-voxel uncertainty (N samples per slice)",
-    )
-    segment.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
-    segment.add_argument(
-        "--model",
-        default=GIVEN,
-        help=f"model name or folder (see `info`; default: {_default_name('segment')})",
-    )
-    _add_segment_options(segment)
-    _add_steps(segment, "DDIM steps (default: the model's, at most 15)")
-    _add_batch_size(segment, f"default: {SegmentSettings.batch_size}")
-    _add_slicing(segment, "the model's axis")
-    _add_front_end(segment)
-    _add_settings_file(segment)
-    _add_output(segment, with_scene=True)
-    segment.set_defaults(handler=_run_segment)
-    _add_counterfactual_parser(commands, common)
-    _add_generate_parser(commands, common)
-    _add_demo_parser(commands, common)
-    _add_training_parsers(commands, common)
-
-    train = commands.add_parser(
-        "train-ldseg", parents=[common], help="train an LDSeg model on image/label volume pairs"
-    )
-    train.add_argument(
-        "data",
-        metavar="DATA",
-        help="CSV with image,label[,subject] columns, or a folder of *_image/*_label files",
-    )
-    train.add_argument(
-        "--classes", default=None, help="class names, background first, e.g. background,CSF,GM,WM"
-    )
-    train.add_argument(
-        "--init-from",
-        metavar="NAME|DIR",
-        default=None,
-        help="fine-tune this LDSeg model: start from its weights, keep its classes and architecture",
-    )
-    train.add_argument(
-        "--axis", choices=AXES, default=None, help="slice axis the model learns (default: axial)"
-    )
-    train.add_argument(
-        "--spatial-dims",
-        type=int,
-        choices=(2, 3),
-        default=None,
-        help="2: slices along --axis; 3: whole volumes at --image-size³ (default: 2)",
-    )
-    train.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="model resolution in pixels (default: 128 for 2D, 64 for 3D)",
-    )
-    train.add_argument(
-        "--latent-downsampling", type=int, default=None, help="image size / latent size (default: 4)"
-    )
-    train.add_argument(
-        "--latent-channels", type=int, default=None, help="channels of the label latent (default: 4)"
-    )
-    train.add_argument(
-        "--reconstruction-weight",
-        type=float,
-        default=1.0,
-        help="weight of the label autoencoder's own loss; 0 = the LDSeg reference (default: 1)",
-    )
-    train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
-    train.add_argument(
-        "--batch-size", type=int, default=None, help="slices (3D: volumes) per step (default: 16; 3D: 2)"
-    )
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument(
-        "--lr-scheduler", default="constant", help="diffusers scheduler name: constant, cosine, linear, ..."
-    )
-    train.add_argument("--validation-fraction", type=float, default=0.2, help="share of subjects held out")
-    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    train.add_argument(
-        "--checkpoint-dir", default=None, help="resumable checkpoints (default: OUTPUT.checkpoints)"
-    )
-    train.add_argument("--checkpoint-every", type=int, default=250)
-    train.add_argument("--card-notes", default=None, help="a Markdown file appended to the model card")
-    _add_output(train)
-    train.set_defaults(handler=_run_train_ldseg)
-    return parser
-
-
-_INPUT_HELP = (
-    "volume file (NRRD, NIfTI, MHA/MHD), DICOM series folder, or sample:mni152-t1 (the bundled sample)"
-)
-
-
-def _default_name(task: str) -> str:
-    """The name of ``task``'s default model, for help texts."""
-    from .models import DEFAULT_MODELS
-
-    return DEFAULT_MODELS[task].name
-
-
-def _add_output(parser: argparse.ArgumentParser, with_scene: bool = False) -> None:
-    parser.add_argument(
-        "--output", "-o", required=True, metavar="DIR", help="result folder (written at the end)"
-    )
-    if with_scene:
-        parser.add_argument(
-            "--scene",
-            choices=SCENE_CHOICES,
-            default=SCENE_DEFAULT,
-            help="also save the results as a Slicer scene (scene.mrml, scene.mrb): yes, no, or auto = "
-            f"when Slicer's MRML core (slicer-core) is installed (default: {SCENE_DEFAULT})",
-        )
-
-
-def _add_settings_file(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--settings",
-        metavar="FILE",
-        default=None,
-        help="every setting of the command as JSON, from FILE or from standard input for '-' (how the "
-        "Slicer panel hands a run over), instead of the options",
-    )
-
-
-def _add_slicing(parser: argparse.ArgumentParser, default_axis: str) -> None:
-    parser.add_argument("--axis", choices=AXES, default=GIVEN, help=f"slice axis (default: {default_axis})")
-    parser.add_argument(
-        "--slices", default=GIVEN, metavar="A:B", help="slice range along the axis (default: all)"
-    )
-
-
-class _FrontEndOff(argparse.Action):
-    """``--no-preprocess`` / ``--no-<step>``: turn the brain front end, or one of its steps, off.
-
-    Builds the settings' ``front_end`` (:class:`~latentdrift.settings.FrontEndSettings`) flag by flag.
-    """
-
-    def __init__(self, option_strings: Sequence[str], dest: str, step: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, "front_end", nargs=0, default=GIVEN, **kwargs)
-        self.step = step
-
-    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
-        current = getattr(namespace, "front_end", FrontEndSettings())
-        namespace.front_end = replace(current, **{self.step: False})
-
-
-def _add_front_end(parser: argparse.ArgumentParser) -> None:
-    """The brain front end's switches (every step runs by default where the model's contract needs it)."""
-    group = parser.add_argument_group(
-        "brain front end",
-        "a brain model on a head gets N4 bias correction, brain extraction (deepbet) and alignment to "
-        "the MNI152 template first, and its results come back on the input's grid (docs/front-end.md)",
-    )
-    group.add_argument("--no-preprocess", action=_FrontEndOff, step="enabled", help="none of the steps")
-    for step in FRONT_END_STEPS:
-        flag = "--no-" + step.replace("_", "-")
-        group.add_argument(flag, action=_FrontEndOff, step=step, help=f"no {step.replace('_', ' ')}")
+    """The full argument parser (one sub-parser per command; :mod:`.cli_options`)."""
+    return parser_with(HANDLERS, __version__)
 
 
 def _names(*kinds: type) -> set[str]:
@@ -355,22 +143,6 @@ def _run_scene(args: argparse.Namespace) -> int:
 SEGMENT_OPTIONS = _names(SegmentSettings)
 
 
-def _add_segment_options(parser: argparse.ArgumentParser) -> None:
-    """The options of :class:`~latentdrift.settings.SegmentSettings` only ``segment`` and ``batch segment`` have."""
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=GIVEN,
-        help=f"samples per slice (uncertainty); 1 allowed (default: {SegmentSettings.samples})",
-    )
-    parser.add_argument(
-        "--probabilities",
-        action="store_true",
-        default=GIVEN,
-        help="also write per-class probability volumes",
-    )
-
-
 def _run_segment(args: argparse.Namespace) -> int:
     from .sample_data import resolve_input
     from .workflows.segment import segment_file
@@ -383,191 +155,6 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 COUNTERFACTUAL_OPTIONS = _names(EditSettings, CounterfactualSettings)
 GENERATE_OPTIONS = _names(EditSettings, GenerateSettings)
-
-
-def _add_counterfactual_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser(
-        "counterfactual",
-        parents=[common],
-        help="Latent Drift counterfactual of a volume: every slice edited, plus the signed difference",
-    )
-    parser.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
-    parser.add_argument(
-        "--from", dest="source", default=GIVEN, metavar="ATTRS", help="e.g. age=70,sex=F,dx=CN"
-    )
-    _add_model(parser, _SD_MODEL_HELP)
-    _add_edit_options(parser)
-    _add_denoising(parser)
-    parser.add_argument(
-        "--blend",
-        type=float,
-        default=GIVEN,
-        help=f"mix each slice's edit with its neighbours', [0, 1) (default: {CounterfactualSettings.blend})",
-    )
-    _add_slicing(parser, CounterfactualSettings.axis)
-    _add_front_end(parser)
-    _add_settings_file(parser)
-    _add_output(parser, with_scene=True)
-    parser.set_defaults(handler=_run_counterfactual)
-
-
-def _add_edit_options(parser: argparse.ArgumentParser) -> None:
-    """The options of a volume edit (``counterfactual``, ``batch counterfactual``), besides the source."""
-    parser.add_argument(
-        "--edit",
-        dest="mode",
-        choices=EDIT_MODES,
-        default=GIVEN,
-        help="instruct: InstructPix2Pix model + instruction; img2img: SDEdit with a prompt; "
-        f"direction: DDIM inversion + edit direction from --from to --to (default: {EditSettings.mode})",
-    )
-    parser.add_argument(
-        "--instruction", default=GIVEN, help="instruct: the instruction (default: from --from/--to)"
-    )
-    parser.add_argument(
-        "--to",
-        dest="target",
-        default=GIVEN,
-        metavar="ATTRS",
-        help="e.g. age=77,dx=MCI (unset keys: from --from)",
-    )
-    _add_diffusion_options(parser)
-    parser.add_argument(
-        "--strength",
-        type=float,
-        default=GIVEN,
-        help=f"img2img: how far to noise, (0, 1] (default: {EditSettings.strength})",
-    )
-    parser.add_argument(
-        "--image-guidance",
-        type=float,
-        default=GIVEN,
-        help=f"instruct: image guidance scale (default: {EditSettings.image_guidance})",
-    )
-    parser.add_argument(
-        "--reconstruction-reference",
-        dest="factual_reference",
-        action="store_false",
-        default=GIVEN,
-        help=REFERENCE_HELP,
-    )
-
-
-def _add_generate_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser(
-        "generate", parents=[common], help="new slices from text with Latent Drift (PNGs and a volume stack)"
-    )
-    parser.add_argument(
-        "--attributes",
-        dest="target",
-        default=GIVEN,
-        metavar="ATTRS",
-        help="describe the patient, e.g. age=77,sex=F,dx=AD",
-    )
-    parser.add_argument(
-        "--count",
-        type=int,
-        default=GIVEN,
-        help=f"how many slices; sample i uses seed + i (default: {GenerateSettings.count})",
-    )
-    _add_model(parser, f"Stable Diffusion folder or name (default: {_default_name('generate')})")
-    _add_diffusion_options(parser)
-    _add_denoising(parser)
-    _add_settings_file(parser)
-    _add_output(parser)
-    parser.set_defaults(handler=_run_generate)
-
-
-def _add_diffusion_options(parser: argparse.ArgumentParser) -> None:
-    """Options every Stable Diffusion command shares: prompt, drift, sampling, precision."""
-    parser.add_argument(
-        "--prompt", default=GIVEN, help="the text prompt (default: built from the attributes)"
-    )
-    parser.add_argument(
-        "--drift",
-        default=GIVEN,
-        help="Latent Drift δ: one number or one per latent channel, e.g. 0.05 or =-0.05,0,0,0.02 "
-        f"(default: {EditSettings.drift:g})",
-    )
-    parser.add_argument(
-        "--drift-start", action="store_true", default=GIVEN, help="start sampling from N(δ, I)"
-    )
-    parser.add_argument(
-        "--guidance",
-        type=float,
-        default=GIVEN,
-        help=f"text guidance scale (default: {EditSettings.guidance})",
-    )
-    parser.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        default=GIVEN,
-        help=f"sampler (default: {EditSettings.scheduler})",
-    )
-    parser.add_argument(
-        "--full-precision",
-        action="store_true",
-        default=GIVEN,
-        help="float32 on CUDA (default there: float16)",
-    )
-
-
-_SD_MODEL_HELP = (
-    "diffusers-format Stable Diffusion folder or name (default: "
-    f"{_default_name('instruct')} for --edit instruct, else {_default_name('generate')})"
-)
-
-
-def _add_model(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument("--model", default=GIVEN, help=text)
-
-
-def _add_denoising(parser: argparse.ArgumentParser) -> None:
-    """``--steps`` and ``--batch-size`` of the Stable Diffusion commands."""
-    _add_steps(parser, f"denoising steps (default: {EditSettings.steps})")
-    _add_batch_size(parser, "default: from free GPU memory")
-
-
-def _add_steps(parser: argparse.ArgumentParser, text: str) -> None:
-    parser.add_argument("--steps", type=int, default=GIVEN, help=text)
-
-
-def _add_batch_size(parser: argparse.ArgumentParser, default_text: str) -> None:
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=GIVEN,
-        help=f"slices per batch, halved on out-of-memory ({default_text})",
-    )
-
-
-REFERENCE_HELP = (
-    "instruct: take the change against the VAE reconstruction, not against the factual edit "
-    "(the instruction to keep the --from attributes): one edit per slice instead of two"
-)
-
-
-def _add_demo_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser(
-        "demo",
-        parents=[common],
-        help="the main job with the default models: LDSeg segmentation + uncertainty and a CN→AD "
-        "counterfactual of one volume, each with its scene and preview",
-    )
-    parser.add_argument("input", metavar="INPUT", help=_INPUT_HELP)
-    parser.add_argument(
-        "--from", dest="source", default=GIVEN, metavar="ATTRS", help=f"default: {DEMO_SOURCE}"
-    )
-    parser.add_argument("--to", dest="target", default=GIVEN, metavar="ATTRS", help=f"default: {DEMO_TARGET}")
-    parser.add_argument(
-        "--drift", default=GIVEN, help="Latent Drift δ (default: the δ recorded with the editor, else 0)"
-    )
-    _add_steps(parser, f"counterfactual denoising steps (default: {DemoSettings.steps})")
-    _add_slicing(parser, DemoSettings.axis)
-    _add_front_end(parser)
-    _add_settings_file(parser)
-    _add_output(parser, with_scene=True)
-    parser.set_defaults(handler=_run_demo)
 
 
 def _run_counterfactual(args: argparse.Namespace) -> int:
@@ -594,7 +181,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .workflows.demo import demo_file
 
     settings = _settings(args, DemoSettings, _names(DemoSettings), demo_settings)
-    summary = demo_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
+    summary = demo_file(
+        resolve_input(args.input), args.output, settings, progress=args.progress, scene=args.scene
+    )
     _report(args, summary)
     return 0
 
@@ -666,125 +255,6 @@ def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 # --------------------------------------------------------------------------- fine-tuning, jobs, batch
-
-
-_FINETUNE_OPTIONS: dict[str, tuple[type, str]] = {
-    "--batch-size": (int, "items per process and micro-batch"),
-    "--gradient-accumulation": (int, "micro-batches per optimizer step"),
-    "--lr-scheduler": (str, "diffusers scheduler name: constant, cosine, linear, ..."),
-    "--mixed-precision": (str, "auto (fp16 on CUDA), no, fp16, bf16"),
-    "--resolution": (int, "slice size in pixels (multiple of 8)"),
-    "--axis": (str, "slice axis: axial, coronal, sagittal"),
-    "--prompt-style": (str, "simple or diverse"),
-    "--age-format": (str, "numerical, words or binned"),
-    "--validation-fraction": (float, "share of subjects held out"),
-    "--checkpoint-every": (int, "steps between checkpoints"),
-    "--sample-every": (int, "steps between sample images (0: none)"),
-    "--sample-steps": (int, "denoising steps of sample images"),
-    "--log-every": (int, "steps between status lines"),
-    "--lora-rank": (int, "lora: adapter rank"),
-    "--num-class-images": (int, "dreambooth: class images generated by the base model"),
-    "--prior-loss-weight": (float, "dreambooth: weight of the prior-preservation loss"),
-    "--modifier-token": (str, "custom-diffusion: the new token ('' for none)"),
-    "--search-samples": (int, "δ search: samples per δ"),
-    "--search-steps": (int, "δ search: denoising steps per sample"),
-}
-"""``finetune`` options that set the :class:`~latentdrift.train.config.FinetuneConfig` field of their name
-(with the field's default); the others are declared one by one in :func:`_add_finetune_parser`."""
-
-
-def _add_training_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
-    """``finetune``, ``jobs list|status|cancel|resume`` and ``batch segment|counterfactual``."""
-    _add_finetune_parser(commands, common)
-    jobs = commands.add_parser(
-        "jobs", parents=[common], help="list, inspect, cancel or resume fine-tuning jobs"
-    )
-    jobs.add_argument("action", choices=("list", "status", "cancel", "resume"))
-    jobs.add_argument(
-        "job_dir", nargs="?", default=".", metavar="JOB_DIR", help="job folder (list: a folder of jobs)"
-    )
-    jobs.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    jobs.add_argument("--keep-cancel", action="store_true", help=argparse.SUPPRESS)
-    jobs.set_defaults(handler=_run_jobs)
-
-    batch = commands.add_parser(
-        "batch", parents=[common], help="segment or edit every volume of a cohort (resumable, multi-process)"
-    )
-    batch.add_argument("task", choices=("segment", "counterfactual"))
-    batch.add_argument("cohort", metavar="COHORT", help="cohort CSV or folder of volumes")
-    _add_model(
-        batch, f"LDSeg model (segment) or Stable Diffusion folder (default: the task's; {_SD_MODEL_HELP})"
-    )
-    _add_segment_options(batch)
-    _add_edit_options(batch)
-    _add_steps(batch, f"sampling steps (default: segment the model's, counterfactual {EditSettings.steps})")
-    _add_batch_size(batch, f"default: segment {SegmentSettings.batch_size}, counterfactual from free memory")
-    _add_slicing(batch, f"segment the model's, counterfactual {CounterfactualSettings.axis}")
-    _add_front_end(batch)
-    _add_output(batch, with_scene=True)
-    batch.set_defaults(handler=_run_batch)
-
-
-def _add_finetune_parser(commands: Any, common: argparse.ArgumentParser) -> None:
-    from .train.config import SCHEMES, FinetuneConfig
-
-    finetune = commands.add_parser(
-        "finetune", parents=[common], help="fine-tune on a local cohort in a job folder (resumable)"
-    )
-    finetune.add_argument(
-        "--cohort", default=GIVEN, metavar="CSV|DIR", help="cohort CSV or folder of volumes"
-    )
-    finetune.add_argument("--scheme", default=GIVEN, choices=SCHEMES)
-    finetune.add_argument("--job-dir", required=True, metavar="DIR", help="the job folder (created)")
-    finetune.add_argument(
-        "--model",
-        default=GIVEN,
-        help="base model folder or name (ldseg: an LDSeg model to fine-tune, keeping its classes, axis "
-        f"and resolution; default: {_default_name('finetune')}, for ldseg a new model)",
-    )
-    finetune.add_argument(
-        "--steps", type=int, default=GIVEN, help=f"optimizer steps (default: {FinetuneConfig.steps})"
-    )
-    drift = finetune.add_mutually_exclusive_group()
-    drift.add_argument(
-        "--drift", default=GIVEN, help="train with Latent Drift δ (one number or one per channel)"
-    )
-    drift.add_argument(
-        "--search-drift", action="store_true", default=GIVEN, help="grid-search δ on the base model first"
-    )
-    for flag, (kind, text) in _FINETUNE_OPTIONS.items():
-        default = getattr(FinetuneConfig, flag[2:].replace("-", "_"))
-        finetune.add_argument(flag, type=kind, default=GIVEN, help=f"{text} (default: {default})")
-    finetune.add_argument(
-        "--learning-rate",
-        type=float,
-        default=GIVEN,
-        help="default: the scheme's (as in the diffusers scripts)",
-    )
-    finetune.add_argument(
-        "--classes", default=GIVEN, help="ldseg: class names, background first (default: from the labels)"
-    )
-    finetune.add_argument(
-        "--cache-dir", default=GIVEN, help="slice cache (default: ~/.cache/latentdrift/cohorts)"
-    )
-    flags = {
-        "--no-patient-info": ("patient_info", "store_false", "prompts without age, sex, diagnosis"),
-        "--no-merge-lora": ("merge_lora", "store_false", "lora: save the adapter only"),
-        "--identity-pairs": (
-            "identity_pairs",
-            "store_true",
-            "instruct-pix2pix: also train each slice as a pair with itself (an instruction with nothing to change)",
-        ),
-        "--train-text-encoder": (
-            "train_text_encoder",
-            "store_true",
-            "instruct-pix2pix: train the text encoder too",
-        ),
-    }
-    for flag, (dest, action, text) in flags.items():
-        finetune.add_argument(flag, dest=dest, action=action, default=GIVEN, help=text)
-    _add_settings_file(finetune)
-    finetune.set_defaults(handler=_run_finetune)
 
 
 def _finetune_config(args: argparse.Namespace) -> Any:
@@ -874,6 +344,21 @@ def _run_batch(args: argparse.Namespace) -> int:
             f"{len(merged['failed'])} failed, {len(merged['bad_rows'])} bad rows"
         )
     return 1 if merged["failed"] else 0
+
+
+HANDLERS: dict[str, Handler] = {
+    "info": _run_info,
+    "scene": _run_scene,
+    "segment": _run_segment,
+    "counterfactual": _run_counterfactual,
+    GENERATE.name: _run_generate,
+    "demo": _run_demo,
+    "finetune": _run_finetune,
+    "jobs": _run_jobs,
+    "batch": _run_batch,
+    "train-ldseg": _run_train_ldseg,
+}
+"""What each command runs."""
 
 
 def _report(args: argparse.Namespace, summary: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ import csv
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -79,29 +79,52 @@ class RunResult:
         return found[0] if found else None
 
 
+def role_field(role: str, *, missing: str | None = None, every: bool = False, default: Any = MISSING) -> Any:
+    """A result field holding the node of output ``role`` (None when there is none), or with ``every`` the
+    list of its nodes; ``missing`` is the error when a run wrote none (:func:`result_of`)."""
+    return field(default=default, metadata={"role": role, "missing": missing, "every": every})
+
+
 @dataclass
 class SegmentResult:
     """LDSeg output nodes: the segmentation, the uncertainty map, (when asked) per-class probabilities, and
-    the brain mask when the brain front end made one (a brain model on a head)."""
+    the brain mask when the brain front end made one (a brain model on a head); the run's summary and
+    result folder (None when temporary)."""
 
-    segmentation_node: Any
-    uncertainty_node: Any | None
-    probability_nodes: list[Any]
     summary: dict[str, Any]
     output: Path | None
-    brain_mask_node: Any | None = None
+    segmentation_node: Any = role_field("segmentation", missing="The segment command wrote no segmentation.")
+    uncertainty_node: Any | None = role_field("uncertainty")
+    probability_nodes: list[Any] = role_field("probability", every=True)
+    brain_mask_node: Any | None = role_field("brain_mask", default=None)
 
 
 @dataclass
 class CounterfactualResult:
     """Latent Drift output nodes: the counterfactual volume, the signed difference from the input, and the
-    brain mask when the brain front end made one."""
+    brain mask when the brain front end made one; the run's summary and result folder (None when temporary)."""
 
-    counterfactual_node: Any
-    difference_node: Any | None
     summary: dict[str, Any]
     output: Path | None
-    brain_mask_node: Any | None = None
+    counterfactual_node: Any = role_field(
+        "counterfactual", missing="The counterfactual command wrote no counterfactual volume."
+    )
+    difference_node: Any | None = role_field("difference")
+    brain_mask_node: Any | None = role_field("brain_mask", default=None)
+
+
+def result_of(kind: type[T], result: RunResult) -> T:
+    """A run's nodes as the result class ``kind``: each :func:`role_field` gets its role's node(s);
+    raises :class:`~.errors.LatentDriftError` when a role the result cannot do without has none."""
+    values: dict[str, Any] = {"summary": result.summary, "output": result.output}
+    for setting in fields(kind):  # type: ignore[arg-type]
+        if "role" not in setting.metadata:
+            continue
+        nodes = result.nodes.get(setting.metadata["role"], [])
+        if not nodes and setting.metadata["missing"]:
+            raise errors.LatentDriftError(setting.metadata["missing"])
+        values[setting.name] = nodes if setting.metadata["every"] else (nodes[0] if nodes else None)
+    return kind(**values)
 
 
 # --------------------------------------------------------------------------- the generic core
@@ -328,22 +351,41 @@ def _file_stem(name: str) -> str:
 # --------------------------------------------------------------------------- the modes
 
 
-def prepare_segment(
+@dataclass(frozen=True)
+class NodeTask:
+    """What runs a kind of settings on a node: the command, the roles of its outputs that are loaded,
+    and the default opacity of its result over the input in the slice views."""
+
+    command: str
+    roles: tuple[str, ...]
+    opacity: float
+
+
+NODE_TASKS: dict[type, NodeTask] = {
+    SegmentSettings: NodeTask("segment", SEGMENT_ROLES, 0.4),
+    CounterfactualSettings: NodeTask("counterfactual", COUNTERFACTUAL_ROLES, 1.0),
+}
+
+
+def prepare(
     volume_node: Any,
-    settings: SegmentSettings,
+    settings: SegmentSettings | CounterfactualSettings,
     *,
+    fade: float | None = None,
     session: SceneSession | None = None,
     output: str | Path | None = None,
 ) -> PreparedRun:
-    """The ``latentdrift segment`` run of :func:`segment`, not started (for a GUI that starts it itself)."""
+    """The run of :func:`segment` or :func:`counterfactual` for ``settings``, not started (for a GUI that
+    starts it itself); ``fade`` (None: the task's default) as in :func:`counterfactual`."""
+    task = NODE_TASKS[type(settings)]
     return prepare_run(
         volume_node,
-        "segment",
+        task.command,
         [],
-        SEGMENT_ROLES,
+        task.roles,
         session=session,
         output=output,
-        foreground_opacity=0.4,
+        foreground_opacity=task.opacity if fade is None else fade,
         settings=settings,
     )
 
@@ -364,45 +406,8 @@ def segment(
     ``axis`` (default: all), ``probabilities=True`` also loads one probability map per class,
     ``device``, ``seed``.
     """
-    run = prepare_segment(
-        volume_node, build_settings(SegmentSettings, options), session=session, output=output
-    )
+    run = prepare(volume_node, build_settings(SegmentSettings, options), session=session, output=output)
     return _launch(run, as_segment_result, blocking)
-
-
-def as_segment_result(result: RunResult) -> SegmentResult:
-    """A segment run's nodes as a :class:`SegmentResult` (raises when it wrote no segmentation)."""
-    if result.node("segmentation") is None:
-        raise errors.LatentDriftError("The segment command wrote no segmentation.")
-    return SegmentResult(
-        segmentation_node=result.node("segmentation"),
-        uncertainty_node=result.node("uncertainty"),
-        probability_nodes=result.nodes.get("probability", []),
-        summary=result.summary,
-        output=result.output,
-        brain_mask_node=result.node("brain_mask"),
-    )
-
-
-def prepare_counterfactual(
-    volume_node: Any,
-    settings: CounterfactualSettings,
-    *,
-    fade: float,
-    session: SceneSession | None = None,
-    output: str | Path | None = None,
-) -> PreparedRun:
-    """The ``latentdrift counterfactual`` run of :func:`counterfactual`, not started; ``fade`` as there."""
-    return prepare_run(
-        volume_node,
-        "counterfactual",
-        [],
-        COUNTERFACTUAL_ROLES,
-        session=session,
-        output=output,
-        foreground_opacity=fade,
-        settings=settings,
-    )
 
 
 def counterfactual(
@@ -425,23 +430,18 @@ def counterfactual(
     attributes); ``factual_reference=False`` takes it relative to the VAE reconstruction (half the
     time). ``fade`` is the opacity of the counterfactual over the input in the slice views.
     """
-    run = prepare_counterfactual(
-        volume_node, counterfactual_settings(**options), fade=fade, session=session, output=output
-    )
+    run = prepare(volume_node, counterfactual_settings(**options), fade=fade, session=session, output=output)
     return _launch(run, as_counterfactual_result, blocking)
+
+
+def as_segment_result(result: RunResult) -> SegmentResult:
+    """A segment run's nodes as a :class:`SegmentResult` (raises when it wrote no segmentation)."""
+    return result_of(SegmentResult, result)
 
 
 def as_counterfactual_result(result: RunResult) -> CounterfactualResult:
     """A counterfactual run's nodes as a :class:`CounterfactualResult` (raises when it wrote none)."""
-    if result.node("counterfactual") is None:
-        raise errors.LatentDriftError("The counterfactual command wrote no counterfactual volume.")
-    return CounterfactualResult(
-        counterfactual_node=result.node("counterfactual"),
-        difference_node=result.node("difference"),
-        summary=result.summary,
-        output=result.output,
-        brain_mask_node=result.node("brain_mask"),
-    )
+    return result_of(CounterfactualResult, result)
 
 
 def attributes_text(age: float | None = None, sex: str | None = None, diagnosis: str | None = None) -> str:

@@ -46,15 +46,8 @@ from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
 from .errors import ModelError
 from .progress import ProgressCallback
 from .resampling import SliceResizer
-from .settings import MAX_RESOLUTION, Axis, check_axis, check_blend
-from .volumes import (
-    IntensityWindow,
-    SliceStack,
-    Volume,
-    check_image_volume,
-    extract_slices,
-    reassemble,
-)
+from .settings import MAX_RESOLUTION, Axis, check_blend
+from .volumes import SliceStack, Volume, reassemble, windowed_slices
 
 LOG = logging.getLogger(__name__)
 
@@ -122,7 +115,7 @@ def bytes_per_slice(bundle: PipelineBundle, settings: EditSettings, size: int) -
     latent resolution, times the classifier-free guidance copies (3 for InstructPix2Pix, 2 with
     guidance, else 1); 16 live tensors of that size are assumed. Out-of-memory still halves the batch.
     """
-    copies = 3 if settings.mode == "instruct" else 2 if settings.guidance > 1 else 1
+    copies = settings.edit_mode.guidance_copies(settings)
     return copies * 16 * _widest_activation(bundle, size)
 
 
@@ -144,13 +137,10 @@ def counterfactual_volume(
     ``settings.workers`` threads (default :func:`latentdrift.devices.parallel_workers`). Same settings and seed,
     same volume.
     """
-    check_image_volume(volume)
-    check_axis(axis)
+    cut = windowed_slices(volume, axis, slices)
     check_blend(blend)
     size = model_resolution(bundle)
-    window = IntensityWindow.from_percentiles(volume.voxels)
-    stack = extract_slices(volume, axis, slices)
-    windowed = window.forward(stack.slices)
+    stack, window, windowed = cut.stack, cut.window, cut.windowed
     edited = _nonempty(windowed)
     rows, cols = windowed.shape[1:]
     resizer = SliceResizer((rows, cols), stack.layout.pixel_spacing, size)

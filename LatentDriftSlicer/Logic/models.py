@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError, ParameterError
+from .modes import REGISTRY
 
 LDSEG_FORMAT = "latentdrift-ldseg"
 """The ``format`` value of an LDSeg model's config.json (written by :mod:`latentdrift.ldseg.model_io`)."""
@@ -126,19 +127,22 @@ class DefaultModel:
 
 
 _GENERATIVE_REMEDY = "train it with `python scripts/train_default_generative.py`"
-_TEXT_TO_IMAGE = DefaultModel("brain-mri-sd", ("stable-diffusion",), _GENERATIVE_REMEDY)
 DEFAULT_MODELS: dict[str, DefaultModel] = {
-    "generate": _TEXT_TO_IMAGE,
-    "img2img": _TEXT_TO_IMAGE,
-    "direction": _TEXT_TO_IMAGE,
-    "instruct": DefaultModel("brain-mri-instruct", ("instruct-pix2pix",), _GENERATIVE_REMEDY),
+    **{
+        mode.name: DefaultModel(
+            mode.default_model,
+            ("instruct-pix2pix",) if mode.instruct_model else ("stable-diffusion",),
+            _GENERATIVE_REMEDY,
+        )
+        for mode in REGISTRY.values()
+    },
     "segment": DefaultModel(
         "brain-tissue-ldseg", ("ldseg",), "train it with `python scripts/train_default_ldseg.py`"
     ),
     "finetune": DefaultModel("mini-sd-natural", ("stable-diffusion", "instruct-pix2pix"), _GENERATIVE_REMEDY),
 }
-"""The default model per task: the edit modes (``generate`` is text-to-image), ``segment``, ``finetune``
-(the base model fine-tuning starts from)."""
+"""The default model per task: each edit mode's (its ``default_model``, :mod:`latentdrift.modes`),
+``segment`` and ``finetune`` (the base model fine-tuning starts from)."""
 
 
 def _default_for(task: str) -> DefaultModel:

@@ -24,17 +24,8 @@ from .errors import ParameterError
 from .ldseg import LDSegConfig, LDSegNetwork, segment_slices
 from .progress import ProgressCallback
 from .resampling import SliceResizer, VolumeResizer
-from .settings import Axis, SegmentSettings, check_axis
-from .volumes import (
-    FOREGROUND_MARGIN,
-    IntensityWindow,
-    SliceStack,
-    Volume,
-    check_image_volume,
-    extract_slices,
-    nonempty_slices,
-    reassemble,
-)
+from .settings import Axis, SegmentSettings
+from .volumes import FOREGROUND_MARGIN, SliceStack, Volume, nonempty_slices, reassemble, windowed_slices
 
 LOG = logging.getLogger(__name__)
 
@@ -102,16 +93,13 @@ def segment_volume_with(
     reassemble onto the input grid. Used by LDSeg and by the benchmarks' deterministic baseline.
     With ``config.spatial_dims == 3`` the whole stack is resampled to one ``image_size³`` volume.
     """
-    check_image_volume(volume)
-    axis = cast(Axis, config.axis)
-    check_axis(axis)
-    window = IntensityWindow.from_percentiles(
-        volume.voxels, config.intensity_percentiles, config.intensity_range
+    cut = windowed_slices(
+        volume, cast(Axis, config.axis), slices, config.intensity_percentiles, config.intensity_range
     )
-    stack = extract_slices(volume, axis, slices)
+    stack = cut.stack
     to_model, from_model = stack_resampling(stack, config)
     background = config.intensity_range[0]
-    images = to_model(window.forward(stack.slices), background)
+    images = to_model(cut.windowed, background)
     warnings = intensity_warnings(intensity_statistics(images, background), config.intensity_reference)
     model_probabilities, model_entropy = predict(images)
     probabilities = np.clip(from_model(model_probabilities), 0.0, 1.0)

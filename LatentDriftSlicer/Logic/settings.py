@@ -24,13 +24,16 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, ClassVar, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from .errors import ParameterError, SliceRangeError, UnreadableFileError
-from .prompts import Attributes, PromptOptions, describe, instruct
+from .models import DEFAULT_MODELS
+from .modes import DEFAULT_EDIT, GENERATE, REGISTRY, EditMode, edit_mode, volume_edit_names
+from .prompts import Attributes, PromptOptions
 
 Drift = float | tuple[float, ...]
 """Latent Drift δ: one number, or one per latent channel (see :mod:`latentdrift.drift`)."""
@@ -39,11 +42,7 @@ Axis = Literal["axial", "coronal", "sagittal"]
 AXES: tuple[Axis, ...] = ("axial", "coronal", "sagittal")
 """The anatomical slice axes (how volumes are cut along them: :mod:`latentdrift.volumes`)."""
 
-Mode = Literal["generate", "img2img", "instruct", "direction"]
 SchedulerName = Literal["ddim", "ddpm"]
-MODES: tuple[Mode, ...] = ("generate", "img2img", "instruct", "direction")
-EDIT_MODES: tuple[Mode, ...] = ("instruct", "img2img", "direction")
-"""The modes that edit a volume (``counterfactual``); ``generate`` makes new slices."""
 SCHEDULERS: tuple[SchedulerName, ...] = ("ddim", "ddpm")
 
 SceneChoice = Literal["auto", "yes", "no"]
@@ -57,6 +56,98 @@ DEMO_SOURCE = "age=70,dx=CN"
 DEMO_TARGET = "age=75,dx=AD"
 
 T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- options: the schema
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    help: str | None = None,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    range: tuple[float, float] | None = None,
+    default_factory: Any = MISSING,
+) -> Any:
+    """A settings field with what its option needs besides its type and default.
+
+    ``help`` (``{default}`` is replaced by the default) makes the field a command-line option,
+    ``--name-with-dashes`` unless ``flag`` names it otherwise; ``metavar`` names its value in the help;
+    ``choices`` lists the values a command or the panel offers (a ``Literal`` type gives them itself);
+    ``range`` is the ``(low, high)`` a number may take (the panel's sliders offer it; ``__post_init__``
+    refuses values outside it). The command line derives its options from these fields
+    (:mod:`latentdrift.cli_options`); the console and the JSON of :func:`settings_json` use the fields
+    by name.
+    """
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "range": range}
+    return field(
+        default=default,
+        default_factory=default_factory,
+        metadata={key: value for key, value in metadata.items() if value is not None},
+    )
+
+
+def option_field(kind: type, name: str) -> Field[Any]:
+    """The field ``name`` of the settings class ``kind``."""
+    return {f.name: f for f in fields(kind)}[name]
+
+
+def option_range(kind: type, name: str) -> tuple[float, float]:
+    """The ``(low, high)`` range declared for the option ``name`` of ``kind``."""
+    return option_field(kind, name).metadata["range"]
+
+
+STEPS_RANGE = (1, 1000)
+"""Sampling steps a run may take."""
+
+
+# The run options every task shares, declared once: each settings class takes its field from here.
+
+
+def seed_option() -> Any:
+    """``seed``: the same seed gives the same result (every command's ``--seed``)."""
+    return option(
+        0, help="random seed: the same seed gives the same result (default: {default})", range=(0, 2**63 - 1)
+    )
+
+
+def device_option() -> Any:
+    """``device``: where the run computes (every command's ``--device``)."""
+    return option("auto", help="auto, cpu, cuda, cuda:N or mps (default: {default})")
+
+
+def batch_size_option(default: int | None, default_text: str | None) -> Any:
+    """``batch_size``: slices in flight at once; ``default_text`` (None: no option) says what the default is."""
+    help = None if default_text is None else f"slices per batch, halved on out-of-memory ({default_text})"
+    return option(default, help=help)
+
+
+def workers_option() -> Any:
+    """``workers``: threads the slices are shared among (None: 2 on a multi-core CPU, else 1)."""
+    return option(None)
+
+
+def precision_option() -> Any:
+    """``full_precision``: float32 on CUDA instead of float16."""
+    return option(False, help="float32 on CUDA (default there: float16)")
+
+
+def slices_option() -> Any:
+    """``slices``: the range ``"a:b"`` along the slice axis (None: all)."""
+    return option(None, metavar="A:B", help="slice range along the axis (default: all)")
+
+
+def _edit_mode_help() -> str:
+    names = volume_edit_names()
+    return "; ".join(f"{name}: {REGISTRY[name].summary}" for name in names) + " (default: {default})"
+
+
+REFERENCE_HELP = (
+    "instruct: take the change against the VAE reconstruction, not against the factual edit "
+    "(the instruction to keep the --from attributes): one edit per slice instead of two"
+)
 
 
 # --------------------------------------------------------------------------- Latent Drift δ
@@ -119,7 +210,7 @@ def check_batching(batch_size: int | None, workers: int | None) -> None:
 
 def check_steps(steps: int | None) -> None:
     """Raise :class:`ParameterError` unless ``steps`` (None: the model's) is 1 to 1000 sampling steps."""
-    if steps is not None and not 1 <= steps <= 1000:
+    if steps is not None and not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
         raise ParameterError(f"steps={steps} is outside 1–1000: use e.g. 50.")
 
 
@@ -167,10 +258,8 @@ def slice_bounds(text: str | None) -> tuple[int, int | None]:
 class EditSettings:
     """Settings shared by every mode; each mode reads the ones it needs.
 
-    * ``mode``: ``generate`` (text-to-image), ``img2img`` (SDEdit: noise the slice to ``strength``
-      and denoise with the prompt), ``instruct`` (InstructPix2Pix: slice + instruction), ``direction``
-      (DDIM inversion with the source prompt, then sampling with the prompt embedding moved by the
-      edit direction mean(target paraphrases) − mean(source paraphrases)).
+    * ``mode``: the name of an edit mode of :mod:`latentdrift.modes` (``generate``, ``img2img``,
+      ``instruct``, ``direction``); its file says what the mode does and which settings it needs.
     * Text: ``prompt`` (generate, img2img; in direction the prompt used for inversion) defaults to
       ``describe(target)`` (``describe(source)`` in direction); ``instruction`` (instruct) defaults to
       ``instruct(source, target)``; ``prompt_options`` sets the prompt style (a description uses
@@ -193,28 +282,35 @@ class EditSettings:
       VAE reconstruction. What the editor changes on every pass, whatever it is asked, then cancels.
     """
 
-    mode: Mode = "instruct"
-    prompt: str | None = None
-    instruction: str | None = None
-    source: Attributes | None = None
-    target: Attributes | None = None
+    mode: str = option(DEFAULT_EDIT.name, flag="--edit", choices=volume_edit_names(), help=_edit_mode_help())
+    prompt: str | None = option(None, help="the text prompt (default: built from the attributes)")
+    instruction: str | None = option(None, help="instruct: the instruction (default: from --from/--to)")
+    source: Attributes | None = option(None, flag="--from", metavar="ATTRS", help="e.g. age=70,sex=F,dx=CN")
+    target: Attributes | None = option(
+        None, flag="--to", metavar="ATTRS", help="e.g. age=77,dx=MCI (unset keys: from --from)"
+    )
     prompt_options: PromptOptions = field(default_factory=PromptOptions)
     negative_prompt: str = ""
-    drift: Drift = 0.0
-    drift_start: bool = False
-    strength: float = 0.5
-    steps: int = 20
-    guidance: float = 7.5
-    image_guidance: float = 1.5
-    seed: int = 0
-    batch_size: int = 4
-    workers: int | None = None
-    scheduler: SchedulerName = "ddim"
-    factual_reference: bool = True
+    drift: Drift = option(
+        0.0,
+        help="Latent Drift δ: one number or one per latent channel, e.g. 0.05 or =-0.05,0,0,0.02 "
+        "(default: {default:g})",
+    )
+    drift_start: bool = option(False, help="start sampling from N(δ, I)")
+    strength: float = option(
+        0.5, range=(0.0, 1.0), help="img2img: how far to noise, (0, 1] (default: {default})"
+    )
+    steps: int = option(20, range=STEPS_RANGE, help="denoising steps (default: {default})")
+    guidance: float = option(7.5, help="text guidance scale (default: {default})")
+    image_guidance: float = option(1.5, help="instruct: image guidance scale (default: {default})")
+    seed: int = seed_option()
+    batch_size: int = batch_size_option(4, None)
+    workers: int | None = workers_option()
+    scheduler: SchedulerName = option("ddim", help="sampler (default: {default})")
+    factual_reference: bool = option(True, flag="--reconstruction-reference", help=REFERENCE_HELP)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ParameterError(f"Unknown edit mode '{self.mode}': use one of {', '.join(MODES)}.")
+        mode = edit_mode(self.mode)
         if self.scheduler not in SCHEDULERS:
             raise ParameterError(
                 f"Scheduler '{self.scheduler}' cannot carry Latent Drift: use ddim or ddpm "
@@ -222,7 +318,7 @@ class EditSettings:
             )
         validate_drift(self.drift)
         self._check_numbers()
-        self._check_mode()
+        mode.check(self)
 
     def _check_numbers(self) -> None:
         check_steps(self.steps)
@@ -233,55 +329,21 @@ class EditSettings:
         check_batching(self.batch_size, self.workers)
         check_seed(self.seed)
 
-    def _check_mode(self) -> None:
-        if self.mode == "img2img" and int(self.steps * self.strength) < 1:
-            raise ParameterError(
-                f"steps={self.steps} × strength={self.strength} gives no denoising step: "
-                "raise steps or strength so that steps × strength ≥ 1."
-            )
-        if self.mode in ("generate", "img2img") and self.prompt is None and self.target is None:
-            raise ParameterError(
-                f"Mode {self.mode} needs a prompt or target attributes (e.g. age=77,dx=MCI)."
-            )
-        if (
-            self.mode == "instruct"
-            and self.instruction is None
-            and (self.source is None or self.target is None)
-        ):
-            raise ParameterError("Mode instruct needs an instruction, or both source and target attributes.")
-        if self.mode == "direction":
-            if self.source is None or self.target is None:
-                raise ParameterError(
-                    "Mode direction needs both source and target attributes (e.g. dx=AD → dx=CN)."
-                )
-            if self.scheduler != "ddim":
-                raise ParameterError("Mode direction inverts the slice with DDIM: use scheduler ddim.")
-            if self.drift_start:
-                raise ParameterError(
-                    "drift_start does not apply to mode direction (it starts from the inverted slice): turn it off."
-                )
-
     def factual(self) -> EditSettings | None:
-        """The factual edit: instruct from the source's attributes to themselves, same noise and settings.
+        """The factual edit: the same edit asked to keep the source's attributes, same noise and settings.
 
-        None unless ``mode`` is instruct, ``factual_reference`` is on and the source attributes are known.
+        None unless the mode has one (instruct), ``factual_reference`` is on and the source attributes are known.
         """
-        if self.mode != "instruct" or not self.factual_reference or self.source is None:
-            return None
-        return replace(self, instruction=None, target=self.source)
+        return self.edit_mode.factual(self)
 
     def text(self) -> str:
         """The prompt (generate, img2img, direction) or instruction (instruct) this run conditions on."""
-        if self.mode == "instruct":
-            if self.instruction is not None:
-                return self.instruction
-            assert self.source is not None and self.target is not None
-            return instruct(self.source, self.target, self.prompt_options.age_format)
-        if self.prompt is not None:
-            return self.prompt
-        attributes = self.source if self.mode == "direction" else self.target
-        assert attributes is not None
-        return describe(attributes, self.prompt_options)
+        return self.edit_mode.text(self)
+
+    @property
+    def edit_mode(self) -> EditMode:
+        """The mode's class (:mod:`latentdrift.modes`): what ``mode`` means."""
+        return edit_mode(self.mode)
 
 
 # --------------------------------------------------------------------------- volume runs
@@ -321,16 +383,18 @@ class SegmentSettings:
     the input's slices).
     """
 
-    model: str | None = None
-    samples: int = 8
-    steps: int | None = None
-    axis: Axis | None = None
-    slices: str | None = None
-    probabilities: bool = False
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 8
-    workers: int | None = None
+    model: str | None = option(
+        None, help=f"model name or folder (see `info`; default: {DEFAULT_MODELS['segment'].name})"
+    )
+    samples: int = option(8, help="samples per slice (uncertainty); 1 allowed (default: {default})")
+    steps: int | None = option(None, help="DDIM steps (default: the model's, at most 15)")
+    axis: Axis | None = option(None, help="slice axis (default: the model's axis)")
+    slices: str | None = slices_option()
+    probabilities: bool = option(False, help="also write per-class probability volumes")
+    seed: int = seed_option()
+    device: str = device_option()
+    batch_size: int = batch_size_option(8, "default: {default}")
+    workers: int | None = workers_option()
     front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
     def __post_init__(self) -> None:
@@ -353,10 +417,15 @@ class DiffusionRun:
     """
 
     edit: EditSettings
-    model: str | None = None
-    batch_size: int | None = None
-    device: str = "auto"
-    full_precision: bool = False
+    model: str | None = option(
+        None,
+        help="diffusers-format Stable Diffusion folder or name (default: "
+        f"{DEFAULT_MODELS[DEFAULT_EDIT.name].name} for --edit {DEFAULT_EDIT.name}, "
+        f"else {DEFAULT_MODELS[volume_edit_names()[1]].name})",
+    )
+    batch_size: int | None = batch_size_option(None, "default: from free GPU memory")
+    device: str = device_option()
+    full_precision: bool = precision_option()
 
     def __post_init__(self) -> None:
         check_batching(self.batch_size, None)
@@ -370,9 +439,11 @@ class CounterfactualSettings(DiffusionRun):
     slice's edit with its neighbours'; ``front_end``: the brain front end's steps.
     """
 
-    axis: Axis = "axial"
-    slices: str | None = None
-    blend: float = 0.0
+    axis: Axis = option("axial", help="slice axis (default: {default})")
+    slices: str | None = slices_option()
+    blend: float = option(
+        0.0, range=(0.0, 1.0), help="mix each slice's edit with its neighbours', [0, 1) (default: {default})"
+    )
     front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
     def __post_init__(self) -> None:
@@ -386,7 +457,16 @@ class CounterfactualSettings(DiffusionRun):
 class GenerateSettings(DiffusionRun):
     """``latentdrift generate``: ``count`` new slices from ``edit`` (mode ``generate``); sample *i* uses seed + i."""
 
-    count: int = 4
+    EDIT_OPTIONS: ClassVar[dict[str, dict[str, str]]] = {
+        "target": {"flag": "--attributes", "help": "describe the patient, e.g. age=77,sex=F,dx=AD"},
+        **{name: {} for name in ("prompt", "drift", "drift_start", "guidance", "scheduler", "steps")},
+    }
+    """The :class:`EditSettings` options of ``generate`` (the others are an edit's), with what differs."""
+
+    model: str | None = option(
+        None, help=f"Stable Diffusion folder or name (default: {DEFAULT_MODELS[GENERATE.name].name})"
+    )
+    count: int = option(4, help="how many slices; sample i uses seed + i (default: {default})")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -399,14 +479,26 @@ class DemoSettings:
     """``latentdrift demo``: the counterfactual's attributes, δ (None: the editor's recorded δ, else 0),
     steps; slicing, seed, device and the brain front end's steps shared by both parts."""
 
-    source: Attributes = field(default_factory=lambda: Attributes.parse(DEMO_SOURCE))
-    target: Attributes = field(default_factory=lambda: Attributes.parse(DEMO_TARGET))
-    drift: Drift | None = None
-    steps: int = EditSettings.steps
-    axis: Axis = "axial"
-    slices: str | None = None
-    seed: int = 0
-    device: str = "auto"
+    source: Attributes = option(
+        default_factory=lambda: Attributes.parse(DEMO_SOURCE),
+        flag="--from",
+        metavar="ATTRS",
+        help=f"default: {DEMO_SOURCE}",
+    )
+    target: Attributes = option(
+        default_factory=lambda: Attributes.parse(DEMO_TARGET),
+        flag="--to",
+        metavar="ATTRS",
+        help=f"default: {DEMO_TARGET}",
+    )
+    drift: Drift | None = option(
+        None, help="Latent Drift δ (default: the δ recorded with the editor, else 0)"
+    )
+    steps: int = option(EditSettings.steps, help="counterfactual denoising steps (default: {default})")
+    axis: Axis = option("axial", help="slice axis (default: {default})")
+    slices: str | None = slices_option()
+    seed: int = seed_option()
+    device: str = device_option()
     front_end: FrontEndSettings = field(default_factory=FrontEndSettings)
 
     def __post_init__(self) -> None:
@@ -443,7 +535,7 @@ def counterfactual_settings(**options: Any) -> CounterfactualSettings:
 
 def generate_settings(**options: Any) -> GenerateSettings:
     """:class:`GenerateSettings` (edit mode ``generate``) from flat options, like :func:`counterfactual_settings`."""
-    return _split(GenerateSettings, {**options, "mode": "generate"})
+    return _split(GenerateSettings, {**options, "mode": GENERATE.name})
 
 
 def demo_settings(**options: Any) -> DemoSettings:
@@ -488,32 +580,32 @@ def _required(setting: Any) -> bool:
 # --------------------------------------------------------------------------- as JSON, across processes
 
 
-_NESTED: dict[str, Callable[[Any], Any]] = {
-    "edit": lambda value: settings_from_json(EditSettings, value),
-    "source": lambda value: Attributes(**value),
-    "target": lambda value: Attributes(**value),
-    "prompt_options": lambda value: PromptOptions(**value),
-    "drift": lambda value: tuple(value) if isinstance(value, list) else value,
-    "search_grid": tuple,
-    "front_end": lambda value: settings_from_json(FrontEndSettings, value),
-}
-"""How a field read from JSON becomes its value again (by field name; JSON has no tuples or classes)."""
-
-
 def settings_json(settings: Any) -> str:
     """A settings object as JSON text (nested settings and attributes as objects, paths as text)."""
     return json.dumps(asdict(settings), default=str)
 
 
 def settings_from_json(kind: type[T], values: Mapping[str, Any]) -> T:
-    """The ``kind`` settings of :func:`settings_json`'s values (unknown keys are refused)."""
+    """The ``kind`` settings of :func:`settings_json`'s values (unknown keys are refused).
+
+    Each value becomes its field's type again (JSON has no tuples or classes): an object becomes the
+    dataclass its field declares (nested settings, attributes, prompt options), a list a tuple.
+    """
     if not isinstance(values, Mapping):
         raise ParameterError(f"{kind.__name__} must be a JSON object, got {type(values).__name__}.")
-    converted = {
-        name: _NESTED[name](value) if name in _NESTED and value is not None else value
-        for name, value in values.items()
-    }
-    return build_settings(kind, converted)
+    hints = get_type_hints(kind)
+    return build_settings(kind, {name: _from_json(hints.get(name), value) for name, value in values.items()})
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """``value`` read from JSON as the field type ``hint`` declares (unchanged where JSON keeps it)."""
+    members = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    for member in members:
+        if isinstance(value, Mapping) and is_dataclass(member):
+            return settings_from_json(cast(type, member), value)
+        if isinstance(value, list) and get_origin(member) is tuple:
+            return tuple(value)
+    return value
 
 
 def read_settings(kind: type[T], path: str | Path) -> T:

@@ -32,6 +32,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .modes import INSTRUCT
 from .prompts import prompt_words
 
 BOS = "<|startoftext|>"
@@ -71,7 +72,7 @@ def build_self_test_models(folder: str | Path) -> Path:
 
     folder = Path(folder)
     save_ldseg_model(LDSegNetwork(tiny_config(("background", "object"))), folder / "ldseg")
-    build_tiny_sd(folder / "instruct", instruct=True)
+    build_tiny_sd(folder / INSTRUCT.name, instruct=True)
     return folder
 
 

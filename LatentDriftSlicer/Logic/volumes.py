@@ -518,6 +518,32 @@ class IntensityWindow:
         return ((values.astype(np.float64) - self.target_min) / self._scale + self.low).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class WindowedSlices:
+    """An intensity volume cut into slices (``stack``) and those slices mapped by ``window`` (``windowed``)."""
+
+    stack: SliceStack
+    window: IntensityWindow
+    windowed: np.ndarray
+
+
+def windowed_slices(
+    volume: Volume,
+    axis: Axis,
+    slice_range: str | None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    target: tuple[float, float] = (-1.0, 1.0),
+) -> WindowedSlices:
+    """What a model sees of ``volume``: its slices along ``axis`` (range ``slice_range``), windowed to
+    ``target`` over the whole volume's ``percentiles``. Raises when ``volume`` is not an intensity image
+    (:func:`check_image_volume`), for an unknown axis and for a range outside the volume."""
+    check_image_volume(volume)
+    check_axis(axis)
+    window = IntensityWindow.from_percentiles(volume.voxels, percentiles, target)
+    stack = extract_slices(volume, axis, slice_range)
+    return WindowedSlices(stack, window, window.forward(stack.slices))
+
+
 # --------------------------------------------------------------------------- resampling
 
 

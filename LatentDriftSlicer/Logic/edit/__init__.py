@@ -9,13 +9,12 @@ batching and seeding, :mod:`latentdrift.edit.direction` for the direction edit a
 
 from __future__ import annotations
 
-from ..settings import MODES, SCHEDULERS, EditSettings
+from ..settings import SCHEDULERS, EditSettings
 from .direction import edit_direction, encode_prompts, invert
 from .loading import PipelineBundle, check_model_folder, clear_bundle_cache, load_bundle
 from .run import edit_slices, generate_slices, pixels_to_slices, reconstruct_slices, slices_to_pixels
 
 __all__ = [
-    "MODES",
     "SCHEDULERS",
     "EditSettings",
     "PipelineBundle",

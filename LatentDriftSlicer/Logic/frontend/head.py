@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -41,7 +42,7 @@ from ..volumes import (
 from .alignment import Alignment, align_to_template, model_grid
 from .bias_field import correct_bias_field, head_mask
 from .brain_extraction import extract_brain
-from .contract import InputContract
+from .contract import InputContract, read_contract
 from .recognise import Recognition, recognise, refuse_unless_head_sized
 
 T = TypeVar("T")
@@ -167,6 +168,29 @@ class PreparedHead:
             "brain_volume_ml": brain_ml,
             "warnings": list(self.warnings),
         }
+
+
+def shared_preparation(
+    input_path: str | Path,
+    models: tuple[Path, ...],
+    settings: FrontEndSettings,
+    device: str,
+    progress: ProgressCallback | None,
+) -> PreparedHead | None:
+    """One front-end preparation of the volume at ``input_path`` for every model folder in ``models``,
+    when they all ask for the same steps (else None: each model's run prepares its own).
+
+    The steps do not depend on the model grid's spacing (only the resampling does), so a segmenter and
+    an editor share bias correction, brain extraction and alignment (``latentdrift demo`` runs them once).
+    """
+    from ..devices import resolve_device
+    from ..volumes import read_volume
+
+    contracts = {replace(read_contract(folder), spacing_mm=1.0) for folder in models}
+    contract = contracts.pop()
+    if contracts or not contract.is_brain_model:
+        return None
+    return prepare_head(read_volume(input_path), contract, settings, resolve_device(device), progress)
 
 
 def prepare_head(

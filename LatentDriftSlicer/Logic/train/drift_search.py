@@ -28,6 +28,7 @@ import numpy as np
 
 from ..edit import EditSettings, PipelineBundle, generate_slices
 from ..errors import ParameterError
+from ..modes import GENERATE
 from .metadata import update_metadata
 from .sampling import save_curve
 
@@ -99,7 +100,7 @@ def search_drift(
                     size,
                     size,
                     EditSettings(
-                        mode="generate",
+                        mode=GENERATE.name,
                         prompt=prompts[index % len(prompts)],
                         drift=float(delta),
                         drift_start=drift_start,

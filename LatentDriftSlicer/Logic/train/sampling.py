@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..edit import EditSettings, PipelineBundle, edit_slices, generate_slices
+from ..modes import GENERATE, INSTRUCT
 from ..settings import Drift
 from .config import FinetuneConfig
 from .parts import Examples, Parts
@@ -53,9 +54,9 @@ def sample_slice(parts: Parts, examples: Examples, config: FinetuneConfig, delta
     size = config.resolution
     if examples.sources is not None:
         source = examples.sources[:1].numpy()
-        edit = EditSettings(mode="instruct", instruction=examples.prompts[0], **settings)  # type: ignore[arg-type]
+        edit = EditSettings(mode=INSTRUCT.name, instruction=examples.prompts[0], **settings)  # type: ignore[arg-type]
         return np.concatenate([source[0], edit_slices(bundle, source, edit)[0]], axis=1)
-    generate = EditSettings(mode="generate", prompt=examples.prompts[0], **settings)  # type: ignore[arg-type]
+    generate = EditSettings(mode=GENERATE.name, prompt=examples.prompts[0], **settings)  # type: ignore[arg-type]
     return generate_slices(bundle, 1, size, size, generate)[0]
 
 
@@ -94,6 +95,6 @@ def class_images(parts: Parts, prompt: str, config: FinetuneConfig, device: torc
     """``num_class_images`` samples (N, S, S) of the base model for ``prompt`` (DreamBooth's prior)."""
     for module in (parts.unet, parts.vae, parts.text_encoder):
         module.to(device)
-    settings = EditSettings(mode="generate", prompt=prompt, steps=config.sample_steps, seed=config.seed)
+    settings = EditSettings(mode=GENERATE.name, prompt=prompt, steps=config.sample_steps, seed=config.seed)
     size = config.resolution
     return generate_slices(bundle_of(parts), config.num_class_images, size, size, settings)

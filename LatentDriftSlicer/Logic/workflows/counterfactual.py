@@ -12,6 +12,7 @@ from ..counterfactual import VolumeCounterfactual, choose_batch_size, model_reso
 from ..edit import PipelineBundle, generate_slices, load_bundle
 from ..frontend.tasks import counterfactual_head
 from ..models import choose_model
+from ..modes import GENERATE
 from ..progress import ProgressCallback
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
@@ -127,7 +128,7 @@ def generate_file(
     inputs = {"model": str(bundle.folder)}
     with ResultFolder(
         output,
-        "generate",
+        GENERATE.name,
         inputs,
         settings=_settings_record(edit),
         count=settings.count,

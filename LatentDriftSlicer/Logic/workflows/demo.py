@@ -9,11 +9,14 @@ not at all.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..frontend.head import shared_preparation
 from ..models import default_model
+from ..modes import INSTRUCT
 from ..progress import ProgressCallback
 from ..results import ResultFolder
 from ..settings import (
@@ -29,14 +32,12 @@ from .common import scene_wanted
 from .counterfactual import counterfactual_file
 from .segment import segment_file
 
-if TYPE_CHECKING:
-    from ..frontend.head import PreparedHead
-
 
 def demo_file(
     input_path: str | Path,
     output: str | Path,
     settings: DemoSettings,
+    *,
     progress: ProgressCallback | None = None,
     scene: SceneChoice = SCENE_DEFAULT,
 ) -> dict:
@@ -47,7 +48,7 @@ def demo_file(
     name, and ``results``: each part's own ``summary.json``. ``scene`` applies to both parts.
     """
     scene_wanted(scene)
-    segmenter, editor = default_model("segment"), default_model("instruct")
+    segmenter, editor = default_model("segment"), default_model(INSTRUCT.name)
     edit = editor_settings(settings, editor.path)
     inputs = {"volume": str(input_path), "segmentation_model": str(segmenter.path), "model": str(editor.path)}
     record = {
@@ -56,57 +57,24 @@ def demo_file(
         **{name: getattr(edit, name) for name in ("drift", "drift_start", "steps")},
     }
     slicing = {"axis": settings.axis, "slices": settings.slices, "device": settings.device}
+    shared: dict[str, Any] = {**slicing, "front_end": settings.front_end}
+    parts: dict[str, tuple[Callable[..., dict], Any]] = {
+        "segmentation": (
+            segment_file,
+            SegmentSettings(model=str(segmenter.path), seed=settings.seed, **shared),
+        ),
+        "counterfactual": (
+            counterfactual_file,
+            CounterfactualSettings(edit, model=str(editor.path), **shared),
+        ),
+    }
     with ResultFolder(output, "demo", inputs, settings=record, **slicing, results={}, warnings=[]) as result:
-        head = shared_head(input_path, segmenter.path, editor.path, settings, progress)
-        segment_settings = SegmentSettings(
-            model=str(segmenter.path),
-            axis=settings.axis,
-            slices=settings.slices,
-            seed=settings.seed,
-            device=settings.device,
-            front_end=settings.front_end,
-        )
-        segmentation = segment_file(
-            input_path, result.staging / "segmentation", segment_settings, progress, scene, head
-        )
-        _adopt(result, "segmentation", segmentation)
-        counterfactual = CounterfactualSettings(
-            edit,
-            model=str(editor.path),
-            axis=settings.axis,
-            slices=settings.slices,
-            device=settings.device,
-            front_end=settings.front_end,
-        )
-        edited = counterfactual_file(
-            input_path, result.staging / "counterfactual", counterfactual, progress, scene, head
-        )
-        _adopt(result, "counterfactual", edited)
+        models = (segmenter.path, editor.path)
+        head = shared_preparation(input_path, models, settings.front_end, settings.device, progress)
+        for part, (run_part, part_settings) in parts.items():
+            summary = run_part(input_path, result.staging / part, part_settings, progress, scene, head)
+            _adopt(result, part, summary)
     return result.summary()
-
-
-def shared_head(
-    input_path: str | Path,
-    segmenter: Path,
-    editor: Path,
-    settings: DemoSettings,
-    progress: ProgressCallback | None,
-) -> PreparedHead | None:
-    """One brain front-end preparation for both parts, when both models ask for the same steps (else None).
-
-    The steps do not depend on the model grid's spacing (only the resampling does), so the segmenter
-    and the editor share bias correction, brain extraction and alignment: the demo runs them once.
-    """
-    from ..devices import resolve_device
-    from ..frontend import read_contract
-    from ..frontend.head import prepare_head
-    from ..volumes import read_volume
-
-    contracts = [replace(read_contract(folder), spacing_mm=1.0) for folder in (segmenter, editor)]
-    if contracts[0] != contracts[1] or not contracts[0].is_brain_model:
-        return None
-    volume = read_volume(input_path)
-    return prepare_head(volume, contracts[0], settings.front_end, resolve_device(settings.device), progress)
 
 
 def editor_settings(settings: DemoSettings, editor: Path) -> EditSettings:
@@ -117,7 +85,7 @@ def editor_settings(settings: DemoSettings, editor: Path) -> EditSettings:
     """
     drift = settings.drift if settings.drift is not None else recorded_drift(editor)[0]
     return EditSettings(
-        mode="instruct",
+        mode=INSTRUCT.name,
         source=settings.source,
         target=settings.target,
         drift=drift,
