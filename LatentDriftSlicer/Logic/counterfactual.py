@@ -36,7 +36,6 @@ How a volume is edited:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -44,17 +43,15 @@ import numpy as np
 from .devices import check_memory, parallel_workers, suggest_batch_size
 from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
 from .errors import ModelError
-from .progress import ProgressCallback
+from .progress import CountCallback, ProgressCallback
 from .resampling import SliceResizer
 from .settings import MAX_RESOLUTION, Axis, check_blend
-from .volumes import SliceStack, Volume, reassemble, windowed_slices
+from .volumes import FOREGROUND_MARGIN, SliceStack, Volume, nonempty_slices, reassemble, windowed_slices
 
 LOG = logging.getLogger(__name__)
 
 BACKGROUND = -1.0
 """Model-range value of the window's low end: padding, and what an empty slice holds everywhere."""
-EMPTY_MARGIN = 0.02
-"""A slice is empty (copied, not edited) when no windowed pixel exceeds ``BACKGROUND + EMPTY_MARGIN``."""
 MAX_BATCH = 64
 DOWNSAMPLING_WARNING = 2.0
 
@@ -141,7 +138,7 @@ def counterfactual_volume(
     check_blend(blend)
     size = model_resolution(bundle)
     stack, window, windowed = cut.stack, cut.window, cut.windowed
-    edited = _nonempty(windowed)
+    edited = nonempty_slices(windowed, BACKGROUND)  # an empty slice is copied, not edited
     rows, cols = windowed.shape[1:]
     resizer = SliceResizer((rows, cols), stack.layout.pixel_spacing, size)
     chosen = choose_batch_size(bundle, settings, size) if batch_size is None else batch_size
@@ -153,7 +150,7 @@ def counterfactual_volume(
     units = (window.high - window.low) / (window.target_max - window.target_min)
     output = _apply_change(stack.slices, resizer.from_model(changes) * units, volume.voxels)
     figures = {
-        **consistency_figures(stack.slices, output, windowed > BACKGROUND + EMPTY_MARGIN),
+        **consistency_figures(stack.slices, output, windowed > BACKGROUND + FOREGROUND_MARGIN),
         "drift": settings.drift,
         "reference": "reconstruction" if settings.factual() is None else "factual edit",
         "edited_slices": int(edited.sum()),
@@ -219,16 +216,11 @@ def _edit_changes(
     return changes
 
 
-def _reporter(progress: ProgressCallback | None, label: str) -> Callable[[int, int], None] | None:
+def _reporter(progress: ProgressCallback | None, label: str) -> CountCallback | None:
     """``progress`` with ``label`` bound, for :func:`edit_slices` (None without a callback)."""
     if progress is None:
         return None
     return lambda done, total: progress(done, total, label)
-
-
-def _nonempty(windowed: np.ndarray) -> np.ndarray:
-    """Bool ``[n]``: which windowed slices hold any foreground."""
-    return windowed.reshape(len(windowed), -1).max(axis=1) > BACKGROUND + EMPTY_MARGIN
 
 
 def choose_batch_size(bundle: PipelineBundle, settings: EditSettings, size: int) -> int:

@@ -28,11 +28,10 @@ import torch
 from ..devices import parallel_workers, run_in_batches, run_in_workers
 from ..errors import InputError, ParameterError
 from ..modes import GENERATE
+from ..progress import CountCallback
 from ..settings import EditSettings, validate_drift
 from .loading import PipelineBundle, worker_pipeline
 from .plans import Inputs, Plan
-
-ProgressCallback = Callable[[int, int], None]
 
 _RANGE_SLACK = 1e-3
 
@@ -41,7 +40,7 @@ def edit_slices(
     bundle: PipelineBundle,
     slices: np.ndarray,
     settings: EditSettings,
-    on_batch_done: ProgressCallback | None = None,
+    on_batch_done: CountCallback | None = None,
 ) -> np.ndarray:
     """Edit ``slices`` (B, H, W) float32 in [-1, 1] with mode img2img, instruct or direction; same shape out."""
     mode = settings.edit_mode
@@ -61,7 +60,7 @@ def generate_slices(
     height: int,
     width: int,
     settings: EditSettings,
-    on_batch_done: ProgressCallback | None = None,
+    on_batch_done: CountCallback | None = None,
 ) -> np.ndarray:
     """Make ``count`` slices (count, height, width) float32 in [-1, 1] from text (mode generate)."""
     if settings.edit_mode.edits:
@@ -119,7 +118,7 @@ def _run(
     plan: Plan,
     count: int,
     settings: EditSettings,
-    on_batch_done: ProgressCallback | None,
+    on_batch_done: CountCallback | None,
 ) -> np.ndarray:
     workers = settings.workers or parallel_workers(bundle.device)
 
