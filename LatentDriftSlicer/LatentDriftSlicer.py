@@ -357,7 +357,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def populateDevices(self, report: dict[str, Any] | None) -> None:
         """Fill the device selector from an ``info`` report (auto and the CPU without one); keep the choice."""
-        from latentdrift.console import device_choices
+        from latentdrift.panel_support import device_choices
 
         saved = qt.QSettings().value(f"{SETTINGS_GROUP}/device", "auto")
         self.ui.deviceComboBox.blockSignals(True)
@@ -371,7 +371,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onDeviceChanged(self, index: int = 0) -> None:
         """Remember the device; warn that the CPU is slow."""
-        from latentdrift.console import CPU_WARNING
+        from latentdrift.panel_support import CPU_WARNING
 
         device = self.currentDevice()
         qt.QSettings().setValue(f"{SETTINGS_GROUP}/device", device)
@@ -458,7 +458,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def updateCohortReport(self) -> None:
         """Show a short check of the cohort."""
-        from latentdrift.console import describe_cohort
+        from latentdrift.panel_support import describe_cohort
 
         if self._parameterNode and self._parameterNode.cohort:
             self.ui.cohortReportLabel.text = describe_cohort(self._parameterNode.cohort)
@@ -707,21 +707,21 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def startInfo() -> Any:
         """A ``latentdrift info`` process listing versions and devices (torch loads there, not here)."""
-        from latentdrift.console import start_info
+        from latentdrift.panel_support import start_info
 
         return start_info()
 
     @staticmethod
     def defaultModel(task: str) -> str:
         """The folder of ``task``'s default model ('' when it is not installed; no heavy imports)."""
-        from latentdrift.console import default_model_folder
+        from latentdrift.panel_support import default_model_folder
 
         return str(default_model_folder(task) or "")
 
     @staticmethod
     def modelChoices(mode: str, scheme: str, folders: list[str]) -> list[tuple[str, str]]:
         """``(label, folder)`` that fit a tab (and the fine-tuning scheme): registry models and the user's folders."""
-        from latentdrift.console import panel_model_choices
+        from latentdrift.panel_support import panel_model_choices
 
         return panel_model_choices(mode, scheme, folders)
 
@@ -735,10 +735,10 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def previewSlices(p: Any) -> str:
         """The one slice the chosen axis's slice view shows, as a ``slices`` range."""
-        from latentdrift import console
+        from latentdrift import panel_support
 
-        view = console.slice_node_showing(p.axis)
-        index = console.shown_slice_index(p.inputVolume, view, p.axis)
+        view = panel_support.slice_node_showing(p.axis)
+        index = panel_support.shown_slice_index(p.inputVolume, view, p.axis)
         return f"{index}:{index + 1}"
 
     def counterfactualSettings(self, p: Any, model: str, device: str, preview: bool) -> Any:
@@ -824,7 +824,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def showLossChart() -> Any:
         """A new, empty loss chart, shown ONCE in the layout's plot view (its rows are added as the job goes)."""
-        from latentdrift.console import loss_chart
+        from latentdrift.panel_support import loss_chart
 
         chart = loss_chart()
         slicer.modules.plots.logic().ShowChartInLayout(chart.chart_node)
@@ -923,12 +923,12 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
 
     def test_shown_slice_index(self) -> None:
         """The preview's slice is the one the axial view shows (its slice offset), as the engine counts it."""
-        from latentdrift import console
+        from latentdrift import panel_support
 
         node = self._syntheticVolume()
-        view = console.slice_node_showing("axial")
+        view = panel_support.slice_node_showing("axial")
         view.SetSliceOffset(3.0 + 2.0 * 5)  # origin k 3.0 mm, 2 mm apart: axial slice 5
-        self.assertEqual(console.shown_slice_index(node, view, "axial"), 5)
+        self.assertEqual(panel_support.shown_slice_index(node, view, "axial"), 5)
         self.delayDisplay("Test passed")
 
     def test_tiny_models(self) -> None:

@@ -10,7 +10,7 @@ import pytest
 import vtk
 from conftest import oblique_direction
 
-from latentdrift import console, errors
+from latentdrift import console, errors, panel_support
 from latentdrift.models import LDSEG_FORMAT
 from latentdrift.scene import SceneSession, find_nodes, load_volume_node, node_to_volume, volume_to_node
 from latentdrift.segmentation_file import SegmentClass, write_segmentation_file
@@ -198,14 +198,14 @@ def test_slice_index_at_ras_matches_the_engine_slicing(session, axis: str, rng: 
     voxels = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     volume = Volume(voxels, Geometry((0.7, 1.3, 2.5), (12.5, -30.25, 7.0), oblique_direction()), "grid")
     node = volume_to_node(session, volume, "grid")
-    count = console.slice_count(node, axis)
+    count = panel_support.slice_count(node, axis)
     assert count == extract_slices(volume, axis).count
     for k, j, i in rng.integers(0, shape, size=(5, 3)):
         ras = volume.geometry.ijk_to_ras() @ np.array([i, j, k, 1.0])
-        index = console.slice_index_at_ras(node, ras[:3], axis)
+        index = panel_support.slice_index_at_ras(node, ras[:3], axis)
         assert voxels[k, j, i] in extract_slices(volume, axis, f"{index}:{index + 1}").slices
     with pytest.raises(errors.SliceRangeError, match="crosshair"):
-        console.slice_index_at_ras(node, (1e4, 1e4, 1e4), axis)
+        panel_support.slice_index_at_ras(node, (1e4, 1e4, 1e4), axis)
 
 
 @pytest.mark.parametrize(
@@ -226,22 +226,22 @@ def test_the_preview_takes_the_slice_a_view_shows(session, axis: str, orientatio
         view.SetLayoutName(name)
         session.scene.AddNode(view)
         view.SetOrientation(shown)
-    view = console.slice_node_showing(axis, session)
+    view = panel_support.slice_node_showing(axis, session)
     assert view.GetOrientation() == orientation
-    count = console.slice_count(node, axis)
+    count = panel_support.slice_count(node, axis)
     for index in (0, 3, count - 1):
         stack = extract_slices(volume, axis, f"{index}:{index + 1}")
         k, j, i = np.argwhere(volume.voxels == stack.slices[0][2, 2])[0]
         point = volume.geometry.ijk_to_ras() @ np.array([i, j, k, 1.0])
         normal = np.array([view.GetSliceToRAS().GetElement(r, 2) for r in range(3)])
         view.SetSliceOffset(float(np.dot(point[:3], normal)))  # the plane through that voxel
-        assert console.shown_slice_index(node, view, axis) == index
+        assert panel_support.shown_slice_index(node, view, axis) == index
     view.SetSliceOffset(1e4)
     with pytest.raises(errors.SliceRangeError):
-        console.shown_slice_index(node, view, axis)
+        panel_support.shown_slice_index(node, view, axis)
     assert view.SetOrientation("Coronal" if orientation != "Coronal" else "Axial")
     with pytest.raises(errors.InputError, match=f"No slice view shows {axis} slices"):
-        console.slice_node_showing(axis, session)
+        panel_support.slice_node_showing(axis, session)
 
 
 def test_helpers_for_the_panel(tmp_path: Path) -> None:
@@ -249,17 +249,17 @@ def test_helpers_for_the_panel(tmp_path: Path) -> None:
     assert console.attributes_text(-1, "unknown", " ") == ""
     assert console.attributes_text(77.5, None, "MCI") == "age=77.5,dx=MCI"
 
-    report = console.start_info().wait(timeout=180)  # torch is imported in that process, not here
+    report = panel_support.start_info().wait(timeout=180)  # torch is imported in that process, not here
     assert report["python"] and any(device["name"] == "cpu" for device in report["devices"])
-    assert ("cpu", "cpu: " + report["devices"][-1]["description"]) in console.device_choices(report)
-    assert console.device_choices(None) == [("auto", "auto (best available)"), ("cpu", "cpu: CPU")]
+    assert ("cpu", "cpu: " + report["devices"][-1]["description"]) in panel_support.device_choices(report)
+    assert panel_support.device_choices(None) == [("auto", "auto (best available)"), ("cpu", "cpu: CPU")]
     report = {
         "devices": [
             {"name": "cuda:0", "description": "NVIDIA H200", "memory_gb": 139.8},
             {"name": "cpu", "description": "CPU (16 threads)", "memory_gb": None},
         ]
     }
-    assert console.device_choices(report)[1:] == [
+    assert panel_support.device_choices(report)[1:] == [
         ("cuda:0", "cuda:0: NVIDIA H200, 139.8 GB"),
         ("cpu", "cpu: CPU (16 threads)"),
     ]
@@ -268,13 +268,13 @@ def test_helpers_for_the_panel(tmp_path: Path) -> None:
     cohort.mkdir()
     for name in ("a.nrrd", "b.nii.gz", "notes.txt"):
         (cohort / name).write_text("x")
-    assert console.describe_cohort(cohort).startswith("2 volume file(s)")
+    assert panel_support.describe_cohort(cohort).startswith("2 volume file(s)")
     table = tmp_path / "cohort.csv"
     table.write_text("path,age\ncohort/a.nrrd,70\ncohort/missing.nrrd,71\n")
-    assert "2 row(s)" in console.describe_cohort(
+    assert "2 row(s)" in panel_support.describe_cohort(
         table
-    ) and "1 missing (first: cohort/missing.nrrd)" in console.describe_cohort(table)
-    assert "neither" in console.describe_cohort(tmp_path / "nothing")
+    ) and "1 missing (first: cohort/missing.nrrd)" in panel_support.describe_cohort(table)
+    assert "neither" in panel_support.describe_cohort(tmp_path / "nothing")
 
     models = tmp_path / "models"
     (models / "seg").mkdir(parents=True)
@@ -283,12 +283,12 @@ def test_helpers_for_the_panel(tmp_path: Path) -> None:
     (models / "editor" / "model_index.json").write_text(
         json.dumps({"_class_name": "StableDiffusionInstructPix2PixPipeline"})
     )
-    assert [path for _, path in console.model_choices(["ldseg"], [models]) if path.parent == models] == [
-        models / "seg"
-    ]
+    assert [
+        path for _, path in panel_support.model_choices(["ldseg"], [models]) if path.parent == models
+    ] == [models / "seg"]
     assert [
         path
-        for _, path in console.model_choices(["instruct-pix2pix"], [models / "editor"])
+        for _, path in panel_support.model_choices(["instruct-pix2pix"], [models / "editor"])
         if path.parent == models
     ] == [models / "editor"]
 
@@ -296,13 +296,13 @@ def test_helpers_for_the_panel(tmp_path: Path) -> None:
         """The panel's entries for a tab: from scratch, or the user's models (bundled ones left out)."""
         return [
             folder
-            for label, folder in console.panel_model_choices(tab, scheme, [models])
+            for label, folder in panel_support.panel_model_choices(tab, scheme, [models])
             if folder == "" or Path(folder).parent == models
         ]
 
     assert listed("segment") == [str(models / "seg")]
     assert listed("finetune", "ldseg") == ["", str(models / "seg")]  # a new model first
-    assert console.panel_model_choices("finetune", "ldseg", [])[0] == (console.FROM_SCRATCH, "")
+    assert panel_support.panel_model_choices("finetune", "ldseg", [])[0] == (panel_support.FROM_SCRATCH, "")
     for tab, scheme in (("counterfactual", ""), ("finetune", "lora"), ("finetune", "instruct-pix2pix")):
         assert listed(tab, scheme) == [str(models / "editor")]
 
@@ -331,7 +331,7 @@ def test_training_status_and_loss_chart(session, tmp_path: Path) -> None:
     with pytest.raises(errors.JobError, match="No process"):
         job.wait()
 
-    chart = console.loss_chart(session)
+    chart = panel_support.loss_chart(session)
     table = chart.table_node.GetTable()
     assert chart.append(lines[:2]) == 2 and chart.append(lines[2:]) == 1
     assert table is chart.table_node.GetTable() and table.GetNumberOfRows() == 3  # grown, not rebuilt
@@ -339,7 +339,7 @@ def test_training_status_and_loss_chart(session, tmp_path: Path) -> None:
     assert [table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())] == pytest.approx(
         [0.9, 0.6]
     )
-    again = console.loss_chart(session)
+    again = panel_support.loss_chart(session)
     assert (
         again.chart_node.GetID() == chart.chart_node.GetID()
         and again.table_node.GetTable().GetNumberOfRows() == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from latentdrift import console
+from latentdrift import console, panel_support
 from latentdrift.errors import ModelError, ParameterError
 from latentdrift.models import DEFAULT_MODELS, choose_model, default_model, find_default
 from latentdrift.train.config import FinetuneConfig
@@ -28,7 +28,7 @@ def test_every_task_has_its_default_in_front_of_the_registry(tiny_defaults: Path
         entry = default_model(task)
         assert entry.path == tiny_defaults / name and entry.kind in DEFAULT_MODELS[task].kinds
         assert choose_model(None, task) == entry == find_default(task)
-        assert console.default_model_folder(task) == tiny_defaults / name
+        assert panel_support.default_model_folder(task) == tiny_defaults / name
     assert choose_model(tiny_defaults / "brain-mri-sd", "img2img").name == "brain-mri-sd"
     with pytest.raises(ModelError, match="this task needs: instruct-pix2pix"):
         choose_model(tiny_defaults / "brain-mri-sd", "instruct")
@@ -36,7 +36,7 @@ def test_every_task_has_its_default_in_front_of_the_registry(tiny_defaults: Path
 
 def test_missing_defaults_are_refused_with_how_to_get_them(no_models: Path) -> None:
     for task in DEFAULT_MODELS:
-        assert find_default(task) is None and console.default_model_folder(task) is None
+        assert find_default(task) is None and panel_support.default_model_folder(task) is None
     with pytest.raises(ModelError) as caught:
         default_model("instruct")
     message = str(caught.value)
@@ -65,7 +65,7 @@ def test_registry_copies_count_and_a_wrong_kind_is_refused(
     assert default_model("generate").path == found
     with pytest.raises(ModelError, match="'brain-mri-instruct' is a stable-diffusion model"):
         default_model("instruct")
-    assert console.default_model_folder("instruct") is None  # a selector simply preselects nothing
+    assert panel_support.default_model_folder("instruct") is None  # a selector simply preselects nothing
 
 
 def test_fine_tuning_starts_from_the_default_base_model_first(
@@ -110,7 +110,7 @@ def test_the_self_tests_models_are_an_ldseg_model_and_an_instruct_editor(tmp_pat
     folder = build_self_test_models(tmp_path / "models")
     assert model_kind(folder / "ldseg") == "ldseg"
     assert model_kind(folder / "instruct") == "instruct-pix2pix"
-    assert console.panel_model_choices("segment", "", [folder])[-1] == (
+    assert panel_support.panel_model_choices("segment", "", [folder])[-1] == (
         "ldseg (" + str(folder) + ")",
         str(folder / "ldseg"),
     )

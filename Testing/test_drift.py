@@ -19,6 +19,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from latentdrift.delta import parse_drift, validate_drift
 from latentdrift.drift import (
     DriftCallback,
     apply_drift,
@@ -29,7 +30,6 @@ from latentdrift.drift import (
     inversion_start,
 )
 from latentdrift.errors import ParameterError
-from latentdrift.settings import parse_drift, validate_drift
 from latentdrift.tiny_models import build_tiny_sd, tiny_scheduler
 
 STEPS = 4

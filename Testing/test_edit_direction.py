@@ -16,6 +16,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
+from latentdrift.delta import Drift
 from latentdrift.drift import DriftCallback
 from latentdrift.edit import (
     EditSettings,
@@ -28,7 +29,6 @@ from latentdrift.edit import (
 )
 from latentdrift.edit.run import slices_to_pixels
 from latentdrift.prompts import Attributes, PromptOptions
-from latentdrift.settings import Drift
 from latentdrift.tiny_models import build_tiny_sd
 
 SIZE = 32

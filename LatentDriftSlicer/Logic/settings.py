@@ -22,7 +22,6 @@ others where it uses them (a :class:`~.errors.ParameterError` says what is wrong
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
@@ -30,13 +29,11 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, ClassVar, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
+from .delta import Drift, parse_drift, validate_drift
 from .errors import ParameterError, SliceRangeError, UnreadableFileError
 from .models import DEFAULT_MODELS
 from .modes import DEFAULT_EDIT, GENERATE, REGISTRY, EditMode, edit_mode, volume_edit_names
 from .prompts import Attributes, PromptOptions
-
-Drift = float | tuple[float, ...]
-"""Latent Drift δ: one number, or one per latent channel (see :mod:`latentdrift.drift`)."""
 
 Axis = Literal["axial", "coronal", "sagittal"]
 AXES: tuple[Axis, ...] = ("axial", "coronal", "sagittal")
@@ -150,48 +147,9 @@ REFERENCE_HELP = (
 )
 
 
-# --------------------------------------------------------------------------- Latent Drift δ
-
-
-def parse_drift(text: str) -> Drift:
-    """``"0.05"`` → 0.05; ``"0.05,0,0,-0.02"`` → a per-channel drift (one value per latent channel)."""
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise ParameterError(
-            f"Cannot read drift '{text}': give one number (e.g. 0.05) or one per latent channel "
-            "separated by commas (e.g. 0.05,0,0,-0.02)."
-        ) from None
-    return values[0] if len(values) == 1 else values
-
-
 MAX_RESOLUTION = 2048
 """The largest slice side (pixels) a model may work or be trained at: beyond it a model config or an option
 is taken for a mistake (a UNet ``sample_size`` of 3000 computed for minutes, 100000 asked for 596 GiB)."""
-
-DRIFT_LIMIT = 1.0
-"""The largest |δ| accepted, five times the paper's range (−0.2 … 0.2): far beyond it every latent is pushed
-out of the VAE's range at each step, and a counterfactual comes out identical to its factual edit."""
-
-
-def validate_drift(delta: Drift, channels: int | None = None) -> None:
-    """Raise :class:`ParameterError` unless δ is finite, within ±:data:`DRIFT_LIMIT` and (per-channel) has
-    ``channels`` values."""
-    values = (delta,) if isinstance(delta, int | float) else tuple(delta)
-    if not values or not all(math.isfinite(value) for value in values):
-        raise ParameterError(
-            f"Drift {delta} is not a finite number: use e.g. 0.05 (the paper uses -0.2 to 0.2)."
-        )
-    if any(abs(value) > DRIFT_LIMIT for value in values):
-        raise ParameterError(
-            f"Drift {delta} is outside -{DRIFT_LIMIT:g} to {DRIFT_LIMIT:g}: use e.g. 0.05 "
-            "(the paper uses -0.2 to 0.2; far larger drifts leave the image unchanged)."
-        )
-    if len(values) > 1 and channels is not None and len(values) != channels:
-        raise ParameterError(
-            f"Per-channel drift has {len(values)} values but the model's latents have {channels} channels: "
-            f"give {channels} values or a single number."
-        )
 
 
 def check_seed(seed: int) -> None:

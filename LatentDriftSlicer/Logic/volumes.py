@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -411,6 +412,34 @@ class SliceStack:
     def count(self) -> int:
         """Number of slices in the stack."""
         return len(self.indices)
+
+
+def slice_index_at(
+    geometry: Geometry, shape: tuple[int, int, int], ras: Sequence[float] | np.ndarray, axis: Axis
+) -> int | None:
+    """The index (as ``--slices`` counts along ``axis``) of the slice of a ``[k, j, i]`` grid through RAS
+    point ``ras`` (e.g. the crosshair); None when the point lies outside the grid along ``axis``."""
+    layout = slice_layout(geometry, axis)
+    ijk = np.linalg.inv(geometry.ijk_to_ras()) @ np.array([*ras[:3], 1.0])
+    array_axis = layout.permutation[0]  # voxels are [k, j, i]: array axis a is voxel axis 2 - a
+    size = shape[array_axis]
+    index = int(np.floor(ijk[2 - array_axis] + 0.5))
+    if layout.flips[0]:
+        index = size - 1 - index
+    return index if 0 <= index < size else None
+
+
+def plane_point_through_centre(
+    geometry: Geometry, shape: tuple[int, int, int], slice_to_ras: np.ndarray
+) -> np.ndarray:
+    """Where the line through the centre of a ``[k, j, i]`` grid, along the normal of a slice view's plane,
+    meets that plane: RAS ``(3,)``. ``slice_to_ras`` ``(4, 4)`` is the view's SliceToRAS (its third
+    column the plane's normal, its fourth a point of the plane); the slice through this point is the
+    one the view shows, also when the view is panned or the grid is oblique."""
+    normal, origin = slice_to_ras[:3, 2], slice_to_ras[:3, 3]
+    k, j, i = shape
+    centre = (geometry.ijk_to_ras() @ np.array([(i - 1) / 2, (j - 1) / 2, (k - 1) / 2, 1.0]))[:3]
+    return centre - normal * float(np.dot(centre - origin, normal) / np.dot(normal, normal))
 
 
 def extract_slices(

@@ -18,15 +18,17 @@ the reconstruction's) and the noise regularisation of its inversion. With no dir
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionPipeline
 
 from ..drift import DriftCallback, inversion_start
 from ..prompts import Attributes, PromptOptions, paraphrases
-from ..settings import EditSettings
 from .loading import PipelineBundle
+
+if TYPE_CHECKING:
+    from ..settings import EditSettings
 
 
 def encode_prompts(pipeline: Any, prompts: list[str]) -> torch.Tensor:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..drift import DriftCallback, drifted_start
-from ..settings import EditSettings
 from .loading import PipelineBundle
+
+if TYPE_CHECKING:
+    from ..settings import EditSettings
 
 BatchKwargs = Callable[[Any, list[int]], dict[str, Any]]
 
