@@ -23,7 +23,7 @@ from ..ldseg import (
 )
 from ..model_cards import ldseg_training_card
 from ..models import choose_model, resolve_model
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, TrainingCallback, TrainingEvent
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
 from ..scene import SEGMENT_ROLES
@@ -162,6 +162,7 @@ def train_segmentation_model(
     progress: ProgressCallback | None = None,
     card_notes: str = "",
     start_from: str | Path | None = None,
+    on_event: TrainingCallback | None = None,
 ) -> dict:
     """``latentdrift train-ldseg``: image/label volume pairs → an LDSeg model folder.
 
@@ -169,7 +170,9 @@ def train_segmentation_model(
     ``settings.checkpoint_dir`` (resumable). The model folder (``config.json``, ``model.safetensors``,
     ``MODEL_CARD.md``, ``training.json``) appears only when training finishes. ``start_from`` (a model
     name or folder) fine-tunes that model: training starts from its weights, and ``config`` None takes
-    its config (classes, architecture, sampler).
+    its config (classes, architecture, sampler). ``progress`` gets ``(step, steps, "training")``;
+    ``on_event`` every :data:`~latentdrift.progress.TrainingEvent` of the run (steps with their loss,
+    epochs, checkpoints), e.g. a job's status lines.
     """
     initial = load_ldseg_model(resolve_model(start_from, ("ldseg",)).path) if start_from is not None else None
     if config is None:
@@ -187,7 +190,9 @@ def train_segmentation_model(
         inputs["start_from"] = str(start_from)
     with ResultFolder(output, "train-ldseg", inputs, settings=asdict(settings)) as result:
 
-        def report(event: dict) -> None:
+        def report(event: TrainingEvent) -> None:
+            if on_event is not None:
+                on_event(event)
             if progress is not None and event.get("kind") == "step":
                 progress(int(event["step"]), int(event["steps"]), "training")
 
