@@ -1,4 +1,4 @@
-"""``latentdrift segment`` and ``latentdrift train-ldseg``: LDSeg on volume files."""
+"""``latentdrift segment`` (any registered segmentation model) and ``latentdrift train-ldseg`` on volume files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..devices import resolve_device
 from ..errors import ModelError, ParameterError
 from ..frontend.tasks import segment_head
 from ..ldseg import (
@@ -30,6 +29,7 @@ from ..scene import SEGMENT_ROLES
 from ..segmentation import VolumeSegmentation, intensity_statistics
 from ..segmentation_data import find_pairs, load_training_slices, split_by_subject
 from ..segmentation_file import SegmentClass, write_segmentation_file
+from ..segmenters import InputSpec, load_segmenter
 from ..settings import SCENE_DEFAULT, SceneChoice, SegmentSettings
 from ..volumes import Volume, extract_slices, read_volume, write_volume
 from .common import SceneLayer, outputs_of, record_front_end, scene_wanted, write_scene
@@ -63,11 +63,11 @@ def segment_file(
     with_scene = scene_wanted(scene)
     inputs = {"volume": str(input_path), "model": str(entry.path)}
     with ResultFolder(output, "segment", inputs, settings=asdict(settings), model=entry.name) as result:
-        model = load_ldseg_model(entry.path, resolve_device(settings.device))
+        segmenter = load_segmenter(entry.path, settings.device)
         volume = read_volume(input_path)
-        segmentation, prepared = segment_head(volume, model, settings, progress, head)
+        segmentation, prepared = segment_head(volume, segmenter, settings, progress, head)
         warnings = record_front_end(result, prepared)
-        classes = segment_classes(model.config)
+        classes = segment_classes(segmenter.spec)
         write_segmentation_file(
             segmentation.labels, classes, result.path("segmentation", "segmentation.seg.nrrd")
         )
@@ -95,11 +95,11 @@ def segment_file(
     return result.summary()
 
 
-def segment_classes(config: LDSegConfig) -> list[SegmentClass]:
+def segment_classes(spec: InputSpec) -> list[SegmentClass]:
     """The segments of a model's label values: every class but the background (0), colours in [0, 1]."""
     return [
         SegmentClass(index, c.name, tuple(v / 255.0 for v in c.color), c.terminology)  # type: ignore[arg-type]
-        for index, c in enumerate(config.classes)
+        for index, c in enumerate(spec.classes)
         if index > 0
     ]
 
