@@ -8,9 +8,9 @@ when a model is loaded, not before: the panel recognises folders through this ki
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from ..model_formats import LDSEG_FORMAT
 from .spec import InputSpec, SlicePrediction
@@ -20,20 +20,13 @@ if TYPE_CHECKING:
 
     from ..ldseg.network import LDSegConfig, LDSegNetwork
     from ..progress import CountCallback
-    from ..settings import Axis, SegmentSettings
+    from ..settings import SegmentSettings
 
 
 def ldseg_input_spec(config: LDSegConfig) -> InputSpec:
-    """The input conventions and classes an LDSeg ``config`` declares."""
+    """The input conventions and classes an LDSeg ``config`` declares: its fields of the spec's names."""
     return InputSpec(
-        axis=cast("Axis", config.axis),
-        image_size=config.image_size,
-        classes=config.classes,
-        spatial_dims=config.spatial_dims,
-        intensity_percentiles=config.intensity_percentiles,
-        intensity_range=config.intensity_range,
-        intensity_reference=config.intensity_reference,
-        input=config.input,
+        **{spec_field.name: getattr(config, spec_field.name) for spec_field in fields(InputSpec)}
     )
 
 
