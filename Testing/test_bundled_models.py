@@ -12,6 +12,7 @@ from monai.metrics import compute_dice
 from latentdrift.ldseg import load_ldseg_model
 from latentdrift.models import list_models, resolve_model
 from latentdrift.segmentation import SegmentSettings, segment_volume
+from latentdrift.segmenters.ldseg import LDSegSegmenter
 from latentdrift.synthetic import brain_tissue_template
 
 LDSEG = "brain-tissue-ldseg"
@@ -45,7 +46,9 @@ def test_bundled_model_segments_the_sample_brain() -> None:
     """A few axial slices of the MNI152 template (the source of the synthetic training subjects)."""
     image, labels = brain_tissue_template()
     model = load_ldseg_model(resolve_model(LDSEG, ("ldseg",)).path)
-    result = segment_volume(image, model, SegmentSettings(samples=2, steps=5, slices="85:88", device="cpu"))
+    result = segment_volume(
+        image, LDSegSegmenter(model), SegmentSettings(samples=2, steps=5, slices="85:88", device="cpu")
+    )
     inside = slice(85, 88)
     predicted = torch.from_numpy(np.eye(4)[result.labels.voxels[inside]].transpose(3, 0, 1, 2)[None])
     expected = torch.from_numpy(np.eye(4)[labels.voxels[inside]].transpose(3, 0, 1, 2)[None])

@@ -11,7 +11,7 @@ import vtk
 from conftest import oblique_direction
 
 from latentdrift import console, errors, panel_support
-from latentdrift.models import LDSEG_FORMAT
+from latentdrift.model_formats import LDSEG_FORMAT
 from latentdrift.scene import SceneSession, find_nodes, load_volume_node, node_to_volume, volume_to_node
 from latentdrift.segmentation_file import SegmentClass, write_segmentation_file
 from latentdrift.settings import SegmentSettings, counterfactual_settings

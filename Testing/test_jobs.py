@@ -347,11 +347,6 @@ def test_batch_segment_skips_bad_rows_and_finished_subjects(tmp_path: Path, caps
     assert sorted(again["already_done"]) == ["a_1", "b_1"] and again["done"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workflows.segment.train_segmentation_model passes on only (step, steps) of LDSeg's training "
-    "events, not the loss (the switch to TrainingEvent is pending in that module)",
-)
 def test_an_ldseg_job_reports_its_loss_for_the_loss_chart(tmp_path: Path) -> None:
     config = quick_config(
         _segmentation_cohort(tmp_path),

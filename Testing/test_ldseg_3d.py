@@ -30,6 +30,7 @@ from latentdrift.ldseg.augment import augment_batch
 from latentdrift.resampling import VolumeResizer
 from latentdrift.segmentation import SegmentSettings, segment_volume
 from latentdrift.segmentation_data import VolumePair, load_training_slices, pair_volume
+from latentdrift.segmenters.ldseg import LDSegSegmenter
 from latentdrift.volumes import Geometry, Volume, read_volume, write_volume
 
 SIZE = 16
@@ -237,8 +238,8 @@ def test_segment_volume_returns_results_on_an_oblique_input_grid(oblique_nifti: 
     torch.manual_seed(0)
     model = LDSegNetwork(CONFIG).eval()
     settings = SegmentSettings(samples=2, steps=2, device="cpu")
-    result = segment_volume(volume, model, settings)
-    again = segment_volume(volume, model, settings)
+    result = segment_volume(volume, LDSegSegmenter(model), settings)
+    again = segment_volume(volume, LDSegSegmenter(model), settings)
     for output in (result.labels, result.entropy):
         assert output.voxels.shape == volume.voxels.shape and output.geometry.is_close(volume.geometry, TOL)
     assert result.probabilities.shape == (2, *volume.voxels.shape)

@@ -1,8 +1,9 @@
 """The model registry: bundled default models plus the user's own model folders.
 
-A model is a folder. Two kinds are recognised without loading any weights:
+A model is a folder. Its kind is recognised without loading any weights:
 
-* ``ldseg``: an LDSeg segmentation model (``config.json`` with ``"format": "latentdrift-ldseg"``);
+* a segmentation model of a kind in :mod:`latentdrift.segmenters` (``ldseg``: ``config.json`` with
+  ``"format": "latentdrift-ldseg"``), which the ``segment`` task accepts;
 * ``stable-diffusion`` / ``instruct-pix2pix``: a diffusers-format pipeline folder (``model_index.json``).
 
 Folders are searched in: the bundled ``bundled_models/`` inside the engine, every folder listed in the
@@ -24,9 +25,8 @@ from pathlib import Path
 
 from .errors import ModelError, ParameterError
 from .modes import REGISTRY
+from .segmenters import segmenter_kind, segmenter_kinds
 
-LDSEG_FORMAT = "latentdrift-ldseg"
-"""The ``format`` value of an LDSeg model's config.json (written by :mod:`latentdrift.ldseg.model_io`)."""
 BUNDLED_MODELS = Path(__file__).resolve().parent / "bundled_models"
 USER_MODELS = Path.home() / ".latentdrift" / "models"
 DEFAULT_MODELS_ENV = "LATENTDRIFT_DEFAULT_MODELS"
@@ -50,7 +50,7 @@ def search_folders() -> list[Path]:
 
 
 def model_kind(folder: Path) -> str | None:
-    """``ldseg``, ``stable-diffusion``, ``instruct-pix2pix`` or None when ``folder`` is not a model."""
+    """``stable-diffusion``, ``instruct-pix2pix``, a segmentation kind (``ldseg``…) or None when ``folder`` is not a model."""
     index = folder / "model_index.json"
     if index.is_file():
         try:
@@ -58,13 +58,7 @@ def model_kind(folder: Path) -> str | None:
         except (OSError, json.JSONDecodeError):
             return None
         return "instruct-pix2pix" if "InstructPix2Pix" in pipeline else "stable-diffusion"
-    config = folder / "config.json"
-    if config.is_file():
-        try:
-            return "ldseg" if json.loads(config.read_text()).get("format") == LDSEG_FORMAT else None
-        except (OSError, json.JSONDecodeError):
-            return None
-    return None
+    return segmenter_kind(folder)
 
 
 def list_models() -> list[ModelEntry]:
@@ -137,7 +131,7 @@ DEFAULT_MODELS: dict[str, DefaultModel] = {
         for mode in REGISTRY.values()
     },
     "segment": DefaultModel(
-        "brain-tissue-ldseg", ("ldseg",), "train it with `python scripts/train_default_ldseg.py`"
+        "brain-tissue-ldseg", segmenter_kinds(), "train it with `python scripts/train_default_ldseg.py`"
     ),
     "finetune": DefaultModel("mini-sd-natural", ("stable-diffusion", "instruct-pix2pix"), _GENERATIVE_REMEDY),
 }

@@ -153,12 +153,16 @@ def panel_model_choices(
 ) -> list[tuple[str, str]]:
     """The panel's model list for a tab, ``(label, folder)`` (see :func:`model_choices`).
 
-    ``tab``: ``counterfactual``, ``segment`` or ``finetune``. Segment lists LDSeg models; Fine-tune with
-    the ``ldseg`` scheme lists :data:`FROM_SCRATCH` (folder '') and then the LDSeg models it can
-    fine-tune; every other case lists diffusion models (InstructPix2Pix and Stable Diffusion).
+    ``tab``: ``counterfactual``, ``segment`` or ``finetune``. Segment lists the models of every
+    segmentation kind (:mod:`latentdrift.segmenters`); Fine-tune with the ``ldseg`` scheme lists
+    :data:`FROM_SCRATCH` (folder '') and then the LDSeg models it can fine-tune; every other case lists
+    diffusion models (InstructPix2Pix and Stable Diffusion).
     """
+    from .segmenters import segmenter_kinds
+
     trains_ldseg = tab == "finetune" and scheme == "ldseg"
-    kinds = ("ldseg",) if tab == "segment" or trains_ldseg else ("instruct-pix2pix", "stable-diffusion")
+    diffusion = ("instruct-pix2pix", "stable-diffusion")
+    kinds = segmenter_kinds() if tab == "segment" else ("ldseg",) if trains_ldseg else diffusion
     choices = [(label, str(folder)) for label, folder in model_choices(kinds, extra_folders)]
     return [(FROM_SCRATCH, ""), *choices] if trains_ldseg else choices
 

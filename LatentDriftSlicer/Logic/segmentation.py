@@ -1,12 +1,14 @@
-"""LDSeg on whole volumes: slice, normalise, resample, sample, and put the results back on the input grid.
+"""Segmentation of whole volumes: slice, normalise, resample, predict, and put the results back on the input grid.
 
 ``segment_volume`` is the engine call behind ``latentdrift segment``, the Slicer panel and the console:
-a :class:`~.volumes.Volume` in, a :class:`VolumeSegmentation` (labels, entropy, class probabilities on
-the input's exact geometry) out. Slices outside the requested range get label 0 and entropy 0.
+a :class:`~.volumes.Volume` and any :class:`~.segmenters.Segmenter` (LDSeg, or another registered kind)
+in, a :class:`VolumeSegmentation` (labels, entropy, class probabilities on the input's exact geometry)
+out. The model's :class:`~.segmenters.InputSpec` says how its input is prepared. Slices outside the
+requested range get label 0 and entropy 0.
 
-3D models (``config.spatial_dims == 3``) take the same path with one difference: instead of resizing
-each slice, the whole slice stack (display-oriented along ``config.axis``) is padded to a cube field of
-view and resampled to ``image_size³`` (:class:`~.resampling.VolumeResizer`), sampled as one volume, and
+3D models (``spec.spatial_dims == 3``) take the same path with one difference: instead of resizing
+each slice, the whole slice stack (display-oriented along ``spec.axis``) is padded to a cube field of
+view and resampled to ``image_size³`` (:class:`~.resampling.VolumeResizer`), predicted as one volume, and
 the results are resampled back onto the stack and reassembled on the input grid.
 """
 
@@ -15,15 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 import numpy as np
 
-from .devices import resolve_device
 from .errors import ParameterError
-from .ldseg import LDSegConfig, LDSegNetwork, segment_slices
 from .progress import ProgressCallback
 from .resampling import SliceResizer, VolumeResizer
+from .segmenters import InputSpec, Segmenter
 from .settings import Axis, SegmentSettings
 from .volumes import FOREGROUND_MARGIN, SliceStack, Volume, nonempty_slices, reassemble, windowed_slices
 
@@ -32,7 +32,7 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VolumeSegmentation:
-    """LDSeg results on the input grid.
+    """Segmentation results on the input grid.
 
     ``labels``: uint8 class per voxel (0 = background); ``entropy``: float32 normalised predictive
     entropy in [0, 1]; ``probabilities``: float32 ``[C, k, j, i]`` mean class probabilities;
@@ -51,77 +51,68 @@ class VolumeSegmentation:
 SlicePredictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """Model-range slices ``(n, 1, S, S)`` → (class probabilities ``(n, C, S, S)``, entropy ``(n, S, S)`` in [0, 1]).
 
-For 3D configs the input is one volume ``(1, 1, S, S, S)`` and the outputs ``(1, C, S, S, S)``, ``(1, S, S, S)``.
+For 3D specs the input is one volume ``(1, 1, S, S, S)`` and the outputs ``(1, C, S, S, S)``, ``(1, S, S, S)``.
 """
 
 
 def segment_volume(
-    volume: Volume, model: LDSegNetwork, settings: SegmentSettings, progress: ProgressCallback | None = None
+    volume: Volume, segmenter: Segmenter, settings: SegmentSettings, progress: ProgressCallback | None = None
 ) -> VolumeSegmentation:
-    """Segment ``volume`` slice by slice (3D models: as one volume) with an LDSeg ``model``; see the module docstring."""
-    axis = settings.axis or model.config.axis
-    if axis != model.config.axis:
+    """Segment ``volume`` slice by slice (3D models: as one volume) with ``segmenter``; see the module docstring."""
+    spec = segmenter.spec
+    axis = settings.axis or spec.axis
+    if axis != spec.axis:
         raise ParameterError(
-            f"This model was trained on {model.config.axis} slices; segmenting {axis} slices would give wrong "
-            f"results. Use --axis {model.config.axis} (or a model trained on {axis} slices)."
+            f"This model was trained on {spec.axis} slices; segmenting {axis} slices would give wrong "
+            f"results. Use --axis {spec.axis} (or a model trained on {axis} slices)."
         )
 
     def predict(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = segment_slices(
-            model,
-            images,
-            samples=settings.samples,
-            steps=settings.steps,
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-            device=resolve_device(settings.device),
-            on_progress=(lambda done, total: progress(done, total, "segmenting")) if progress else None,
-            workers=settings.workers,
-        )
+        on_progress = (lambda done, total: progress(done, total, "segmenting")) if progress else None
+        result = segmenter.predict(images, settings, on_progress)
         return result.probabilities, result.entropy
 
-    return segment_volume_with(volume, model.config, settings.slices, predict)
+    return segment_volume_with(volume, spec, settings.slices, predict)
 
 
 def segment_volume_with(
-    volume: Volume, config: LDSegConfig, slices: str | None, predict: SlicePredictor
+    volume: Volume, spec: InputSpec, slices: str | None, predict: SlicePredictor
 ) -> VolumeSegmentation:
-    """The volume pipeline around any slice predictor that follows ``config``'s input conventions.
+    """The volume pipeline around any slice predictor that follows ``spec``'s input conventions.
 
-    Window (``config.intensity_percentiles`` → ``config.intensity_range``), cut along ``config.axis``,
-    pad and resize to ``config.image_size``, ``predict``, resize back, renormalise the probabilities and
-    reassemble onto the input grid. Used by LDSeg and by the benchmarks' deterministic baseline.
-    With ``config.spatial_dims == 3`` the whole stack is resampled to one ``image_size³`` volume.
+    Window (``spec.intensity_percentiles`` → ``spec.intensity_range``), cut along ``spec.axis``,
+    pad and resize to ``spec.image_size``, ``predict``, resize back, renormalise the probabilities and
+    reassemble onto the input grid. Used by every :class:`~.segmenters.Segmenter` and by the
+    benchmarks' deterministic baseline. With ``spec.spatial_dims == 3`` the whole stack is resampled
+    to one ``image_size³`` volume.
     """
-    cut = windowed_slices(
-        volume, cast(Axis, config.axis), slices, config.intensity_percentiles, config.intensity_range
-    )
+    cut = windowed_slices(volume, spec.axis, slices, spec.intensity_percentiles, spec.intensity_range)
     stack = cut.stack
-    to_model, from_model = stack_resampling(stack, config)
-    background = config.intensity_range[0]
+    to_model, from_model = stack_resampling(stack, spec)
+    background = spec.intensity_range[0]
     images = to_model(cut.windowed, background)
-    warnings = intensity_warnings(intensity_statistics(images, background), config.intensity_reference)
+    warnings = intensity_warnings(intensity_statistics(images, background), spec.intensity_reference)
     model_probabilities, model_entropy = predict(images)
     probabilities = np.clip(from_model(model_probabilities), 0.0, 1.0)
     probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
     entropy = np.clip(from_model(model_entropy), 0.0, 1.0)
-    return _on_input_grid(volume, stack, probabilities, entropy, config, warnings)
+    return _on_input_grid(volume, stack, probabilities, entropy, spec, warnings)
 
 
 def stack_resampling(
-    stack: SliceStack, config: LDSegConfig
+    stack: SliceStack, spec: InputSpec
 ) -> tuple[Callable[[np.ndarray, float], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-    """(to model, from model) for a slice stack at ``config``'s resolution and dimensionality.
+    """(to model, from model) for a slice stack at ``spec``'s resolution and dimensionality.
 
     2D: ``to_model(slices [n, rows, cols], background)`` → images ``(n, 1, S, S)``; ``from_model`` maps
     ``(n, [C,] S, S)`` → ``(n, [C,] rows, cols)``. 3D: the whole stack → one volume ``(1, 1, S, S, S)``
     (:class:`~.resampling.VolumeResizer`); ``from_model`` maps ``(1, [C,] S, S, S)`` → ``(n, [C,] rows, cols)``,
     the same stack-first layout as 2D.
     """
-    if config.spatial_dims == 2:
-        resizer = SliceResizer(stack.slices.shape[1:], stack.layout.pixel_spacing, config.image_size)
+    if spec.spatial_dims == 2:
+        resizer = SliceResizer(stack.slices.shape[1:], stack.layout.pixel_spacing, spec.image_size)
         return (lambda slices, background: resizer.to_model(slices, background)[:, None]), resizer.from_model
-    cube = VolumeResizer(stack.slices.shape, stack.layout.spacing, config.image_size)
+    cube = VolumeResizer(stack.slices.shape, stack.layout.spacing, spec.image_size)
 
     def from_model(volumes: np.ndarray) -> np.ndarray:
         resized = cube.from_model(volumes[0])  # ([C,] n, rows, cols)
@@ -135,7 +126,7 @@ def _on_input_grid(
     stack: SliceStack,
     probabilities: np.ndarray,
     entropy: np.ndarray,
-    config: LDSegConfig,
+    spec: InputSpec,
     warnings: list[str],
 ) -> VolumeSegmentation:
     """Slice-stack results (``[n, C, rows, cols]``, ``[n, rows, cols]``) → volumes on the input grid."""
@@ -149,7 +140,7 @@ def _on_input_grid(
     labels = full_probabilities.argmax(axis=0).astype(np.uint8)
     entropy_volume = reassemble(entropy.astype(np.float32), stack, volume, fill=0.0)
     return assemble_segmentation(
-        volume, labels, entropy_volume, full_probabilities, config.class_names, stack, warnings
+        volume, labels, entropy_volume, full_probabilities, spec.class_names, stack, warnings
     )
 
 

@@ -37,6 +37,7 @@ from latentdrift.ldseg.sampler import describe_sampling  # noqa: E402
 from latentdrift.models import resolve_model  # noqa: E402
 from latentdrift.segmentation import SegmentSettings, segment_volume  # noqa: E402
 from latentdrift.segmentation_data import VolumePair, split_by_subject  # noqa: E402
+from latentdrift.segmenters.ldseg import LDSegSegmenter  # noqa: E402
 from latentdrift.synthetic import synthetic_subject  # noqa: E402
 
 TRAINING_SUBJECTS = 30  # scripts/train_default_ldseg.py --subjects
@@ -66,7 +67,7 @@ def evaluate(model, data, steps: int, first_timestep: int | None, mirror: bool =
     dice, auroc, seconds = [], [], []
     for image, truth in data:
         started = time.perf_counter()
-        result = segment_volume(image, model, settings)
+        result = segment_volume(image, LDSegSegmenter(model), settings)
         seconds.append(time.perf_counter() - started)
         scores = accuracy(result, truth, model.config.num_classes)
         dice.append(float(np.nanmean(list(scores["dice"].values()))))

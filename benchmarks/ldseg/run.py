@@ -54,6 +54,7 @@ from latentdrift.ldseg.uncertainty import segment_slices  # noqa: E402
 from latentdrift.models import resolve_model  # noqa: E402
 from latentdrift.segmentation import SegmentSettings, VolumeSegmentation, segment_volume, segment_volume_with  # noqa: E402
 from latentdrift.segmentation_data import pair_slices  # noqa: E402
+from latentdrift.segmenters.ldseg import LDSegSegmenter, ldseg_input_spec  # noqa: E402
 from latentdrift.synthetic import TISSUE_NAMES, synthetic_subject  # noqa: E402
 from latentdrift.volumes import Volume  # noqa: E402
 
@@ -144,7 +145,7 @@ def autoencoder_ceiling(model: LDSegNetwork, data: list[tuple[Volume, Volume]]) 
             probabilities = torch.cat([torch.softmax(model.label_decoder(z), dim=1) for z in latents]).numpy()
             return probabilities, np.zeros((len(images), *images.shape[2:]), np.float32)
 
-        result = segment_volume_with(image, model.config, None, reconstruct)
+        result = segment_volume_with(image, ldseg_input_spec(model.config), None, reconstruct)
         per_subject.append(dice_per_class(result.labels.voxels, truth.voxels, classes))
     per_class = np.nanmean(np.asarray(per_subject), axis=0)
     return {
@@ -290,7 +291,7 @@ def main() -> int:
     per_subject, seconds = [], []
     for image, truth in data:
         started = time.perf_counter()
-        result = segment_volume(image, model, settings)
+        result = segment_volume(image, LDSegSegmenter(model), settings)
         seconds.append(time.perf_counter() - started)
         per_subject.append(accuracy(result, truth, classes))
         print(json.dumps(per_subject[-1]), flush=True)
@@ -302,8 +303,10 @@ def main() -> int:
         scores = {"ldseg": [], "unet": []}
         for index, (image, truth) in enumerate(noise_subjects):
             noisy = with_noise(image, sigma, seed=index)
-            scores["ldseg"].append(mean_dice(segment_volume(noisy, model, settings), truth, classes))
-            baseline = segment_volume_with(noisy, model.config, None, unet_predictor(unet))
+            scores["ldseg"].append(
+                mean_dice(segment_volume(noisy, LDSegSegmenter(model), settings), truth, classes)
+            )
+            baseline = segment_volume_with(noisy, ldseg_input_spec(model.config), None, unet_predictor(unet))
             scores["unet"].append(mean_dice(baseline, truth, classes))
         for name, values in scores.items():
             robustness[name][str(sigma)] = float(np.mean(values))

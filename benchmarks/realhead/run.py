@@ -44,11 +44,11 @@ from latentdrift import __version__
 from latentdrift.edit import load_bundle
 from latentdrift.frontend.head import PreparedHead
 from latentdrift.frontend.tasks import counterfactual_head, segment_head
-from latentdrift.ldseg.model_io import load_ldseg_model
 from latentdrift.models import default_model
 from latentdrift.prompts import Attributes
 from latentdrift.sample_data import robex_brain_mask_path, robex_head_path
 from latentdrift.segmentation import VolumeSegmentation
+from latentdrift.segmenters import load_segmenter
 from latentdrift.settings import CounterfactualSettings, DemoSettings, FrontEndSettings, SegmentSettings
 from latentdrift.synthetic import SubjectSettings, brain_tissue_template, synthetic_head, synthetic_subject
 from latentdrift.volumes import Volume, read_volume, resample_volume, volume_to_sitk
@@ -88,7 +88,7 @@ class Ours:
     """
 
     def __init__(self, source: str = SOURCE, target: str = TARGET) -> None:
-        self.segmenter = load_ldseg_model(default_model("segment").path, "cpu")
+        self.segmenter = load_segmenter(default_model("segment").path, "cpu")
         self.editor_path = default_model("instruct").path
         self.editor = load_bundle(self.editor_path, "cpu")
         self.source, self.target = Attributes.parse(source), Attributes.parse(target)

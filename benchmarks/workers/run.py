@@ -31,10 +31,10 @@ import torch
 from latentdrift.counterfactual import counterfactual_volume
 from latentdrift.devices import parallel_workers
 from latentdrift.edit import load_bundle
-from latentdrift.ldseg.model_io import load_ldseg_model
 from latentdrift.models import default_model
 from latentdrift.sample_data import resolve_input
 from latentdrift.segmentation import SegmentSettings, segment_volume
+from latentdrift.segmenters import load_segmenter
 from latentdrift.settings import DemoSettings
 from latentdrift.volumes import Volume, read_volume
 from latentdrift.workflows.demo import editor_settings
@@ -56,12 +56,12 @@ def time_rounds(variants: dict[str, Any], repeats: int) -> tuple[dict[str, list[
 
 
 def segmentation(volume: Volume, repeats: int) -> dict[str, Any]:
-    model = load_ldseg_model(default_model("segment").path, "cpu")
+    segmenter = load_segmenter(default_model("segment").path, "cpu")
     settings = SegmentSettings(device="cpu")
     times, outputs = time_rounds(
         {
-            "one worker": lambda: segment_volume(volume, model, replace(settings, workers=1)),
-            "default": lambda: segment_volume(volume, model, settings),
+            "one worker": lambda: segment_volume(volume, segmenter, replace(settings, workers=1)),
+            "default": lambda: segment_volume(volume, segmenter, settings),
         },
         repeats,
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
-from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -28,9 +27,9 @@ from scipy import ndimage
 from ..counterfactual import VolumeCounterfactual, consistency_figures, counterfactual_volume
 from ..devices import resolve_device
 from ..edit import PipelineBundle
-from ..ldseg import LDSegNetwork
 from ..progress import ProgressCallback
 from ..segmentation import VolumeSegmentation, assemble_segmentation, segment_volume
+from ..segmenters import Segmenter
 from ..settings import CounterfactualSettings, SegmentSettings
 from ..volumes import Axis, Volume, extract_slices, reassemble
 from .contract import read_contract
@@ -44,28 +43,28 @@ FEATHER_MM = 3.0
 
 def segment_head(
     volume: Volume,
-    model: LDSegNetwork,
+    segmenter: Segmenter,
     settings: SegmentSettings,
     progress: ProgressCallback | None = None,
     head: PreparedHead | None = None,
 ) -> tuple[VolumeSegmentation, PreparedHead]:
-    """LDSeg of ``volume`` through the front end its model's contract asks for; results on ``volume``'s grid.
+    """A segmentation of ``volume`` through the front end its model's contract asks for; results on ``volume``'s grid.
 
     ``settings.axis`` and ``settings.slices`` name the *input's* slices; on a prepared head the model
     segments its own axis on its grid. ``head`` reuses a preparation of the same volume (the demo's).
     """
-    contract = model.config.input
+    spec = segmenter.spec
+    contract = spec.input
     head = head or prepare_head(
         volume, contract, settings.front_end, resolve_device(settings.device), progress
     )
     if not head.active:
-        return segment_volume(volume, model, settings, progress), head
-    model_axis = cast(Axis, model.config.axis)
-    axis = settings.axis or model_axis
-    model_slices = head.model_slices(contract, axis, settings.slices, model_axis)
+        return segment_volume(volume, segmenter, settings, progress), head
+    axis = settings.axis or spec.axis
+    model_slices = head.model_slices(contract, axis, settings.slices, spec.axis)
     on_grid = replace(settings, axis=None, slices=model_slices)
-    result = segment_volume(head.model_input(contract), model, on_grid, progress)
-    return segmentation_on_input(head, result, model.config.class_names, axis, settings.slices), head
+    result = segment_volume(head.model_input(contract), segmenter, on_grid, progress)
+    return segmentation_on_input(head, result, spec.class_names, axis, settings.slices), head
 
 
 def counterfactual_head(

@@ -21,7 +21,7 @@ from ..atomic_files import write_bytes_atomic, write_json_atomic, write_text_ato
 from ..devices import check_memory, resolve_device
 from ..errors import ModelError, ParameterError
 from ..model_cards import ldseg_card
-from ..models import LDSEG_FORMAT
+from ..model_formats import LDSEG_FORMAT
 from .network import LDSegConfig, LDSegNetwork
 
 FORMAT = LDSEG_FORMAT

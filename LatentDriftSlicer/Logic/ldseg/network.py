@@ -34,6 +34,7 @@ from torch import nn
 
 from ..errors import ParameterError
 from ..frontend.contract import NATIVE, InputContract
+from ..segmenters.spec import LabelClass
 from ..settings import MAX_RESOLUTION
 
 AXES = ("axial", "coronal", "sagittal")
@@ -51,18 +52,6 @@ _PALETTE = (
     (70, 240, 240),
     (240, 50, 230),
 )
-
-
-@dataclass(frozen=True)
-class LabelClass:
-    """One output class: display name, RGB colour (0–255 each) and an optional terminology code.
-
-    ``terminology`` is free text for a standard code (e.g. ``"SCT^10200004^Liver"``); empty when unknown.
-    """
-
-    name: str
-    color: tuple[int, int, int]
-    terminology: str = ""
 
 
 def default_classes(names: Sequence[str]) -> tuple[LabelClass, ...]:

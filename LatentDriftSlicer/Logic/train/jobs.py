@@ -389,8 +389,6 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
     status_lines = StatusLines(job, config.log_every)
 
     def report_step(done: int, total: int, message: str) -> None:
-        # the loss comes once train_segmentation_model passes LDSeg's training events on (it sends done/total)
-        status_lines({"kind": "step", "step": done, "steps": total, "lr": settings.learning_rate})
         if progress is not None:
             progress(done, total, message)
         if job.cancel_requested():
@@ -400,7 +398,14 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
             )
 
     summary = train_segmentation_model(
-        pairs, job.model, ldseg, settings, config.validation_fraction, report_step, start_from=config.model
+        pairs,
+        job.model,
+        ldseg,
+        settings,
+        config.validation_fraction,
+        report_step,
+        start_from=config.model,
+        on_event=status_lines,
     )
     update_metadata(job.model, scheme="ldseg", cohort=config.cohort, steps=config.steps, drift=None)
     return summary

@@ -1,4 +1,4 @@
-"""``latentdrift segment`` and ``latentdrift train-ldseg``: LDSeg on volume files."""
+"""``latentdrift segment`` (any registered segmentation model) and ``latentdrift train-ldseg`` on volume files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..devices import resolve_device
 from ..errors import ModelError, ParameterError
 from ..frontend.tasks import segment_head
 from ..ldseg import (
@@ -23,13 +22,14 @@ from ..ldseg import (
 )
 from ..model_cards import ldseg_training_card
 from ..models import choose_model, resolve_model
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, TrainingCallback, TrainingEvent
 from ..reports import Panel, pick_preview_slices, save_preview
 from ..results import ResultFolder
 from ..scene import SEGMENT_ROLES
 from ..segmentation import VolumeSegmentation, intensity_statistics
 from ..segmentation_data import find_pairs, load_training_slices, split_by_subject
 from ..segmentation_file import SegmentClass, write_segmentation_file
+from ..segmenters import InputSpec, load_segmenter
 from ..settings import SCENE_DEFAULT, SceneChoice, SegmentSettings
 from ..volumes import Volume, extract_slices, read_volume, write_volume
 from .common import SceneLayer, outputs_of, record_front_end, scene_wanted, write_scene
@@ -63,11 +63,11 @@ def segment_file(
     with_scene = scene_wanted(scene)
     inputs = {"volume": str(input_path), "model": str(entry.path)}
     with ResultFolder(output, "segment", inputs, settings=asdict(settings), model=entry.name) as result:
-        model = load_ldseg_model(entry.path, resolve_device(settings.device))
+        segmenter = load_segmenter(entry.path, settings.device)
         volume = read_volume(input_path)
-        segmentation, prepared = segment_head(volume, model, settings, progress, head)
+        segmentation, prepared = segment_head(volume, segmenter, settings, progress, head)
         warnings = record_front_end(result, prepared)
-        classes = segment_classes(model.config)
+        classes = segment_classes(segmenter.spec)
         write_segmentation_file(
             segmentation.labels, classes, result.path("segmentation", "segmentation.seg.nrrd")
         )
@@ -95,11 +95,11 @@ def segment_file(
     return result.summary()
 
 
-def segment_classes(config: LDSegConfig) -> list[SegmentClass]:
+def segment_classes(spec: InputSpec) -> list[SegmentClass]:
     """The segments of a model's label values: every class but the background (0), colours in [0, 1]."""
     return [
         SegmentClass(index, c.name, tuple(v / 255.0 for v in c.color), c.terminology)  # type: ignore[arg-type]
-        for index, c in enumerate(config.classes)
+        for index, c in enumerate(spec.classes)
         if index > 0
     ]
 
@@ -162,6 +162,7 @@ def train_segmentation_model(
     progress: ProgressCallback | None = None,
     card_notes: str = "",
     start_from: str | Path | None = None,
+    on_event: TrainingCallback | None = None,
 ) -> dict:
     """``latentdrift train-ldseg``: image/label volume pairs → an LDSeg model folder.
 
@@ -169,7 +170,9 @@ def train_segmentation_model(
     ``settings.checkpoint_dir`` (resumable). The model folder (``config.json``, ``model.safetensors``,
     ``MODEL_CARD.md``, ``training.json``) appears only when training finishes. ``start_from`` (a model
     name or folder) fine-tunes that model: training starts from its weights, and ``config`` None takes
-    its config (classes, architecture, sampler).
+    its config (classes, architecture, sampler). ``progress`` gets ``(step, steps, "training")``;
+    ``on_event`` every :data:`~latentdrift.progress.TrainingEvent` of the run (steps with their loss,
+    epochs, checkpoints), e.g. a job's status lines.
     """
     initial = load_ldseg_model(resolve_model(start_from, ("ldseg",)).path) if start_from is not None else None
     if config is None:
@@ -187,7 +190,9 @@ def train_segmentation_model(
         inputs["start_from"] = str(start_from)
     with ResultFolder(output, "train-ldseg", inputs, settings=asdict(settings)) as result:
 
-        def report(event: dict) -> None:
+        def report(event: TrainingEvent) -> None:
+            if on_event is not None:
+                on_event(event)
             if progress is not None and event.get("kind") == "step":
                 progress(int(event["step"]), int(event["steps"]), "training")
 
