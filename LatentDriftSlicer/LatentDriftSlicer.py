@@ -82,7 +82,6 @@ if SUPPORTED:
     # The engine's light modules: its settings hold every option's default (no torch, no SimpleITK).
     from latentdrift.modes import INSTRUCT, volume_edit_names
     from latentdrift.settings import (
-        AXES,
         CounterfactualSettings,
         EditSettings,
         FrontEndSettings,
@@ -91,6 +90,7 @@ if SUPPORTED:
     )
     from latentdrift.train import SCHEMES
     from latentdrift.train.config import FinetuneConfig
+    from latentdrift.values import AXES
 
 # --------------------------------------------------------------------------- module
 

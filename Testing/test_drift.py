@@ -19,7 +19,6 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from latentdrift.delta import parse_drift, validate_drift
 from latentdrift.drift import (
     DriftCallback,
     apply_drift,
@@ -31,6 +30,7 @@ from latentdrift.drift import (
 )
 from latentdrift.errors import ParameterError
 from latentdrift.tiny_models import build_tiny_sd, tiny_scheduler
+from latentdrift.values import parse_drift, validate_drift
 
 STEPS = 4
 

@@ -16,7 +16,6 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from latentdrift.delta import Drift
 from latentdrift.drift import DriftCallback
 from latentdrift.edit import (
     EditSettings,
@@ -30,6 +29,7 @@ from latentdrift.edit import (
 from latentdrift.edit.run import slices_to_pixels
 from latentdrift.prompts import Attributes, PromptOptions
 from latentdrift.tiny_models import build_tiny_sd
+from latentdrift.values import Drift
 
 SIZE = 32
 SOURCE = Attributes.parse("age=70,sex=F,dx=AD")

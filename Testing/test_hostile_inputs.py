@@ -152,8 +152,9 @@ def test_every_command_takes_the_same_seeds_batch_sizes_and_resolutions() -> Non
     """One rule, one message, wherever a seed or a batch size is set (training included)."""
     from latentdrift.errors import ParameterError
     from latentdrift.ldseg import TrainSettings
-    from latentdrift.settings import MAX_RESOLUTION, EditSettings
+    from latentdrift.settings import EditSettings
     from latentdrift.train.config import FinetuneConfig
+    from latentdrift.values import MAX_RESOLUTION
 
     for make in (SegmentSettings, EditSettings, TrainSettings, partial(FinetuneConfig, "c.csv", "basic")):
         with pytest.raises(ParameterError, match=r"^seed=-1 is outside 0 to 2\^63-1"):

@@ -137,7 +137,9 @@ def test_the_console_and_panel_list_the_models_of_a_registered_kind(toy_kind: No
     assert models.model_kind(folder) == "threshold"
     listed = [path for _, path in panel_support.panel_model_choices("segment", "", [tmp_path / "models"])]
     assert folder in map(Path, listed)
-    other = [path for _, path in panel_support.panel_model_choices("counterfactual", "", [tmp_path / "models"])]
+    other = [
+        path for _, path in panel_support.panel_model_choices("counterfactual", "", [tmp_path / "models"])
+    ]
     assert folder not in map(Path, other)
 
 

@@ -11,7 +11,7 @@ from conftest import oblique_direction, write_image
 
 from latentdrift import errors
 from latentdrift.resampling import SliceResizer
-from latentdrift.settings import AXES
+from latentdrift.values import AXES
 from latentdrift.volumes import (
     Geometry,
     IntensityWindow,

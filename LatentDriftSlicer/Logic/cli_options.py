@@ -20,7 +20,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from .models import DEFAULT_MODELS
 from .modes import GENERATE
 from .settings import (
-    AXES,
     FRONT_END_STEPS,
     SCENE_CHOICES,
     SCENE_DEFAULT,
@@ -32,6 +31,7 @@ from .settings import (
     SegmentSettings,
     option_field,
 )
+from .values import AXES
 
 Handler = Callable[[argparse.Namespace], int]
 GIVEN = argparse.SUPPRESS

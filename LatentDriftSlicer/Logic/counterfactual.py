@@ -45,7 +45,7 @@ from .edit import EditSettings, PipelineBundle, edit_slices, reconstruct_slices
 from .errors import ModelError
 from .progress import CountCallback, ProgressCallback
 from .resampling import SliceResizer
-from .settings import MAX_RESOLUTION, Axis, check_blend
+from .values import MAX_RESOLUTION, Axis, check_blend
 from .volumes import FOREGROUND_MARGIN, SliceStack, Volume, nonempty_slices, reassemble, windowed_slices
 
 LOG = logging.getLogger(__name__)

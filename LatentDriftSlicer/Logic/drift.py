@@ -45,8 +45,8 @@ from diffusers import (
     DDPMScheduler,
 )
 
-from .delta import Drift, validate_drift
 from .errors import ParameterError
+from .values import Drift, validate_drift
 
 DRIFT_SCHEDULERS = (DDPMScheduler, DDIMScheduler, DDPMParallelScheduler, DDIMParallelScheduler)
 INVERSE_SCHEDULERS = (DDIMInverseScheduler,)

@@ -19,7 +19,7 @@ import numpy as np
 from . import errors
 from .processes import EngineProcess
 from .scene import SceneSession, find_nodes
-from .settings import Axis
+from .values import Axis
 from .volumes import VOLUME_SUFFIXES, Geometry, plane_point_through_centre, slice_index_at, slice_layout
 
 # --------------------------------------------------------------------------- slices and slice views

@@ -24,7 +24,8 @@ from .errors import ParameterError
 from .progress import ProgressCallback
 from .resampling import SliceResizer, VolumeResizer
 from .segmenters import InputSpec, Segmenter
-from .settings import Axis, SegmentSettings
+from .settings import SegmentSettings
+from .values import Axis
 from .volumes import FOREGROUND_MARGIN, SliceStack, Volume, nonempty_slices, reassemble, windowed_slices
 
 LOG = logging.getLogger(__name__)

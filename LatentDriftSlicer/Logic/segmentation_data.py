@@ -23,8 +23,8 @@ import numpy as np
 from .errors import InputError, MissingFileError
 from .ldseg import LDSegConfig
 from .resampling import SliceResizer, VolumeResizer
-from .settings import Axis
 from .train.cohorts import split_subjects
+from .values import Axis
 from .volumes import (
     VOLUME_SUFFIXES,
     IntensityWindow,

@@ -29,15 +29,23 @@ from pathlib import Path
 from types import UnionType
 from typing import Any, ClassVar, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
-from .delta import Drift, parse_drift, validate_drift
-from .errors import ParameterError, SliceRangeError, UnreadableFileError
+from .errors import ParameterError, UnreadableFileError
 from .models import DEFAULT_MODELS
 from .modes import DEFAULT_EDIT, GENERATE, REGISTRY, EditMode, edit_mode, volume_edit_names
 from .prompts import Attributes, PromptOptions
-
-Axis = Literal["axial", "coronal", "sagittal"]
-AXES: tuple[Axis, ...] = ("axial", "coronal", "sagittal")
-"""The anatomical slice axes (how volumes are cut along them: :mod:`latentdrift.volumes`)."""
+from .values import (
+    STEPS_RANGE,
+    Axis,
+    Drift,
+    check_axis,
+    check_batching,
+    check_blend,
+    check_seed,
+    check_steps,
+    parse_drift,
+    slice_bounds,
+    validate_drift,
+)
 
 SchedulerName = Literal["ddim", "ddpm"]
 SCHEDULERS: tuple[SchedulerName, ...] = ("ddim", "ddpm")
@@ -96,10 +104,6 @@ def option_range(kind: type, name: str) -> tuple[float, float]:
     return option_field(kind, name).metadata["range"]
 
 
-STEPS_RANGE = (1, 1000)
-"""Sampling steps a run may take."""
-
-
 # The run options every task shares, declared once: each settings class takes its field from here.
 
 
@@ -145,68 +149,6 @@ REFERENCE_HELP = (
     "instruct: take the change against the VAE reconstruction, not against the factual edit "
     "(the instruction to keep the --from attributes): one edit per slice instead of two"
 )
-
-
-MAX_RESOLUTION = 2048
-"""The largest slice side (pixels) a model may work or be trained at: beyond it a model config or an option
-is taken for a mistake (a UNet ``sample_size`` of 3000 computed for minutes, 100000 asked for 596 GiB)."""
-
-
-def check_seed(seed: int) -> None:
-    """Raise :class:`ParameterError` unless ``seed`` is a seed every command takes: 0 to 2^63 − 1."""
-    if not 0 <= seed < 2**63:
-        raise ParameterError(f"seed={seed} is outside 0 to 2^63-1: use a non-negative integer.")
-
-
-def check_batching(batch_size: int | None, workers: int | None) -> None:
-    """Raise :class:`ParameterError` for a batch size or a worker count below 1 (None: chosen by device)."""
-    if batch_size is not None and batch_size < 1:
-        raise ParameterError(f"batch_size={batch_size}: use 1 or more slices per batch.")
-    if workers is not None and workers < 1:
-        raise ParameterError(f"workers={workers}: use 1 or more, or leave it out to choose by device.")
-
-
-def check_steps(steps: int | None) -> None:
-    """Raise :class:`ParameterError` unless ``steps`` (None: the model's) is 1 to 1000 sampling steps."""
-    if steps is not None and not STEPS_RANGE[0] <= steps <= STEPS_RANGE[1]:
-        raise ParameterError(f"steps={steps} is outside 1–1000: use e.g. 50.")
-
-
-def check_blend(blend: float) -> None:
-    """Raise :class:`ParameterError` unless the neighbour blend weight is in [0, 1)."""
-    if not 0.0 <= blend < 1.0:
-        raise ParameterError(f"blend={blend} is outside [0, 1): use 0 (off) to e.g. 0.5.")
-
-
-def check_axis(axis: str | None) -> None:
-    """Raise :class:`ParameterError` unless ``axis`` is one of :data:`AXES` (None: the model's)."""
-    if axis is not None and axis not in AXES:
-        raise ParameterError(f"Unknown slice axis '{axis}': use axial, coronal or sagittal.")
-
-
-def slice_bounds(text: str | None) -> tuple[int, int | None]:
-    """``"a:b"`` (Python-style, end excluded, either side optional; ``"a"`` alone: slice a) → ``(a, b)``,
-    ``b`` None for "to the end"; ``None`` or ``""`` → ``(0, None)``, every slice.
-
-    Raises :class:`SliceRangeError` for text that is not a range and for a range that is empty, reversed
-    or negative whatever the volume (``"5:2"``); :func:`latentdrift.volumes.parse_slice_range` checks
-    the end against the volume.
-    """
-    if not text:
-        return 0, None
-    start_text, colon, stop_text = text.partition(":")
-    try:
-        start = int(start_text) if start_text.strip() else 0
-        stop = (int(stop_text) if stop_text.strip() else None) if colon else start + 1
-    except ValueError:
-        raise SliceRangeError(f"Slice range '{text}' is not 'a:b' with whole numbers.") from None
-    if start < 0 or (stop is not None and stop <= start):
-        first = max(start, 0)
-        raise SliceRangeError(
-            f"Slice range '{text}' is empty, reversed or negative: give 'a:b' with 0 ≤ a < b (b excluded), "
-            f"e.g. '{first}:{first + 1}' for one slice."
-        )
-    return start, stop
 
 
 # --------------------------------------------------------------------------- slice-level edits

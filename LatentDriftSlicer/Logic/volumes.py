@@ -38,7 +38,7 @@ from .errors import (
     VolumeShapeError,
 )
 from .file_checks import check_volume_file
-from .settings import Axis, check_axis, slice_bounds
+from .values import Axis, check_axis, slice_bounds
 
 LOG = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def slice_layout(geometry: Geometry, axis: Axis) -> SliceLayout:
 
 
 def parse_slice_range(text: str | None, count: int) -> range:
-    """``"a:b"`` (:func:`latentdrift.settings.slice_bounds`) → a range within ``[0, count)``.
+    """``"a:b"`` (:func:`latentdrift.values.slice_bounds`) → a range within ``[0, count)``.
 
     ``None`` or ``""`` means every slice. Raises :class:`SliceRangeError` for an empty or reversed range
     and for one that ends outside the volume.

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..delta import validate_drift
 from ..devices import parallel_workers, run_in_batches, run_in_workers
 from ..errors import InputError, ParameterError
 from ..modes import GENERATE
 from ..progress import CountCallback
 from ..settings import EditSettings
+from ..values import validate_drift
 from .loading import PipelineBundle, worker_pipeline
 from .plans import Inputs, Plan
 

@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import ParameterError
 from ..frontend.contract import NATIVE, InputContract
 from ..segmenters.spec import LabelClass
-from ..settings import MAX_RESOLUTION
+from ..values import MAX_RESOLUTION
 
 AXES = ("axial", "coronal", "sagittal")
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear", "scaled_linear")

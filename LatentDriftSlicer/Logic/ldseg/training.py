@@ -55,7 +55,7 @@ from ..atomic_files import write_bytes_atomic, write_json_atomic
 from ..devices import resolve_device
 from ..errors import InputError, JobError, ParameterError
 from ..progress import TrainingCallback
-from ..settings import check_batching, check_seed
+from ..values import check_batching, check_seed
 from .augment import augment_batch
 from .network import LDSegConfig, LDSegNetwork
 from .sampler import make_scheduler, predict_original

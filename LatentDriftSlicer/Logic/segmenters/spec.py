@@ -18,7 +18,8 @@ from ..frontend.contract import NATIVE, InputContract
 
 if TYPE_CHECKING:
     from ..progress import CountCallback
-    from ..settings import Axis, SegmentSettings
+    from ..settings import SegmentSettings
+    from ..values import Axis
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import numpy as np
 from ..atomic_files import write_folder_atomic
 from ..errors import InputError, LatentDriftError, MissingFileError
 from ..prompts import Attributes, PromptOptions, describe
-from ..settings import Axis
+from ..values import Axis
 from ..volumes import (
     VOLUME_SUFFIXES,
     IntensityWindow,

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..delta import Drift, validate_drift
 from ..errors import ParameterError
 from ..prompts import PromptOptions
-from ..settings import MAX_RESOLUTION, check_seed, settings_from_json
+from ..settings import settings_from_json
+from ..values import MAX_RESOLUTION, Drift, check_seed, validate_drift
 from . import SCHEMES
 
 if TYPE_CHECKING:  # cohorts reads volumes (SimpleITK): the Slicer panel imports this module at start-up

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..delta import Drift
 from ..drift import drift_training_noise
 from ..errors import CancelledError
 from ..progress import TrainingCallback, TrainingEvent
+from ..values import Drift
 from .checkpoints import load_trainable_weights, resume_from, save_checkpoint, save_trainable_weights_only
 from .config import FinetuneConfig
 from .job_folder import JobFolder

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..delta import Drift
 from ..edit import EditSettings, PipelineBundle, edit_slices, generate_slices
 from ..modes import GENERATE, INSTRUCT
+from ..values import Drift
 from .config import FinetuneConfig
 from .parts import Examples, Parts
 
