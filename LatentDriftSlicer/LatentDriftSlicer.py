@@ -1,8 +1,8 @@
 """LatentDriftSlicer: Latent Drift counterfactuals, LDSeg segmentation and fine-tuning in 3D Slicer.
 
 The module is a thin GUI over the engine in ``Logic/`` (imported as ``latentdrift``): every action
-runs a ``latentdrift`` command in a child process (``latentdrift.processes``) that writes its results
-as files by role, and the panel loads them as new nodes (``latentdrift.console``), so the GUI never
+runs a ``latentdrift`` command in a child process (``latentdrift.bridge.processes``) that writes its results
+as files by role, and the panel loads them as new nodes (``latentdrift.bridge.console``), so the GUI never
 freezes and Cancel ends the whole process tree without waiting for it.
 
 Engine registration: when this file is imported (Slicer does it at start-up), :func:`registerEngine`
@@ -80,17 +80,17 @@ SUPPORTED = not unsupportedMessage()
 if SUPPORTED:
     registerEngine()
     # The engine's light modules: its settings hold every option's default (no torch, no SimpleITK).
-    from latentdrift.modes import INSTRUCT, volume_edit_names
-    from latentdrift.settings import (
+    from latentdrift.core.settings import (
         CounterfactualSettings,
         EditSettings,
         FrontEndSettings,
         SegmentSettings,
         option_range,
     )
-    from latentdrift.train import SCHEMES
-    from latentdrift.train.config import FinetuneConfig
-    from latentdrift.values import AXES
+    from latentdrift.core.values import AXES
+    from latentdrift.counterfactual.modes import INSTRUCT, volume_edit_names
+    from latentdrift.finetune import SCHEMES
+    from latentdrift.finetune.config import FinetuneConfig
 
 # --------------------------------------------------------------------------- module
 
@@ -109,7 +109,7 @@ class LatentDriftSlicer(ScriptedLoadableModule):
             "direction edits with a drift δ), LDSeg latent-diffusion segmentation with an uncertainty "
             "map, and fine-tuning on your own cohort. Needs 3D Slicer 5.10 or later. Models run in a "
             "separate process: the GUI stays responsive and Cancel stops the work. The same functions "
-            "are available in the Python console (<code>import latentdrift.console</code>) and as the "
+            "are available in the Python console (<code>import latentdrift.bridge.console</code>) and as the "
             "<code>latentdrift</code> command. See <a href='https://github.com/LatentDriftSlicer/"
             "SlicerLatentDrift/blob/main/docs/slicer-module.md'>the module documentation</a>."
         )
@@ -132,7 +132,7 @@ if SUPPORTED:
     class LatentDriftSlicerParameterNode:
         """The panel's state, saved with the scene. Every field is bound to one widget (SlicerParameterName).
 
-        Engine options take their defaults from the engine's settings (``latentdrift.settings``).
+        Engine options take their defaults from the engine's settings (``latentdrift.core.settings``).
         """
 
         inputVolume: vtkMRMLScalarVolumeNode
@@ -190,7 +190,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.logic: LatentDriftSlicerLogic | None = None
         self._parameterNode: Any = None
         self._parameterNodeGuiTag: Any = None
-        self._job: Any = None  # a latentdrift.console NodeJob or TrainingJob
+        self._job: Any = None  # a latentdrift.bridge.console NodeJob or TrainingJob
         self._jobButton: Any = None
         self._jobButtonText = ""
         self._lossChart: Any = None
@@ -357,7 +357,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def populateDevices(self, report: dict[str, Any] | None) -> None:
         """Fill the device selector from an ``info`` report (auto and the CPU without one); keep the choice."""
-        from latentdrift.panel_support import device_choices
+        from latentdrift.bridge.panel_support import device_choices
 
         saved = qt.QSettings().value(f"{SETTINGS_GROUP}/device", "auto")
         self.ui.deviceComboBox.blockSignals(True)
@@ -371,7 +371,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onDeviceChanged(self, index: int = 0) -> None:
         """Remember the device; warn that the CPU is slow."""
-        from latentdrift.panel_support import CPU_WARNING
+        from latentdrift.bridge.panel_support import CPU_WARNING
 
         device = self.currentDevice()
         qt.QSettings().setValue(f"{SETTINGS_GROUP}/device", device)
@@ -458,7 +458,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def updateCohortReport(self) -> None:
         """Show a short check of the cohort."""
-        from latentdrift.panel_support import describe_cohort
+        from latentdrift.bridge.panel_support import describe_cohort
 
         if self._parameterNode and self._parameterNode.cohort:
             self.ui.cohortReportLabel.text = describe_cohort(self._parameterNode.cohort)
@@ -606,7 +606,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onFadeChanged(self, value: float) -> None:
         """Blend between the input (0) and the counterfactual (1) in the slice views."""
-        from latentdrift.console import set_fade
+        from latentdrift.bridge.console import set_fade
 
         set_fade(value)
 
@@ -615,7 +615,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
 
 class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
-    """Thin layer between the panel and ``latentdrift.console``; usable from scripts without the panel."""
+    """Thin layer between the panel and ``latentdrift.bridge.console``; usable from scripts without the panel."""
 
     def getParameterNode(self) -> Any:
         """The module's parameter node (typed)."""
@@ -626,13 +626,13 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def requirements() -> list[str]:
         """The engine's pip requirements (Resources/requirements.txt; torch comes from the PyTorch extension)."""
-        from latentdrift.dependencies import read_requirements
+        from latentdrift.core.dependencies import read_requirements
 
         return read_requirements(Path(__file__).resolve().parent / "Resources" / "requirements.txt")
 
     def dependenciesReady(self) -> bool:
         """True when torch and every requirement are installed (nothing is imported or installed)."""
-        from latentdrift.dependencies import installed_version, missing_requirements
+        from latentdrift.core.dependencies import installed_version, missing_requirements
 
         return installed_version("torch") is not None and not missing_requirements(self.requirements())
 
@@ -644,7 +644,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         ``slicer.util.pip_install``, constrained so that neither torch nor Slicer's own packages change.
         Main thread only.
         """
-        from latentdrift.dependencies import (
+        from latentdrift.core.dependencies import (
             TORCH_REQUIREMENT,
             installed_version,
             missing_requirements,
@@ -691,7 +691,11 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _pipInstall(requirements: list[str]) -> None:
         """pip-install ``requirements`` with the installed torch and Slicer's own packages pinned."""
-        from latentdrift.dependencies import constraints_text, pip_ensure_arguments, pip_install_arguments
+        from latentdrift.core.dependencies import (
+            constraints_text,
+            pip_ensure_arguments,
+            pip_install_arguments,
+        )
 
         with tempfile.TemporaryDirectory(prefix="latentdrift-") as folder:
             constraints = Path(folder) / "constraints.txt"
@@ -707,21 +711,21 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def startInfo() -> Any:
         """A ``latentdrift info`` process listing versions and devices (torch loads there, not here)."""
-        from latentdrift.panel_support import start_info
+        from latentdrift.bridge.panel_support import start_info
 
         return start_info()
 
     @staticmethod
     def defaultModel(task: str) -> str:
         """The folder of ``task``'s default model ('' when it is not installed; no heavy imports)."""
-        from latentdrift.panel_support import default_model_folder
+        from latentdrift.bridge.panel_support import default_model_folder
 
         return str(default_model_folder(task) or "")
 
     @staticmethod
     def modelChoices(mode: str, scheme: str, folders: list[str]) -> list[tuple[str, str]]:
         """``(label, folder)`` that fit a tab (and the fine-tuning scheme): registry models and the user's folders."""
-        from latentdrift.panel_support import panel_model_choices
+        from latentdrift.bridge.panel_support import panel_model_choices
 
         return panel_model_choices(mode, scheme, folders)
 
@@ -735,7 +739,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def previewSlices(p: Any) -> str:
         """The one slice the chosen axis's slice view shows, as a ``slices`` range."""
-        from latentdrift import panel_support
+        from latentdrift.bridge import panel_support
 
         view = panel_support.slice_node_showing(p.axis)
         index = panel_support.shown_slice_index(p.inputVolume, view, p.axis)
@@ -743,8 +747,8 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
     def counterfactualSettings(self, p: Any, model: str, device: str, preview: bool) -> Any:
         """The engine's CounterfactualSettings of the panel (the slice shown only, for a preview)."""
-        from latentdrift import console
-        from latentdrift.settings import FrontEndSettings, counterfactual_settings
+        from latentdrift.bridge import console
+        from latentdrift.core.settings import FrontEndSettings, counterfactual_settings
 
         source = console.attributes_text(p.fromAge, p.fromSex, p.fromDiagnosis)
         target = console.attributes_text(p.toAge, p.toSex, p.toDiagnosis)
@@ -771,7 +775,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
     def startCounterfactual(self, p: Any, model: str, device: str, preview: bool) -> Any:
         """Start a counterfactual of the slice range, or of the slice shown (``preview``)."""
-        from latentdrift import console
+        from latentdrift.bridge import console
 
         settings = self.counterfactualSettings(p, model, device, preview)
         run = console.prepare(p.inputVolume, settings, fade=p.fade)
@@ -779,8 +783,8 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
 
     def startSegment(self, p: Any, model: str, device: str) -> Any:
         """Start LDSeg on the slice range."""
-        from latentdrift import console
-        from latentdrift.settings import FrontEndSettings, SegmentSettings
+        from latentdrift.bridge import console
+        from latentdrift.core.settings import FrontEndSettings, SegmentSettings
 
         if not model:
             raise ValueError("Choose a segmentation model (or add a model folder).")
@@ -800,7 +804,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def startFinetune(p: Any, model: str, device: str) -> Any:
         """Start fine-tuning ``model`` (for the ldseg scheme, '' trains a new model) into the job folder."""
-        from latentdrift.console import start_finetune
+        from latentdrift.bridge.console import start_finetune
 
         return start_finetune(
             p.cohort,
@@ -817,14 +821,14 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def resumeFinetune(jobDir: str) -> Any:
         """Resume the job in ``jobDir``."""
-        from latentdrift.console import TrainingJob
+        from latentdrift.bridge.console import TrainingJob
 
         return TrainingJob(jobDir).resume()
 
     @staticmethod
     def showLossChart() -> Any:
         """A new, empty loss chart, shown ONCE in the layout's plot view (its rows are added as the job goes)."""
-        from latentdrift.panel_support import loss_chart
+        from latentdrift.bridge.panel_support import loss_chart
 
         chart = loss_chart()
         slicer.modules.plots.logic().ShowChartInLayout(chart.chart_node)
@@ -908,7 +912,7 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
         """The engine process reassembles the volume into a NEW node on the same grid, input untouched."""
         import numpy as np
 
-        from latentdrift import console
+        from latentdrift.bridge import console
 
         self.delayDisplay("Scene round trip through the engine process")
         node = self._syntheticVolume()
@@ -923,7 +927,7 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
 
     def test_shown_slice_index(self) -> None:
         """The preview's slice is the one the axial view shows (its slice offset), as the engine counts it."""
-        from latentdrift import panel_support
+        from latentdrift.bridge import panel_support
 
         node = self._syntheticVolume()
         view = panel_support.slice_node_showing("axial")
@@ -933,14 +937,12 @@ class LatentDriftSlicerTest(ScriptedLoadableModuleTest):
 
     def test_tiny_models(self) -> None:
         """Tiny random models (built by the engine process) segment and edit the volume into new nodes."""
-        from latentdrift import console
-        from latentdrift.processes import EngineProcess, engine_python
+        from latentdrift.bridge import console
+        from latentdrift.bridge.processes import EngineProcess, engine_python
 
         self.delayDisplay("Tiny models on a synthetic volume")
         folder = Path(tempfile.mkdtemp(prefix="latentdrift-selftest-"))
-        code = (
-            "from latentdrift.tiny_models import build_self_test_models; build_self_test_models(sys.argv[1])"
-        )
+        code = "from latentdrift.fixtures.tiny_models import build_self_test_models; build_self_test_models(sys.argv[1])"
         building = EngineProcess(engine_python(code, [str(folder)]))
         self.assertTrue(building.join(timeout=300), "building the tiny models took over 300 s")
         self.assertEqual(building.state.returncode, 0, "\n".join(building.state.log_tail))

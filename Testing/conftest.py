@@ -100,7 +100,7 @@ def oblique_nifti(tmp_path: Path, rng: np.random.Generator) -> Path:
 @pytest.fixture(scope="session")
 def mni_t1_path() -> Path:
     """The MNI152 T1 template that ships inside nilearn (the project's sample volume)."""
-    from latentdrift.sample_data import sample_volume_path
+    from latentdrift.fixtures.sample_data import sample_volume_path
 
     return sample_volume_path()
 
@@ -108,7 +108,7 @@ def mni_t1_path() -> Path:
 @pytest.fixture
 def session():
     """A fresh headless slicer-core scene with the application and module logics."""
-    from latentdrift.scene import SceneSession
+    from latentdrift.bridge.scene import SceneSession
 
     return SceneSession.headless()
 
@@ -116,7 +116,7 @@ def session():
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random-weight Stable Diffusion and InstructPix2Pix folders, built in code (no hub)."""
-    from latentdrift.tiny_models import build_tiny_sd
+    from latentdrift.fixtures.tiny_models import build_tiny_sd
 
     root = tmp_path_factory.mktemp("models")
     return {"sd": build_tiny_sd(root / "sd"), "instruct": build_tiny_sd(root / "ip2p", instruct=True)}
@@ -125,7 +125,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def sd(folders: dict[str, Path]):
     """The tiny Stable Diffusion folder loaded on the CPU."""
-    from latentdrift.edit import load_bundle
+    from latentdrift.counterfactual.edit import load_bundle
 
     return load_bundle(folders["sd"], "cpu")
 
@@ -138,9 +138,9 @@ def default_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fine-tuned with drift does. Tests that set the variable to this folder get these models whether
     or not the real defaults are bundled.
     """
-    from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
-    from latentdrift.tiny_models import build_tiny_sd
-    from latentdrift.train.metadata import update_metadata
+    from latentdrift.finetune.metadata import update_metadata
+    from latentdrift.fixtures.tiny_models import build_tiny_sd
+    from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
 
     root = tmp_path_factory.mktemp("defaults")
     build_tiny_sd(root / "brain-mri-sd")
@@ -153,7 +153,7 @@ def default_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_defaults(default_models: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tiny default models in front of the registry (see :func:`default_models`)."""
-    from latentdrift.models import DEFAULT_MODELS_ENV
+    from latentdrift.core.models import DEFAULT_MODELS_ENV
 
     monkeypatch.setenv(DEFAULT_MODELS_ENV, str(default_models))
     return default_models
@@ -162,7 +162,7 @@ def tiny_defaults(default_models: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 @pytest.fixture
 def no_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A registry with no model at all: empty bundled and user folders, no model variables."""
-    from latentdrift import models
+    from latentdrift.core import models
 
     empty = tmp_path / "no-models"
     empty.mkdir()

@@ -11,7 +11,7 @@ MAX_LINES = 700
 
 
 def _module_name(path: Path) -> str:
-    """``LOGIC/train/loop.py`` → ``latentdrift.train.loop``; a package's ``__init__.py`` → the package."""
+    """``LOGIC/train/loop.py`` → ``latentdrift.finetune.loop``; a package's ``__init__.py`` → the package."""
     parts = path.relative_to(LOGIC).with_suffix("").parts
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -95,8 +95,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_is_read_from_every_module_including_imports_inside_functions() -> None:
     graph = import_graph()
-    assert "latentdrift.train.loop" in graph["latentdrift.train.jobs"]  # imported inside a function
-    assert "latentdrift.ldseg.network" in graph["latentdrift.ldseg.training"]
+    assert "latentdrift.finetune.loop" in graph["latentdrift.finetune.jobs"]  # imported inside a function
+    assert "latentdrift.segmentation.ldseg.network" in graph["latentdrift.segmentation.ldseg.training"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     annotated = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import settings\n")
     assert not [node for node in _run_time_nodes(annotated) if isinstance(node, ast.ImportFrom)][1:]

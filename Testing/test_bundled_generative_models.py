@@ -10,12 +10,12 @@ import pytest
 from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 from safetensors import safe_open
 
-from latentdrift.edit import EditSettings, edit_slices, generate_slices, load_bundle
-from latentdrift.models import BUNDLED_MODELS, list_models
-from latentdrift.prompts import Attributes
-from latentdrift.synthetic import brain_tissue_template
-from latentdrift.train.cohorts import SliceSettings, volume_slices
-from latentdrift.train.metadata import read_metadata, recorded_drift
+from latentdrift.core.models import BUNDLED_MODELS, list_models
+from latentdrift.counterfactual.edit import EditSettings, edit_slices, generate_slices, load_bundle
+from latentdrift.counterfactual.prompts import Attributes
+from latentdrift.finetune.cohorts import SliceSettings, volume_slices
+from latentdrift.finetune.metadata import read_metadata, recorded_drift
+from latentdrift.fixtures.synthetic import brain_tissue_template
 
 KINDS = {
     "mini-sd-natural": "stable-diffusion",

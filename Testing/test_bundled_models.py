@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 
-from latentdrift.ldseg import load_ldseg_model
-from latentdrift.models import list_models, resolve_model
-from latentdrift.segmentation import SegmentSettings, segment_volume
-from latentdrift.segmenters.ldseg import LDSegSegmenter
-from latentdrift.synthetic import brain_tissue_template
+from latentdrift.core.models import list_models, resolve_model
+from latentdrift.fixtures.synthetic import brain_tissue_template
+from latentdrift.segmentation.ldseg import load_ldseg_model
+from latentdrift.segmentation.segmenters.ldseg import LDSegSegmenter
+from latentdrift.segmentation.volume_segmentation import SegmentSettings, segment_volume
 
 LDSEG = "brain-tissue-ldseg"
 

@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import write_image
 
+from latentdrift.bridge.scene import find_nodes, load_scene, node_to_volume
 from latentdrift.cli import main
-from latentdrift.scene import find_nodes, load_scene, node_to_volume
-from latentdrift.volumes import read_volume
+from latentdrift.core.volumes import read_volume
 
 TOL = 1e-6
 

@@ -10,12 +10,19 @@ import pytest
 import vtk
 from conftest import oblique_direction
 
-from latentdrift import console, errors, panel_support
-from latentdrift.model_formats import LDSEG_FORMAT
-from latentdrift.scene import SceneSession, find_nodes, load_volume_node, node_to_volume, volume_to_node
-from latentdrift.segmentation_file import SegmentClass, write_segmentation_file
-from latentdrift.settings import SegmentSettings, counterfactual_settings
-from latentdrift.volumes import Geometry, Volume, extract_slices, write_volume
+from latentdrift.bridge import console, panel_support
+from latentdrift.bridge.scene import (
+    SceneSession,
+    find_nodes,
+    load_volume_node,
+    node_to_volume,
+    volume_to_node,
+)
+from latentdrift.core import errors
+from latentdrift.core.model_formats import LDSEG_FORMAT
+from latentdrift.core.settings import SegmentSettings, counterfactual_settings
+from latentdrift.core.volumes import Geometry, Volume, extract_slices, write_volume
+from latentdrift.segmentation.seg_files import SegmentClass, write_segmentation_file
 
 
 def _matrix(node) -> np.ndarray:

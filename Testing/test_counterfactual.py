@@ -10,14 +10,18 @@ import pytest
 import torch
 from conftest import oblique_direction
 
-import latentdrift.counterfactual as counterfactual_module
-import latentdrift.edit.run as run_module
-from latentdrift.counterfactual import blend_neighbours, counterfactual_volume, model_resolution
-from latentdrift.edit import EditSettings, PipelineBundle, load_bundle
-from latentdrift.errors import ParameterError
-from latentdrift.prompts import Attributes
-from latentdrift.scene import load_volume_node, node_to_volume
-from latentdrift.volumes import Geometry, Volume, extract_slices, reassemble
+import latentdrift.counterfactual.edit.run as run_module
+import latentdrift.counterfactual.volume_editing as counterfactual_module
+from latentdrift.bridge.scene import load_volume_node, node_to_volume
+from latentdrift.core.errors import ParameterError
+from latentdrift.core.volumes import Geometry, Volume, extract_slices, reassemble
+from latentdrift.counterfactual.edit import EditSettings, PipelineBundle, load_bundle
+from latentdrift.counterfactual.prompts import Attributes
+from latentdrift.counterfactual.volume_editing import (
+    blend_neighbours,
+    counterfactual_volume,
+    model_resolution,
+)
 
 SOURCE = Attributes.parse("age=70,sex=F,dx=CN")
 TARGET = Attributes.parse("age=77,dx=MCI", base=SOURCE)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentdrift.bridge.scene import DIFFERENCE_COLORMAP, find_nodes, load_scene
 from latentdrift.cli import main
-from latentdrift.scene import DIFFERENCE_COLORMAP, find_nodes, load_scene
-from latentdrift.settings import counterfactual_settings, settings_json
-from latentdrift.tiny_models import build_tiny_sd
-from latentdrift.volumes import extract_slices, read_volume
+from latentdrift.core.settings import counterfactual_settings, settings_json
+from latentdrift.core.volumes import extract_slices, read_volume
+from latentdrift.fixtures.tiny_models import build_tiny_sd
 
 TOL = 1e-6
 EDIT = ["--steps", "2", "--drift", "0.05", "--device", "cpu", "--quiet"]

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from latentdrift import console, panel_support
-from latentdrift.errors import ModelError, ParameterError
-from latentdrift.models import DEFAULT_MODELS, choose_model, default_model, find_default
-from latentdrift.train.config import FinetuneConfig
-from latentdrift.train.jobs import base_model
+from latentdrift.bridge import console, panel_support
+from latentdrift.core.errors import ModelError, ParameterError
+from latentdrift.core.models import DEFAULT_MODELS, choose_model, default_model, find_default
+from latentdrift.finetune.config import FinetuneConfig
+from latentdrift.finetune.jobs import base_model
 
 
 def test_every_task_has_its_default_in_front_of_the_registry(tiny_defaults: Path) -> None:
@@ -83,8 +83,8 @@ def test_fine_tuning_starts_from_the_default_base_model_first(
 
 def test_console_runs_leave_the_model_to_the_command_when_none_is_given(session, oblique_nifti: Path) -> None:
     """The settings the console hands the engine say no model (null): the command picks its default."""
-    from latentdrift.scene import load_volume_node
-    from latentdrift.settings import SegmentSettings, counterfactual_settings, settings_json
+    from latentdrift.bridge.scene import load_volume_node
+    from latentdrift.core.settings import SegmentSettings, counterfactual_settings, settings_json
 
     node = load_volume_node(session, oblique_nifti)
     runs = [
@@ -104,8 +104,8 @@ def test_console_runs_leave_the_model_to_the_command_when_none_is_given(session,
 
 def test_the_self_tests_models_are_an_ldseg_model_and_an_instruct_editor(tmp_path: Path) -> None:
     """The models the Slicer self-test has its engine process build (seconds, tiny, random)."""
-    from latentdrift.models import model_kind
-    from latentdrift.tiny_models import build_self_test_models
+    from latentdrift.core.models import model_kind
+    from latentdrift.fixtures.tiny_models import build_self_test_models
 
     folder = build_self_test_models(tmp_path / "models")
     assert model_kind(folder / "ldseg") == "ldseg"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from latentdrift.bridge.scene import find_nodes, load_scene
 from latentdrift.cli import main
-from latentdrift.scene import find_nodes, load_scene
-from latentdrift.volumes import read_volume
+from latentdrift.core.volumes import read_volume
 
 FAST = ["--slices", "90:92", "--steps", "2", "--device", "cpu", "--quiet"]
 

@@ -8,8 +8,8 @@ import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from latentdrift import dependencies
-from latentdrift.dependencies import (
+from latentdrift.core import dependencies
+from latentdrift.core.dependencies import (
     SLICER_BUNDLED,
     TORCH_PACKAGES,
     TORCH_REQUIREMENT,

@@ -19,7 +19,9 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from latentdrift.drift import (
+from latentdrift.core.errors import ParameterError
+from latentdrift.core.values import parse_drift, validate_drift
+from latentdrift.counterfactual.drift import (
     DriftCallback,
     apply_drift,
     check_scheduler,
@@ -28,9 +30,7 @@ from latentdrift.drift import (
     drifted_start,
     inversion_start,
 )
-from latentdrift.errors import ParameterError
-from latentdrift.tiny_models import build_tiny_sd, tiny_scheduler
-from latentdrift.values import parse_drift, validate_drift
+from latentdrift.fixtures.tiny_models import build_tiny_sd, tiny_scheduler
 
 STEPS = 4
 

@@ -17,13 +17,19 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
-import latentdrift.edit.loading as loading_module
-import latentdrift.edit.run as run_module
-from latentdrift.devices import parallel_workers
-from latentdrift.drift import DriftCallback
-from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, generate_slices, load_bundle
-from latentdrift.errors import InputError, ModelError, OutOfMemoryError, ParameterError
-from latentdrift.prompts import Attributes
+import latentdrift.counterfactual.edit.loading as loading_module
+import latentdrift.counterfactual.edit.run as run_module
+from latentdrift.core.devices import parallel_workers
+from latentdrift.core.errors import InputError, ModelError, OutOfMemoryError, ParameterError
+from latentdrift.counterfactual.drift import DriftCallback
+from latentdrift.counterfactual.edit import (
+    EditSettings,
+    PipelineBundle,
+    edit_slices,
+    generate_slices,
+    load_bundle,
+)
+from latentdrift.counterfactual.prompts import Attributes
 
 SIZE = 32
 STEPS = 4

@@ -16,8 +16,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from latentdrift.drift import DriftCallback
-from latentdrift.edit import (
+from latentdrift.core.values import Drift
+from latentdrift.counterfactual.drift import DriftCallback
+from latentdrift.counterfactual.edit import (
     EditSettings,
     PipelineBundle,
     edit_direction,
@@ -26,10 +27,9 @@ from latentdrift.edit import (
     invert,
     load_bundle,
 )
-from latentdrift.edit.run import slices_to_pixels
-from latentdrift.prompts import Attributes, PromptOptions
-from latentdrift.tiny_models import build_tiny_sd
-from latentdrift.values import Drift
+from latentdrift.counterfactual.edit.run import slices_to_pixels
+from latentdrift.counterfactual.prompts import Attributes, PromptOptions
+from latentdrift.fixtures.tiny_models import build_tiny_sd
 
 SIZE = 32
 SOURCE = Attributes.parse("age=70,sex=F,dx=AD")

@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentdrift.edit import check_model_folder, clear_bundle_cache, load_bundle
-from latentdrift.errors import ModelError
-from latentdrift.prompts import DIVERSE_IMAGE_PHRASES, Attributes, PromptOptions, instruct, paraphrases
-from latentdrift.tiny_models import build_tiny_sd, tiny_tokenizer
+from latentdrift.core.errors import ModelError
+from latentdrift.counterfactual.edit import check_model_folder, clear_bundle_cache, load_bundle
+from latentdrift.counterfactual.prompts import (
+    DIVERSE_IMAGE_PHRASES,
+    Attributes,
+    PromptOptions,
+    instruct,
+    paraphrases,
+)
+from latentdrift.fixtures.tiny_models import build_tiny_sd, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,23 @@ import pytest
 import torch
 from scipy import ndimage
 
-from latentdrift.counterfactual import VolumeCounterfactual
-from latentdrift.errors import InputError, LabelMapGivenError, ModelError, ParameterError
+from latentdrift.core.errors import InputError, LabelMapGivenError, ModelError, ParameterError
+from latentdrift.core.settings import FrontEndSettings
+from latentdrift.core.volumes import Geometry, Volume, resample_volume, volume_from_sitk
+from latentdrift.counterfactual.volume_editing import VolumeCounterfactual
+from latentdrift.fixtures.synthetic import (
+    SubjectSettings,
+    brain_tissue_template,
+    synthetic_head,
+    synthetic_subject,
+)
 from latentdrift.frontend import BRAIN_T1, NATIVE, InputContract, read_contract
 from latentdrift.frontend.alignment import model_grid
 from latentdrift.frontend.bias_field import correct_bias_field, head_mask
 from latentdrift.frontend.head import PreparedHead, prepare_head
 from latentdrift.frontend.recognise import recognise, refuse_unless_head_sized
 from latentdrift.frontend.tasks import FEATHER_MM, counterfactual_on_input, segmentation_on_input
-from latentdrift.segmentation import VolumeSegmentation
-from latentdrift.settings import FrontEndSettings
-from latentdrift.synthetic import SubjectSettings, brain_tissue_template, synthetic_head, synthetic_subject
-from latentdrift.volumes import Geometry, Volume, resample_volume, volume_from_sitk
+from latentdrift.segmentation.volume_segmentation import VolumeSegmentation
 
 CPU = torch.device("cpu")
 CONTRACT = replace(BRAIN_T1, spacing_mm=3.0)
@@ -80,7 +85,7 @@ def test_models_declare_their_contract_in_their_own_config(tmp_path: Path) -> No
 
 
 def test_the_bundled_brain_models_declare_brain_contracts() -> None:
-    from latentdrift.models import default_model
+    from latentdrift.core.models import default_model
 
     for task in ("segment", "instruct", "img2img"):
         contract = read_contract(default_model(task).path)

@@ -16,13 +16,13 @@ import pytest
 from scipy import ndimage
 
 from latentdrift.cli import main
+from latentdrift.core.volumes import read_volume, write_volume
+from latentdrift.finetune.metadata import update_metadata
+from latentdrift.fixtures.synthetic import SubjectSettings, synthetic_head, synthetic_subject
+from latentdrift.fixtures.tiny_models import build_tiny_sd
 from latentdrift.frontend import BRAIN_T1
-from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
-from latentdrift.segmentation_file import read_segmentation_file
-from latentdrift.synthetic import SubjectSettings, synthetic_head, synthetic_subject
-from latentdrift.tiny_models import build_tiny_sd
-from latentdrift.train.metadata import update_metadata
-from latentdrift.volumes import read_volume, write_volume
+from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+from latentdrift.segmentation.seg_files import read_segmentation_file
 
 CONTRACT = replace(BRAIN_T1, spacing_mm=3.0)
 FAST = ["--device", "cpu", "--quiet", "--scene", "no"]

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from conftest import write_image
 
+from latentdrift.bridge.processes import EngineProcess
 from latentdrift.cli import main
-from latentdrift.processes import EngineProcess
-from latentdrift.results import ResultFolder
-from latentdrift.settings import SegmentSettings
+from latentdrift.core.results import ResultFolder
+from latentdrift.core.settings import SegmentSettings
 
 QUICK = ["--device", "cpu", "--scene", "no", "--quiet"]
 SEGMENT = ["segment", "--samples", "2", "--steps", "1", *QUICK]
@@ -79,7 +79,7 @@ def test_a_truncated_nifti_is_refused_instead_of_segmented_with_zeros(
 def test_a_nrrd_declaring_fewer_slices_than_its_data_is_refused(
     tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys
 ) -> None:
-    from latentdrift.volumes import read_volume, write_volume
+    from latentdrift.core.volumes import read_volume, write_volume
 
     whole = write_volume(read_volume(volume_file), tmp_path / "whole.nrrd")
     header_end = whole.read_bytes().index(b"\n\n")
@@ -150,11 +150,11 @@ def test_settings_out_of_bounds_are_refused_with_the_bound(
 
 def test_every_command_takes_the_same_seeds_batch_sizes_and_resolutions() -> None:
     """One rule, one message, wherever a seed or a batch size is set (training included)."""
-    from latentdrift.errors import ParameterError
-    from latentdrift.ldseg import TrainSettings
-    from latentdrift.settings import EditSettings
-    from latentdrift.train.config import FinetuneConfig
-    from latentdrift.values import MAX_RESOLUTION
+    from latentdrift.core.errors import ParameterError
+    from latentdrift.core.settings import EditSettings
+    from latentdrift.core.values import MAX_RESOLUTION
+    from latentdrift.finetune.config import FinetuneConfig
+    from latentdrift.segmentation.ldseg import TrainSettings
 
     for make in (SegmentSettings, EditSettings, TrainSettings, partial(FinetuneConfig, "c.csv", "basic")):
         with pytest.raises(ParameterError, match=r"^seed=-1 is outside 0 to 2\^63-1"):
@@ -197,7 +197,7 @@ def test_a_model_whose_activations_exceed_the_memory_available_is_refused_before
     tiny_defaults: Path, volume_file: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A declared size within the bounds is still checked against this machine's memory (here: 4 kB)."""
-    from latentdrift import devices
+    from latentdrift.core import devices
 
     monkeypatch.setattr(devices, "available_ram", lambda: 4096)
     words = ["needs at least", "more than the 4.1e-06 GB available on cpu"]
@@ -229,7 +229,7 @@ def test_a_failed_run_leaves_no_folder_it_made_for_its_result(tmp_path: Path) ->
 
 HOLDER = """
 import sys, time
-from latentdrift.results import ResultFolder
+from latentdrift.core.results import ResultFolder
 with ResultFolder(sys.argv[1], "segment", {}) as result:
     result.path("volume", "holder.nrrd").write_text("the holder's")
     print("holding", flush=True)
@@ -279,7 +279,7 @@ def test_what_a_killed_run_leaves_is_cleared_by_the_next_run_into_its_folder(
 
 KILLED_WHILE_PUBLISHING = """
 import os, signal, sys
-from latentdrift import results
+from latentdrift.core import results
 real, moves = os.replace, []
 def replace(source, target):
     real(source, target)
@@ -336,7 +336,7 @@ def test_a_cancel_from_slicer_sigterm_leaves_nothing_behind(
 
 
 def test_a_slicer_scene_leaves_no_cache_folder_in_the_temp_directory(private_temp: Path) -> None:
-    from latentdrift.scene import SceneSession
+    from latentdrift.bridge.scene import SceneSession
 
     SceneSession.headless()
     assert not any(private_temp.iterdir())
@@ -344,7 +344,7 @@ def test_a_slicer_scene_leaves_no_cache_folder_in_the_temp_directory(private_tem
 
 SIGNAL_IN_AN_IMPORT = """
 import os, signal, sys, time
-from latentdrift.interrupts import RunInterrupted, stop_on_signals
+from latentdrift.core.interrupts import RunInterrupted, stop_on_signals
 sys.path.insert(0, sys.argv[1])
 try:
     with stop_on_signals():
@@ -374,8 +374,8 @@ def test_a_signal_inside_an_import_stops_the_run_once_the_import_is_whole(tmp_pa
 A_SIGNAL_PYTHON_DROPS = """
 import os, signal, sys
 from pathlib import Path
-from latentdrift.interrupts import RunInterrupted, stop_on_signals
-from latentdrift.results import ResultFolder
+from latentdrift.core.interrupts import RunInterrupted, stop_on_signals
+from latentdrift.core.results import ResultFolder
 
 class Finalised:
     def __del__(self):  # Python drops an exception raised here, after printing it
@@ -406,8 +406,8 @@ def test_a_signal_whose_exception_python_drops_still_stops_the_run(tmp_path: Pat
 
 SHARES_INTERRUPTED = """
 import os, signal, threading, time
-from latentdrift.devices import run_in_workers
-from latentdrift.interrupts import RunInterrupted, stop_on_signals
+from latentdrift.core.devices import run_in_workers
+from latentdrift.core.interrupts import RunInterrupted, stop_on_signals
 started, ended = [], []
 
 def slow(batch):  # the first share's batches are slow, the second's quick

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from train_support import ONE_THREAD, quick_config, tiny_base, write_blob, write_cohort
 
 from latentdrift.cli import main
-from latentdrift.errors import CancelledError, JobError
-from latentdrift.train import jobs
-from latentdrift.train.checkpoints import checkpoint_step, checkpoints, is_complete
+from latentdrift.core.errors import CancelledError, JobError
+from latentdrift.finetune import jobs
+from latentdrift.finetune.checkpoints import checkpoint_step, checkpoints, is_complete
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_resumed_training_draws_exactly_what_an_uninterrupted_run_draws(setup, s
 
 
 def test_a_checkpoint_of_whole_models_from_before_still_resumes_exactly(setup, monkeypatch) -> None:
-    from latentdrift.train import loop
+    from latentdrift.finetune import loop
 
     config = quick_config(
         setup["cohort"], setup["base"], "lora", setup["cache"], steps=4, sample_every=0, drift=0.1
@@ -252,8 +252,8 @@ def test_two_processes_with_accelerate_launch(setup) -> None:
 
 def _segmentation_cohort(folder: Path) -> Path:
     """Two 8 mm synthetic brains (labels 0–3) and a row whose label file is missing; the CSV's path."""
-    from latentdrift.synthetic import SubjectSettings, synthetic_subject
-    from latentdrift.volumes import write_volume
+    from latentdrift.core.volumes import write_volume
+    from latentdrift.fixtures.synthetic import SubjectSettings, synthetic_subject
 
     lines = ["subject,path,label"]
     for seed in range(2):
@@ -267,7 +267,7 @@ def _segmentation_cohort(folder: Path) -> Path:
 
 
 def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
-    from latentdrift.ldseg import load_ldseg_model
+    from latentdrift.segmentation.ldseg import load_ldseg_model
 
     config = quick_config(
         _segmentation_cohort(tmp_path),
@@ -291,8 +291,8 @@ def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
 
 
 def test_ldseg_scheme_fine_tunes_the_model_it_is_given(tmp_path: Path) -> None:
-    from latentdrift.errors import ModelError
-    from latentdrift.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
+    from latentdrift.core.errors import ModelError
+    from latentdrift.segmentation.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
 
     names = ["background", "fluid", "grey", "white"]
     start = tmp_path / "start"
@@ -316,7 +316,7 @@ def test_ldseg_scheme_fine_tunes_the_model_it_is_given(tmp_path: Path) -> None:
 
 
 def test_batch_segment_skips_bad_rows_and_finished_subjects(tmp_path: Path, capsys) -> None:
-    from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+    from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
 
     model = tmp_path / "ldseg"
     save_ldseg_model(LDSegNetwork(tiny_config(["background", "object"], image_size=32)), model)

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from latentdrift.cli import main
-from latentdrift.errors import ParameterError
-from latentdrift.ldseg import (
+from latentdrift.core.errors import ParameterError
+from latentdrift.core.resampling import VolumeResizer
+from latentdrift.core.volumes import Geometry, Volume, read_volume, write_volume
+from latentdrift.segmentation.data import VolumePair, load_training_slices, pair_volume
+from latentdrift.segmentation.ldseg import (
     LDSegConfig,
     LDSegNetwork,
     TrainSettings,
@@ -26,12 +29,9 @@ from latentdrift.ldseg import (
     tiny_config,
     train_ldseg,
 )
-from latentdrift.ldseg.augment import augment_batch
-from latentdrift.resampling import VolumeResizer
-from latentdrift.segmentation import SegmentSettings, segment_volume
-from latentdrift.segmentation_data import VolumePair, load_training_slices, pair_volume
-from latentdrift.segmenters.ldseg import LDSegSegmenter
-from latentdrift.volumes import Geometry, Volume, read_volume, write_volume
+from latentdrift.segmentation.ldseg.augment import augment_batch
+from latentdrift.segmentation.segmenters.ldseg import LDSegSegmenter
+from latentdrift.segmentation.volume_segmentation import SegmentSettings, segment_volume
 
 SIZE = 16
 CONFIG = tiny_config(["background", "ball"], image_size=SIZE, spatial_dims=3)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentdrift.errors import ModelError
-from latentdrift.ldseg import (
+from latentdrift.core.errors import ModelError
+from latentdrift.segmentation.ldseg import (
     LDSegNetwork,
     load_ldseg_model,
     model_info,

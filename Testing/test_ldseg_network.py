@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentdrift.errors import ParameterError
-from latentdrift.ldseg import (
+from latentdrift.core.errors import ParameterError
+from latentdrift.segmentation.ldseg import (
     LabelClass,
     LDSegConfig,
     LDSegNetwork,

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from latentdrift.errors import ParameterError
-from latentdrift.ldseg import (
+from latentdrift.core.errors import ParameterError
+from latentdrift.segmentation.ldseg import (
     LDSegNetwork,
     ddim_sample_latents,
     make_scheduler,
@@ -16,7 +16,7 @@ from latentdrift.ldseg import (
     sampling_scheduler,
     tiny_config,
 )
-from latentdrift.ldseg.sampler import describe_sampling, predict_original
+from latentdrift.segmentation.ldseg.sampler import describe_sampling, predict_original
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_chosen_sampler_is_written_into_the_model_and_its_card(tmp_path) -> None
     import sys
     from pathlib import Path
 
-    from latentdrift.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
+    from latentdrift.segmentation.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "ldseg"))
     from choose_sampling import apply

@@ -12,11 +12,17 @@ import torch
 from monai.losses import DiceCELoss
 from safetensors.torch import load_file
 
-from latentdrift.errors import InputError, JobError, ParameterError
-from latentdrift.ldseg import LDSegNetwork, TrainSettings, evaluate_dice, tiny_config, train_ldseg
-from latentdrift.ldseg.augment import _anisotropic_blur, _rim, _tissue_contrast, augment_batch
-from latentdrift.ldseg.sampler import make_scheduler
-from latentdrift.ldseg.training import CHECKPOINT_VERSION, _losses
+from latentdrift.core.errors import InputError, JobError, ParameterError
+from latentdrift.segmentation.ldseg import (
+    LDSegNetwork,
+    TrainSettings,
+    evaluate_dice,
+    tiny_config,
+    train_ldseg,
+)
+from latentdrift.segmentation.ldseg.augment import _anisotropic_blur, _rim, _tissue_contrast, augment_batch
+from latentdrift.segmentation.ldseg.sampler import make_scheduler
+from latentdrift.segmentation.ldseg.training import CHECKPOINT_VERSION, _losses
 
 CONFIG = tiny_config(["background", "disc"])
 

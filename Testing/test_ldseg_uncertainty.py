@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from latentdrift.errors import ParameterError
-from latentdrift.ldseg import LDSegNetwork, segment_slices, summarise_samples, tiny_config
+from latentdrift.core.errors import ParameterError
+from latentdrift.segmentation.ldseg import LDSegNetwork, segment_slices, summarise_samples, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""Offline evaluation metrics (latentdrift.metrics): FID/KID on features, masked SSIM/PSNR, ventricles."""
+"""Offline evaluation metrics (latentdrift.evaluation.metrics): FID/KID on features, masked SSIM/PSNR, ventricles."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from latentdrift.metrics import (
+from latentdrift.evaluation.metrics import (
     changed_region,
     frechet_distance,
     kernel_distance,
@@ -14,8 +14,8 @@ from latentdrift.metrics import (
     ssim_outside,
     ventricle_measure,
 )
-from latentdrift.synthetic import SubjectSettings, synthetic_subject
-from latentdrift.synthetic_cohort import apply_atrophy
+from latentdrift.fixtures.synthetic import SubjectSettings, synthetic_subject
+from latentdrift.fixtures.synthetic_cohort import apply_atrophy
 
 
 @pytest.fixture

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from latentdrift import console
+from latentdrift.bridge import console
 from latentdrift.cli import build_parser
 from latentdrift.cli_options import COMMON
-from latentdrift.errors import ParameterError
-from latentdrift.models import DEFAULT_MODELS
-from latentdrift.modes import DEFAULT_EDIT, REGISTRY, edit_mode, volume_edit_names
-from latentdrift.settings import (
+from latentdrift.core.errors import ParameterError
+from latentdrift.core.models import DEFAULT_MODELS
+from latentdrift.core.settings import (
     CounterfactualSettings,
     DemoSettings,
     EditSettings,
@@ -27,6 +26,7 @@ from latentdrift.settings import (
     SegmentSettings,
     counterfactual_settings,
 )
+from latentdrift.counterfactual.modes import DEFAULT_EDIT, REGISTRY, edit_mode, volume_edit_names
 
 MODULE = Path(__file__).resolve().parent.parent / "LatentDriftSlicer"
 MODES = MODULE / "Logic" / "modes"

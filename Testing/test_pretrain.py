@@ -11,8 +11,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 
-from latentdrift.errors import ParameterError
-from latentdrift.train.pretrain import (
+from latentdrift.core.errors import ParameterError
+from latentdrift.finetune.pretrain import (
     NaturalImages,
     PretrainSettings,
     caption,

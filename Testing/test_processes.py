@@ -11,9 +11,7 @@ import psutil
 import pytest
 from conftest import write_image
 
-from latentdrift import errors
-from latentdrift.errors import CancelledError
-from latentdrift.processes import (
+from latentdrift.bridge.processes import (
     ENGINE_FOLDER,
     EngineProcess,
     RunState,
@@ -22,6 +20,8 @@ from latentdrift.processes import (
     error_from_event,
     parse_line,
 )
+from latentdrift.core import errors
+from latentdrift.core.errors import CancelledError
 
 
 def _gone(pid: int) -> bool:

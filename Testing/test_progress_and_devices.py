@@ -8,12 +8,12 @@ import threading
 import pytest
 import torch
 
-from latentdrift.progress import Progress
+from latentdrift.core.progress import Progress
 
 
 def test_json_lines_count_from_where_the_run_started(capsys, monkeypatch) -> None:
     clock = iter([0.0, 0.0, 0.0, 10.0, 20.0, 30.0])  # created, restarted, then one reading per update
-    monkeypatch.setattr("latentdrift.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("latentdrift.core.progress.time.monotonic", lambda: next(clock))
     progress = Progress(json_lines=True, max_rate=1000)
     for done in (600, 601, 602, 1000):
         progress(done, 1000, "training")
@@ -25,7 +25,7 @@ def test_json_lines_count_from_where_the_run_started(capsys, monkeypatch) -> Non
 
 
 def test_updates_are_throttled_but_the_last_one_is_kept(capsys, monkeypatch) -> None:
-    monkeypatch.setattr("latentdrift.progress.time.monotonic", lambda: 5.0)
+    monkeypatch.setattr("latentdrift.core.progress.time.monotonic", lambda: 5.0)
     progress = Progress(json_lines=True, max_rate=1.0)
     for done in range(1, 11):
         progress(done, 10, "segmenting")
@@ -36,7 +36,7 @@ def test_updates_are_throttled_but_the_last_one_is_kept(capsys, monkeypatch) -> 
 def test_cpu_batch_size_follows_available_memory(monkeypatch) -> None:
     import torch
 
-    from latentdrift import devices
+    from latentdrift.core import devices
 
     monkeypatch.setattr(devices, "available_ram", lambda: 8 * 2**30)
     cpu = torch.device("cpu")
@@ -46,7 +46,7 @@ def test_cpu_batch_size_follows_available_memory(monkeypatch) -> None:
 
 
 def test_batches_report_zero_first_and_a_bar_times_only_what_it_saw(capsys) -> None:
-    from latentdrift.devices import run_in_batches
+    from latentdrift.core.devices import run_in_batches
 
     reports: list[tuple[int, int]] = []
     doubled = run_in_batches(
@@ -60,7 +60,7 @@ def test_batches_report_zero_first_and_a_bar_times_only_what_it_saw(capsys) -> N
 
 
 def test_workers_share_items_in_order_and_sum_their_progress() -> None:
-    from latentdrift.devices import run_in_workers
+    from latentdrift.core.devices import run_in_workers
 
     threads = torch.get_num_threads()
     batches: list[tuple[str, list[int], int]] = []
@@ -92,7 +92,7 @@ def test_workers_share_items_in_order_and_sum_their_progress() -> None:
 
 
 def test_one_worker_runs_in_the_calling_thread_and_errors_reach_the_caller() -> None:
-    from latentdrift.devices import run_in_workers
+    from latentdrift.core.devices import run_in_workers
 
     names: list[str] = []
 
@@ -118,7 +118,7 @@ def test_one_worker_runs_in_the_calling_thread_and_errors_reach_the_caller() -> 
 
 
 def test_out_of_memory_in_one_share_halves_only_that_share() -> None:
-    from latentdrift.devices import run_in_workers
+    from latentdrift.core.devices import run_in_workers
 
     sizes: dict[int, list[int]] = {0: [], 1: []}
 
@@ -137,7 +137,7 @@ def test_out_of_memory_in_one_share_halves_only_that_share() -> None:
 
 
 def test_cpu_work_is_shared_by_two_workers_and_a_gpu_by_one(monkeypatch) -> None:
-    from latentdrift.devices import parallel_workers
+    from latentdrift.core.devices import parallel_workers
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
     monkeypatch.setattr(torch.backends.openmp, "is_available", lambda: True)

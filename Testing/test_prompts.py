@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from latentdrift.errors import ParameterError
-from latentdrift.prompts import (
+from latentdrift.core.errors import ParameterError
+from latentdrift.counterfactual.prompts import (
     DIVERSE_IMAGE_PHRASES,
     Attributes,
     PromptOptions,

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import vtk
 
-from latentdrift import errors
-from latentdrift.scene import (
+from latentdrift.bridge.scene import (
     OutputFiles,
     add_map_node,
     find_nodes,
@@ -23,8 +22,9 @@ from latentdrift.scene import (
     show_in_slice_views,
     volume_to_node,
 )
-from latentdrift.segmentation_file import SegmentClass, write_segmentation_file
-from latentdrift.volumes import Volume, read_volume, write_volume
+from latentdrift.core import errors
+from latentdrift.core.volumes import Volume, read_volume, write_volume
+from latentdrift.segmentation.seg_files import SegmentClass, write_segmentation_file
 
 TOL = 1e-6
 

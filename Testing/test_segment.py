@@ -12,13 +12,13 @@ import torch
 from conftest import oblique_direction
 from safetensors.torch import load_file
 
+from latentdrift.bridge.scene import find_nodes, load_scene, node_to_volume
 from latentdrift.cli import main
-from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
-from latentdrift.scene import find_nodes, load_scene, node_to_volume
-from latentdrift.segmentation import intensity_statistics
-from latentdrift.segmentation_data import pair_slices
-from latentdrift.synthetic import SubjectSettings, synthetic_subject
-from latentdrift.volumes import Geometry, Volume, read_volume, write_volume
+from latentdrift.core.volumes import Geometry, Volume, read_volume, write_volume
+from latentdrift.fixtures.synthetic import SubjectSettings, synthetic_subject
+from latentdrift.segmentation.data import pair_slices
+from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+from latentdrift.segmentation.volume_segmentation import intensity_statistics
 
 TOL = 1e-6
 CLASSES = ("background", "CSF", "grey matter", "white matter")

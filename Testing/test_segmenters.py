@@ -15,16 +15,18 @@ import pytest
 from conftest import oblique_direction
 from safetensors.numpy import load_file, save_file
 
-from latentdrift import models, panel_support, segmenters
+from latentdrift.bridge import panel_support
 from latentdrift.cli import main
-from latentdrift.errors import ModelError
-from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
-from latentdrift.progress import CountCallback
-from latentdrift.segmentation import segment_volume
-from latentdrift.segmenters import InputSpec, LabelClass, SlicePrediction, load_segmenter
-from latentdrift.segmenters.ldseg import LDSegSegmenter
-from latentdrift.settings import SegmentSettings
-from latentdrift.volumes import Geometry, Volume, read_volume, write_volume
+from latentdrift.core import models
+from latentdrift.core.errors import ModelError
+from latentdrift.core.progress import CountCallback
+from latentdrift.core.settings import SegmentSettings
+from latentdrift.core.volumes import Geometry, Volume, read_volume, write_volume
+from latentdrift.segmentation import segmenters
+from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+from latentdrift.segmentation.segmenters import InputSpec, LabelClass, SlicePrediction, load_segmenter
+from latentdrift.segmentation.segmenters.ldseg import LDSegSegmenter
+from latentdrift.segmentation.volume_segmentation import segment_volume
 
 TOY_FORMAT = "test-threshold"
 TOY_SPEC = InputSpec(

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from latentdrift.errors import ParameterError, UnreadableFileError
-from latentdrift.prompts import Attributes
-from latentdrift.settings import (
+from latentdrift.core.errors import ParameterError, UnreadableFileError
+from latentdrift.core.settings import (
     CounterfactualSettings,
     DemoSettings,
     EditSettings,
@@ -22,7 +21,8 @@ from latentdrift.settings import (
     settings_from_json,
     settings_json,
 )
-from latentdrift.train.config import FinetuneConfig
+from latentdrift.counterfactual.prompts import Attributes
+from latentdrift.finetune.config import FinetuneConfig
 
 
 def test_flat_options_become_nested_settings_with_text_read() -> None:

@@ -270,9 +270,9 @@ def test_register_engine_maps_logic_to_latentdrift_without_putting_logic_on_sys_
 assert importlib.util.find_spec("latentdrift") is None
 registerEngine()
 registerEngine()
-import latentdrift.errors
+import latentdrift.core.errors
 assert Path(latentdrift.__file__).parent == ENGINE_FOLDER
-assert issubclass(latentdrift.errors.InputError, latentdrift.errors.LatentDriftError)
+assert issubclass(latentdrift.core.errors.InputError, latentdrift.core.errors.LatentDriftError)
 assert not any(Path(p or ".").resolve() == ENGINE_FOLDER for p in sys.path)
 assert importlib.util.find_spec("errors") is None
 print("registered")
@@ -327,7 +327,11 @@ def _engine_modules_the_module_imports() -> list[str]:
 def test_the_engine_modules_the_panel_imports_load_without_any_heavy_package() -> None:
     """Panel set-up, choices, parameter changes and loading results never bring torch & co. into Slicer."""
     modules = _engine_modules_the_module_imports()
-    assert {"latentdrift.console", "latentdrift.settings", "latentdrift.dependencies"} <= set(modules)
+    assert {
+        "latentdrift.bridge.console",
+        "latentdrift.core.settings",
+        "latentdrift.core.dependencies",
+    } <= set(modules)
     code = f"""
 import importlib, importlib.util, sys
 from pathlib import Path

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from latentdrift.bridge.scene import load_volume_node
 from latentdrift.cli import build_parser
-from latentdrift.scene import load_volume_node
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "docs" / "slicer-module.md", ROOT / "README.md"]
@@ -45,7 +45,7 @@ def test_doc_examples_run(doc: Path, session, oblique_nifti: Path, tmp_path: Pat
             skipped.append(command)
             continue
         if command == "counterfactual" and "edit_model" not in namespace:
-            from latentdrift.tiny_models import build_tiny_sd
+            from latentdrift.fixtures.tiny_models import build_tiny_sd
 
             namespace["edit_model"] = build_tiny_sd(tmp_path / "tiny-ip2p", instruct=True)
         if command == "finetune" and "cohort_csv" not in namespace:
@@ -55,7 +55,7 @@ def test_doc_examples_run(doc: Path, session, oblique_nifti: Path, tmp_path: Pat
             namespace["base_model"] = tiny_base(tmp_path / "tiny-sd")
             namespace["job_dir"] = tmp_path / "job"
         if command == "segment" and "ldseg_model" not in namespace:
-            from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+            from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
 
             namespace["ldseg_model"] = save_ldseg_model(LDSegNetwork(tiny_config()), tmp_path / "tiny-ldseg")
         exec(compile(match.group("code"), f"{doc.name} block at {match.start()}", "exec"), namespace)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latentdrift.synthetic import (
+from latentdrift.fixtures.synthetic import (
     CSF,
     GREY_MATTER,
     WHITE_MATTER,

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentdrift.synthetic import CSF, GREY_MATTER, WHITE_MATTER, SubjectSettings, synthetic_subject
-from latentdrift.synthetic_cohort import (
+from latentdrift.core.volumes import read_volume
+from latentdrift.finetune.cohorts import read_cohort, validate_rows
+from latentdrift.fixtures.synthetic import CSF, GREY_MATTER, WHITE_MATTER, SubjectSettings, synthetic_subject
+from latentdrift.fixtures.synthetic_cohort import (
     apply_atrophy,
     atrophy_fraction,
     make_cohort,
     tissue_volumes_ml,
 )
-from latentdrift.train.cohorts import read_cohort, validate_rows
-from latentdrift.volumes import read_volume
 
 FAST = SubjectSettings(spacing_mm=3.0)
 

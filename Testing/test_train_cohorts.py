@@ -10,9 +10,10 @@ import pytest
 import SimpleITK as sitk
 from train_support import quick_config, tiny_base, write_blob, write_cohort
 
-from latentdrift.errors import InputError
-from latentdrift.train import cohorts
-from latentdrift.train.cohorts import (
+from latentdrift.core.errors import InputError
+from latentdrift.core.volumes import read_volume, write_dicom_series
+from latentdrift.finetune import cohorts
+from latentdrift.finetune.cohorts import (
     SliceSettings,
     longitudinal_pairs,
     prepare_cohort,
@@ -21,8 +22,7 @@ from latentdrift.train.cohorts import (
     validate_rows,
     write_report,
 )
-from latentdrift.train.jobs import create_job, run_job
-from latentdrift.volumes import read_volume, write_dicom_series
+from latentdrift.finetune.jobs import create_job, run_job
 
 SETTINGS = SliceSettings(size=16)
 
@@ -101,7 +101,7 @@ def test_slices_are_cached_and_a_changed_file_invalidates_the_cache(tmp_path: Pa
 
 
 def test_prompts_follow_the_job_style(tmp_path: Path) -> None:
-    from latentdrift.prompts import PromptOptions
+    from latentdrift.counterfactual.prompts import PromptOptions
 
     data = prepare_cohort(write_cohort(tmp_path / "c", subjects=1), SETTINGS, tmp_path / "cache")
     simple = data.prompt(0, PromptOptions("simple", True))

@@ -14,15 +14,15 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 from train_support import quick_config, tiny_base, write_cohort
 
-from latentdrift.drift import DriftCallback
-from latentdrift.edit import EditSettings, generate_slices
-from latentdrift.errors import ParameterError
-from latentdrift.train.cohorts import prepare_cohort
-from latentdrift.train.drift_search import l1_distances, search_drift, store_search
-from latentdrift.train.jobs import create_job, run_job
-from latentdrift.train.loop import noisy_latents, step_generator, training_loss
-from latentdrift.train.sampling import bundle_of
-from latentdrift.train.schemes import Scheme, as_pixels, load_parts, make_scheme
+from latentdrift.core.errors import ParameterError
+from latentdrift.counterfactual.drift import DriftCallback
+from latentdrift.counterfactual.edit import EditSettings, generate_slices
+from latentdrift.finetune.cohorts import prepare_cohort
+from latentdrift.finetune.drift_search import l1_distances, search_drift, store_search
+from latentdrift.finetune.jobs import create_job, run_job
+from latentdrift.finetune.loop import noisy_latents, step_generator, training_loss
+from latentdrift.finetune.sampling import bundle_of
+from latentdrift.finetune.schemes import Scheme, as_pixels, load_parts, make_scheme
 
 ENGINE = Path(__file__).resolve().parents[1] / "LatentDriftSlicer" / "Logic"
 

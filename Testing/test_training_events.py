@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from latentdrift.ldseg import TrainSettings, tiny_config, train_ldseg
-from latentdrift.progress import TrainingEvent
-from latentdrift.train.job_folder import JobFolder, StatusLines
+from latentdrift.core.progress import TrainingEvent
+from latentdrift.finetune.job_folder import JobFolder, StatusLines
+from latentdrift.segmentation.ldseg import TrainSettings, tiny_config, train_ldseg
 
 
 def _squares(count: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import oblique_direction, write_image
 
-from latentdrift import errors
-from latentdrift.resampling import SliceResizer
-from latentdrift.values import AXES
-from latentdrift.volumes import (
+from latentdrift.core import errors
+from latentdrift.core.resampling import SliceResizer
+from latentdrift.core.values import AXES
+from latentdrift.core.volumes import (
     Geometry,
     IntensityWindow,
     Volume,

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import vtk
 
-from latentdrift import console
-from latentdrift.ldseg import LabelClass, LDSegNetwork, save_ldseg_model, tiny_config
-from latentdrift.scene import find_nodes, load_volume_node
-from latentdrift.settings import SegmentSettings, counterfactual_settings
-from latentdrift.tiny_models import build_tiny_sd
+from latentdrift.bridge import console
+from latentdrift.bridge.scene import find_nodes, load_volume_node
+from latentdrift.core.settings import SegmentSettings, counterfactual_settings
+from latentdrift.fixtures.tiny_models import build_tiny_sd
+from latentdrift.segmentation.ldseg import LabelClass, LDSegNetwork, save_ldseg_model, tiny_config
 
 TOL = 1e-6
 CSF = (

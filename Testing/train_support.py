@@ -1,6 +1,6 @@
 """Shared helpers of the fine-tuning tests (no tests here): tiny volumes, cohorts, models, configs.
 
-Everything is tiny (6×20×20 volumes, 16-pixel slices, the tiny SD of ``latentdrift.tiny_models``)
+Everything is tiny (6×20×20 volumes, 16-pixel slices, the tiny SD of ``latentdrift.fixtures.tiny_models``)
 and torch runs on one thread: on a loaded 2-core machine more threads make tiny models far slower.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from latentdrift.tiny_models import build_tiny_sd
-from latentdrift.train.config import FinetuneConfig
+from latentdrift.finetune.config import FinetuneConfig
+from latentdrift.fixtures.tiny_models import build_tiny_sd
 
 torch.set_num_threads(1)
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

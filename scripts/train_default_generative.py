@@ -3,8 +3,8 @@
     .venv/bin/python scripts/train_default_generative.py [--quick]
 
 1. ``mini-sd-natural``: a miniature Stable Diffusion pre-trained from random weights on scikit-image's
-   sample images (:mod:`latentdrift.train.pretrain`).
-2. A synthetic longitudinal brain cohort (:func:`latentdrift.synthetic_cohort.make_cohort`: 48
+   sample images (:mod:`latentdrift.finetune.pretrain`).
+2. A synthetic longitudinal brain cohort (:func:`latentdrift.fixtures.synthetic_cohort.make_cohort`: 48
    subjects at baseline and follow-up, seed 0) in ``data/generative/cohort``, and for the editor a
    cohort of 48 subjects with three follow-ups each whose anatomy varies more
    (``data/generative/longitudinal-varied``: B-spline deformations of 6 mm, and baselines already aged
@@ -34,14 +34,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from latentdrift.core.progress import Progress
+from latentdrift.finetune.config import FinetuneConfig
+from latentdrift.finetune.jobs import create_job, run_job, status
+from latentdrift.finetune.metadata import recorded_drift, update_metadata
+from latentdrift.finetune.pretrain import PretrainSettings, pretrain
+from latentdrift.fixtures.synthetic import SubjectSettings
+from latentdrift.fixtures.synthetic_cohort import make_cohort
 from latentdrift.frontend import BRAIN_T1
-from latentdrift.progress import Progress
-from latentdrift.synthetic import SubjectSettings
-from latentdrift.synthetic_cohort import make_cohort
-from latentdrift.train.config import FinetuneConfig
-from latentdrift.train.jobs import create_job, run_job, status
-from latentdrift.train.metadata import recorded_drift, update_metadata
-from latentdrift.train.pretrain import PretrainSettings, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 BRAIN_MODEL_INPUT = replace(BRAIN_T1, spacing_mm=2.0)
@@ -52,7 +52,7 @@ REPRODUCE = """
 ## Data and reproduction
 
 Fine-tuned only on a **synthetic** longitudinal cohort made from the MNI152 template
-(`latentdrift.synthetic_cohort`, 48 subjects, seed 0; the text-to-image model on a baseline and one
+(`latentdrift.fixtures.synthetic_cohort`, 48 subjects, seed 0; the text-to-image model on a baseline and one
 follow-up each, the editor on a cohort of its own whose anatomy varies more — 6 mm deformations,
 baselines aged by 0–10 % brain loss — a baseline and three follow-ups each, with identity pairs and its
 text encoder trained): a demonstration model, not a clinical tool. Retrain every default generative model with

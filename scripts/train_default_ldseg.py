@@ -3,7 +3,7 @@
     .venv/bin/python scripts/train_default_ldseg.py [--steps 5000] [--restart-steps 3000] [--final-steps 1500]
         [--scanner-steps 0]
 
-1. Writes synthetic subjects made from the MNI152 template (``latentdrift.synthetic``: random smooth
+1. Writes synthetic subjects made from the MNI152 template (``latentdrift.fixtures.synthetic``: random smooth
    deformations, tissue contrast, gamma, bias field, noise) as image/label NRRD pairs under
    ``data/brain-tissue/`` with a CSV. Seeds 0…N-1 are used here; the benchmarks evaluate on seeds from
    1000 on, which training never sees.
@@ -21,7 +21,7 @@
 
 ``--scanner-steps N`` adds a stage 4 (stage 3 then goes to ``data/brain-tissue-ldseg-stage3``): the
 stage-3 model fine-tuned N steps with the scanner-variation augmentation as well
-(:mod:`latentdrift.ldseg.augment`: per-tissue contrast, sharper borders, blur along one axis, a rim of
+(:mod:`latentdrift.segmentation.ldseg.augment`: per-tissue contrast, sharper borders, blur along one axis, a rim of
 non-brain tissue outside the brain), cosine from 1e-4. Tried with 800 steps: held-out synthetic mean
 Dice 0.707 → 0.782, but on the real ROBEX head no measured gain (grey matter against the atlas labelling
 0.788 vs 0.786, CSF 0.394 vs 0.406: ``benchmarks/realhead/results-ldseg-stage4.md`` against ``results.md``),
@@ -44,12 +44,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from latentdrift.core.progress import Progress
+from latentdrift.core.volumes import write_volume
+from latentdrift.fixtures.synthetic import TISSUE_NAMES, synthetic_subject
 from latentdrift.frontend import BRAIN_T1
-from latentdrift.ldseg import LabelClass, LDSegConfig, TrainSettings, read_config, training_config
-from latentdrift.progress import Progress
-from latentdrift.synthetic import TISSUE_NAMES, synthetic_subject
-from latentdrift.volumes import write_volume
-from latentdrift.workflows.segment import train_segmentation_model
+from latentdrift.segmentation.ldseg import (
+    LabelClass,
+    LDSegConfig,
+    TrainSettings,
+    read_config,
+    training_config,
+)
+from latentdrift.segmentation.workflow import train_segmentation_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Relative to ROOT, which the run changes into, so that the model card names no machine's paths.
@@ -142,7 +148,7 @@ def write_subjects(count: int) -> Path:
 
 
 def default_config() -> LDSegConfig:
-    """128×128 axial slices, a 32×32×4 latent, 15 DDIM steps (:func:`latentdrift.ldseg.training_config`).
+    """128×128 axial slices, a 32×32×4 latent, 15 DDIM steps (:func:`latentdrift.segmentation.ldseg.training_config`).
 
     The LDSeg reference's 32×32×1 latent (at 512²/16) cannot hold thin CSF at this scale: its
     autoencoder's own reconstruction of the true labels scores low (``benchmarks/ldseg``, autoencoder

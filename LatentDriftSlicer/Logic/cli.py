@@ -27,11 +27,10 @@ from typing import Any
 from . import __version__
 from .cli_options import Handler
 from .cli_options import build_parser as parser_with
-from .errors import LatentDriftError, ParameterError
-from .interrupts import StopState, stop_on_signals
-from .modes import GENERATE
-from .progress import Progress, emit_event
-from .settings import (
+from .core.errors import LatentDriftError, ParameterError
+from .core.interrupts import StopState, stop_on_signals
+from .core.progress import Progress, emit_event
+from .core.settings import (
     CounterfactualSettings,
     DemoSettings,
     EditSettings,
@@ -43,6 +42,7 @@ from .settings import (
     generate_settings,
     read_settings,
 )
+from .counterfactual.modes import GENERATE
 
 LOG = logging.getLogger("latentdrift")
 
@@ -78,8 +78,8 @@ def _settings(args: argparse.Namespace, kind: type, names: Iterable[str], build:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from .devices import available_devices
-    from .models import list_models, search_folders
+    from .core.devices import available_devices
+    from .core.models import list_models, search_folders
 
     report: dict[str, Any] = {
         "latentdrift": __version__,
@@ -131,7 +131,7 @@ def _version_of(package: str) -> str:
 
 
 def _run_scene(args: argparse.Namespace) -> int:
-    from .sample_data import resolve_input
+    from .fixtures.sample_data import resolve_input
     from .workflows.scene_check import scene_roundtrip
 
     inputs = [resolve_input(text) for text in args.inputs]
@@ -144,8 +144,8 @@ SEGMENT_OPTIONS = _names(SegmentSettings)
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    from .sample_data import resolve_input
-    from .workflows.segment import segment_file
+    from .fixtures.sample_data import resolve_input
+    from .segmentation.workflow import segment_file
 
     settings = _settings(args, SegmentSettings, SEGMENT_OPTIONS, SegmentSettings)
     summary = segment_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
@@ -158,8 +158,8 @@ GENERATE_OPTIONS = _names(EditSettings, GenerateSettings)
 
 
 def _run_counterfactual(args: argparse.Namespace) -> int:
-    from .sample_data import resolve_input
-    from .workflows.counterfactual import counterfactual_file
+    from .counterfactual.workflow import counterfactual_file
+    from .fixtures.sample_data import resolve_input
 
     settings = _settings(args, CounterfactualSettings, COUNTERFACTUAL_OPTIONS, counterfactual_settings)
     summary = counterfactual_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
@@ -168,7 +168,7 @@ def _run_counterfactual(args: argparse.Namespace) -> int:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from .workflows.counterfactual import generate_file
+    from .counterfactual.workflow import generate_file
 
     settings = _settings(args, GenerateSettings, GENERATE_OPTIONS, generate_settings)
     summary = generate_file(args.output, settings, args.progress)
@@ -177,7 +177,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .sample_data import resolve_input
+    from .fixtures.sample_data import resolve_input
     from .workflows.demo import demo_file
 
     settings = _settings(args, DemoSettings, _names(DemoSettings), demo_settings)
@@ -191,8 +191,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_train_ldseg(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .ldseg import TrainSettings
-    from .workflows.segment import train_segmentation_model
+    from .segmentation.ldseg import TrainSettings
+    from .segmentation.workflow import train_segmentation_model
 
     config, layout = _ldseg_configs(args)
     settings = TrainSettings(
@@ -228,9 +228,9 @@ _ARCHITECTURE_OPTIONS = ("axis", "spatial_dims", "image_size", "latent_downsampl
 def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """``(config, layout)``: the config of a model trained from scratch (None with ``--init-from``,
     whose model's config is used) and the config whose axis and dimensions the training follows."""
-    from .errors import ParameterError
-    from .ldseg import default_classes, training_config
-    from .workflows.segment import fine_tuning_config
+    from .core.errors import ParameterError
+    from .segmentation.ldseg import default_classes, training_config
+    from .segmentation.workflow import fine_tuning_config
 
     names = [name.strip() for name in (args.classes or "").split(",") if name.strip()]
     if args.init_from is not None:
@@ -259,8 +259,8 @@ def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _finetune_config(args: argparse.Namespace) -> Any:
     """The job's FinetuneConfig: the options given (δ as text), or the ``--settings`` file."""
-    from .settings import build_settings
-    from .train.config import FinetuneConfig
+    from .core.settings import build_settings
+    from .finetune.config import FinetuneConfig
 
     def build(**given: Any) -> FinetuneConfig:
         return build_settings(FinetuneConfig, edit_fields(given))
@@ -271,7 +271,7 @@ def _finetune_config(args: argparse.Namespace) -> Any:
 def _run_finetune(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from .train.jobs import create_job, run_job
+    from .finetune.jobs import create_job, run_job
 
     config = _finetune_config(args)
     if PartialState().is_main_process:
@@ -283,7 +283,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 
 def _run_jobs(args: argparse.Namespace) -> int:
-    from .train import jobs
+    from .finetune import jobs
 
     if args.action == "resume":
         _report_job(args, args.job_dir, jobs.run_job(args.job_dir, args.progress, not args.keep_cancel))
@@ -316,10 +316,10 @@ def _report_job(args: argparse.Namespace, job_dir: str, summary: dict[str, Any])
 def _run_batch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .train.batch import run_batch
+    from .workflows.batch import run_batch
 
     if args.task == "segment":
-        from .workflows.segment import segment_file
+        from .segmentation.workflow import segment_file
 
         settings = SegmentSettings(**_given(args, SEGMENT_OPTIONS))
 
@@ -327,7 +327,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             return segment_file(row.image, folder, settings, scene=args.scene)
 
     else:
-        from .workflows.counterfactual import counterfactual_file
+        from .counterfactual.workflow import counterfactual_file
 
         given = _given(args, COUNTERFACTUAL_OPTIONS - {"source"})
 
@@ -385,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with stop_on_signals() as stopping:
             if vars(args).get("device") not in (None, "auto"):
-                from .devices import resolve_device
+                from .core.devices import resolve_device
 
                 resolve_device(args.device)  # fail early, before any work
             return handler(args)

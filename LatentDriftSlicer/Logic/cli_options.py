@@ -1,11 +1,11 @@
 """The ``latentdrift`` command's parser: each settings option is derived from its settings field.
 
 The options of ``segment``, ``counterfactual``, ``generate``, ``demo`` and ``batch`` are the fields of
-the engine's settings that declare a help text (:func:`latentdrift.settings.option`): the flag, type,
+the engine's settings that declare a help text (:func:`latentdrift.core.settings.option`): the flag, type,
 choices and help come from the field, and an option left out of the command line is left out of the
 namespace (``default=GIVEN``), so the settings' own default applies. ``--device`` and ``--seed`` are
 the run options every command shares. ``finetune`` takes the fields of
-:class:`~latentdrift.train.config.FinetuneConfig`; ``train-ldseg``, ``jobs``, ``info`` and ``scene``
+:class:`~latentdrift.finetune.config.FinetuneConfig`; ``train-ldseg``, ``jobs``, ``info`` and ``scene``
 declare their own options here.
 """
 
@@ -17,9 +17,8 @@ from dataclasses import MISSING, Field, dataclass, fields, replace
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from .models import DEFAULT_MODELS
-from .modes import GENERATE
-from .settings import (
+from .core.models import DEFAULT_MODELS
+from .core.settings import (
     FRONT_END_STEPS,
     SCENE_CHOICES,
     SCENE_DEFAULT,
@@ -31,7 +30,8 @@ from .settings import (
     SegmentSettings,
     option_field,
 )
-from .values import AXES
+from .core.values import AXES
+from .counterfactual.modes import GENERATE
 
 Handler = Callable[[argparse.Namespace], int]
 GIVEN = argparse.SUPPRESS
@@ -344,7 +344,7 @@ def _add_settings_file(parser: argparse.ArgumentParser) -> None:
 class _FrontEndOff(argparse.Action):
     """``--no-preprocess`` / ``--no-<step>``: turn the brain front end, or one of its steps, off.
 
-    Builds the settings' ``front_end`` (:class:`~latentdrift.settings.FrontEndSettings`) flag by flag.
+    Builds the settings' ``front_end`` (:class:`~latentdrift.core.settings.FrontEndSettings`) flag by flag.
     """
 
     def __init__(self, option_strings: Sequence[str], dest: str, step: str, **kwargs: Any) -> None:
@@ -393,12 +393,12 @@ _FINETUNE_OPTIONS: dict[str, tuple[type, str]] = {
     "--search-samples": (int, "δ search: samples per δ"),
     "--search-steps": (int, "δ search: denoising steps per sample"),
 }
-"""``finetune`` options that set the :class:`~latentdrift.train.config.FinetuneConfig` field of their name
+"""``finetune`` options that set the :class:`~latentdrift.finetune.config.FinetuneConfig` field of their name
 (with the field's default); the others are declared one by one in :func:`_add_finetune_parser`."""
 
 
 def _add_finetune_parser(commands: Any, common: argparse.ArgumentParser, handler: Handler) -> None:
-    from .train.config import SCHEMES, FinetuneConfig
+    from .finetune.config import SCHEMES, FinetuneConfig
 
     finetune = commands.add_parser(
         "finetune", parents=[common], help="fine-tune on a local cohort in a job folder (resumable)"

@@ -22,7 +22,7 @@ on random-weight models built here (timing does not depend on the weights):
   32×32 model resolution), in a fresh process: everything from reading the file to the saved scene;
 * (e) the VAE's time per slice by the number of slices per call (64 slices), for the tiny model and
   the bundled default editor (``brain-mri-instruct``, 64×64): what ``VAE_CHUNK`` in
-  ``latentdrift.edit.loading`` is chosen from.
+  ``latentdrift.counterfactual.edit.loading`` is chosen from.
 
 Timings interleave the compared variants and report medians, because the machine is shared. Torch
 runs on one thread by default: on the 2-core development machine, busy with a training run (load
@@ -51,15 +51,15 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 
-from latentdrift.counterfactual import counterfactual_volume, model_resolution
-from latentdrift.devices import parallel_workers, run_in_workers
-from latentdrift.drift import DriftCallback
-from latentdrift.edit import EditSettings, PipelineBundle, edit_slices, load_bundle
-from latentdrift.edit.loading import VAE_CHUNK
-from latentdrift.models import default_model
-from latentdrift.resampling import SliceResizer
-from latentdrift.tiny_models import TEXT_WIDTH, build_tiny_sd
-from latentdrift.volumes import Geometry, IntensityWindow, Volume, extract_slices, write_volume
+from latentdrift.core.devices import parallel_workers, run_in_workers
+from latentdrift.core.models import default_model
+from latentdrift.core.resampling import SliceResizer
+from latentdrift.core.volumes import Geometry, IntensityWindow, Volume, extract_slices, write_volume
+from latentdrift.counterfactual.drift import DriftCallback
+from latentdrift.counterfactual.edit import EditSettings, PipelineBundle, edit_slices, load_bundle
+from latentdrift.counterfactual.edit.loading import VAE_CHUNK
+from latentdrift.counterfactual.volume_editing import counterfactual_volume, model_resolution
+from latentdrift.fixtures.tiny_models import TEXT_WIDTH, build_tiny_sd
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from latentdrift.edit import EditSettings, clear_bundle_cache, generate_slices, load_bundle
-from latentdrift.prompts import Attributes, PromptOptions, describe
-from latentdrift.synthetic_cohort import make_cohort, plan_subject
-from latentdrift.train.cohorts import CohortData, CohortRow, SliceSettings, prepare_cohort, read_cohort
-from latentdrift.train.config import FinetuneConfig
-from latentdrift.train.job_folder import JobFolder
-from latentdrift.train.jobs import create_job, run_job
-from latentdrift.train.metadata import recorded_drift
-from latentdrift.train.schemes import make_scheme
+from latentdrift.counterfactual.edit import EditSettings, clear_bundle_cache, generate_slices, load_bundle
+from latentdrift.counterfactual.prompts import Attributes, PromptOptions, describe
+from latentdrift.finetune.cohorts import CohortData, CohortRow, SliceSettings, prepare_cohort, read_cohort
+from latentdrift.finetune.config import FinetuneConfig
+from latentdrift.finetune.job_folder import JobFolder
+from latentdrift.finetune.jobs import create_job, run_job
+from latentdrift.finetune.metadata import recorded_drift
+from latentdrift.finetune.schemes import make_scheme
+from latentdrift.fixtures.synthetic_cohort import make_cohort, plan_subject
 
 NEEDED_DIAGNOSES = ("CN", "AD")
 

@@ -17,7 +17,7 @@ from monai.networks.blocks import Convolution
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from latentdrift.train.cohorts import CohortData
+from latentdrift.finetune.cohorts import CohortData
 
 POSITION_BINS = 8
 BATCH = 32

@@ -200,7 +200,7 @@ def markdown(results: dict[str, Any], pngs: list[str]) -> str:
         "Read this first:",
         "",
         "- **Every image here is synthetic.** The cohorts are made from the MNI152 template by "
-        "`latentdrift.synthetic_cohort` (random deformations, intensity variation, a simulated atrophy "
+        "`latentdrift.fixtures.synthetic_cohort` (random deformations, intensity variation, a simulated atrophy "
         "model for the follow-ups). The paper's 'real data' rows are, here, *cohort* slices of synthetic "
         "subjects; held-out means other synthetic subjects of the same template.",
         "- **FID and KID use an encoder trained in this run** (a small MONAI CNN classifying axial slice "

@@ -9,7 +9,7 @@ InstructPix2Pix editor vs δ against the true follow-ups of the synthetic longit
 CN-vs-AD classifier trained on synthetic, cohort and mixed slices; (4) prompt style and age format.
 
 Every stage is cached under ``--work`` (default ``data/evidence/<mode>/``): fine-tuning jobs resume
-from their checkpoints (``latentdrift.train.jobs``), generated slices, counterfactual volumes, the
+from their checkpoints (``latentdrift.finetune.jobs``), generated slices, counterfactual volumes, the
 encoder and the classifiers are stored with a key of their settings, so a rerun skips what is done.
 Outputs (``results.json``, ``results.md``, ``*.png``) go to ``--output`` (default
 ``benchmarks/evidence/`` in full mode, ``data/evidence/quick/report/`` in quick mode).
@@ -43,9 +43,9 @@ from networks import apply, load_encoder, position_labels, train_encoder  # noqa
 from report import figures, markdown  # noqa: E402
 from sections import Context, section_classifier, section_counterfactual, section_drift, section_prompts  # noqa: E402
 
-from latentdrift.counterfactual import model_resolution  # noqa: E402
-from latentdrift.edit import clear_bundle_cache, load_bundle  # noqa: E402
-from latentdrift.models import find_default  # noqa: E402
+from latentdrift.core.models import find_default  # noqa: E402
+from latentdrift.counterfactual.edit import clear_bundle_cache, load_bundle  # noqa: E402
+from latentdrift.counterfactual.volume_editing import model_resolution  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,16 +124,16 @@ def base_model(args: argparse.Namespace, work: Path) -> tuple[Path, str]:
     if args.base is not None:
         return args.base, "given with --base"
     if args.quick:
-        from latentdrift.tiny_models import build_tiny_sd
+        from latentdrift.fixtures.tiny_models import build_tiny_sd
 
         folder = work / "base-tiny-sd"
         if not (folder / "model_index.json").is_file():
             build_tiny_sd(folder, seed=0)
-        return folder, "tiny random-weight Stable Diffusion from latentdrift.tiny_models, 32×32"
+        return folder, "tiny random-weight Stable Diffusion from latentdrift.fixtures.tiny_models, 32×32"
     base = find_default("finetune")
     if base is None:
         raise SystemExit("No base model installed: give --base DIR (a diffusers Stable Diffusion folder).")
-    return base.path, "the bundled miniature natural-image Stable Diffusion (latentdrift.train.pretrain)"
+    return base.path, "the bundled miniature natural-image Stable Diffusion (latentdrift.finetune.pretrain)"
 
 
 def installed_default(given: Path | None, task: str, quick: bool) -> Path | None:

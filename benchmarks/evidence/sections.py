@@ -27,9 +27,11 @@ from networks import SliceCNN, apply, train_network
 from scipy.stats import pearsonr
 from sklearn.metrics import roc_auc_score
 
-from latentdrift.counterfactual import counterfactual_volume
-from latentdrift.edit import EditSettings, clear_bundle_cache, load_bundle
-from latentdrift.metrics import (
+from latentdrift.core.volumes import Volume, extract_slices, read_volume
+from latentdrift.counterfactual.edit import EditSettings, clear_bundle_cache, load_bundle
+from latentdrift.counterfactual.prompts import describe
+from latentdrift.counterfactual.volume_editing import counterfactual_volume
+from latentdrift.evaluation.metrics import (
     changed_region,
     frechet_distance,
     kernel_distance,
@@ -38,12 +40,10 @@ from latentdrift.metrics import (
     ssim_outside,
     ventricle_measure,
 )
-from latentdrift.prompts import describe
-from latentdrift.synthetic_cohort import tissue_volumes_ml
-from latentdrift.train.cohorts import CohortData, CohortRow
-from latentdrift.train.config import FinetuneConfig
-from latentdrift.train.drift_search import l1_distances
-from latentdrift.volumes import Volume, extract_slices, read_volume
+from latentdrift.finetune.cohorts import CohortData, CohortRow
+from latentdrift.finetune.config import FinetuneConfig
+from latentdrift.finetune.drift_search import l1_distances
+from latentdrift.fixtures.synthetic_cohort import tissue_volumes_ml
 
 SCHEMES = ("basic", "lora", "textual-inversion", "dreambooth", "custom-diffusion")
 CHANGE_MARGIN_VOXELS = 2

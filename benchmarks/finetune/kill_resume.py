@@ -1,6 +1,6 @@
 """20 random kill -9 / resume trials on one tiny fine-tuning job (a real background process each time).
 
-Each trial starts the job (``latentdrift.train.jobs.start``, i.e. ``python -m latentdrift.cli jobs resume``),
+Each trial starts the job (``latentdrift.finetune.jobs.start``, i.e. ``python -m latentdrift.cli jobs resume``),
 waits a random time after it has made progress, kills it with SIGKILL (possibly in the middle of a
 checkpoint), then checks: every checkpoint folder is complete and its safetensors files load; the
 steps lost (last logged step − step resumed from) are at most one checkpoint interval; the next
@@ -22,10 +22,10 @@ from pathlib import Path
 from common import HERE, machine, tiny_cohort
 from safetensors.torch import load_file
 
-from latentdrift.tiny_models import build_tiny_sd
-from latentdrift.train import jobs
-from latentdrift.train.checkpoints import checkpoint_step, checkpoints, is_complete
-from latentdrift.train.config import FinetuneConfig
+from latentdrift.finetune import jobs
+from latentdrift.finetune.checkpoints import checkpoint_step, checkpoints, is_complete
+from latentdrift.finetune.config import FinetuneConfig
+from latentdrift.fixtures.tiny_models import build_tiny_sd
 
 TRIALS = 20
 INTERVAL = 3

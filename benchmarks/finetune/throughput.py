@@ -1,6 +1,6 @@
 """Training throughput: our shared loop vs a minimal loop written like diffusers' ``train_text_to_image``.
 
-Both train the same tiny SD (``latentdrift.tiny_models``) with the same batch size, resolution,
+Both train the same tiny SD (``latentdrift.fixtures.tiny_models``) with the same batch size, resolution,
 optimizer and Accelerator on the same cohort slices; the reference loop is the example script's
 step with nothing around it (no status lines, no per-step generators, no cancel checks). Each loop
 runs ``ROUNDS`` times, alternating, and the median samples/s is compared (warm-up steps excluded;
@@ -21,18 +21,18 @@ from pathlib import Path
 import torch
 from common import HERE, machine, tiny_cohort
 
-from latentdrift.tiny_models import build_tiny_sd
-from latentdrift.train.cohorts import prepare_cohort
-from latentdrift.train.config import FinetuneConfig
-from latentdrift.train.job_folder import JobFolder
-from latentdrift.train.loop import make_accelerator, train
-from latentdrift.train.schemes import as_pixels, load_parts, make_scheme
+from latentdrift.finetune.cohorts import prepare_cohort
+from latentdrift.finetune.config import FinetuneConfig
+from latentdrift.finetune.job_folder import JobFolder
+from latentdrift.finetune.loop import make_accelerator, train
+from latentdrift.finetune.schemes import as_pixels, load_parts, make_scheme
+from latentdrift.fixtures.tiny_models import build_tiny_sd
 
 STEPS, WARMUP, BATCH, SIZE, ROUNDS = 40, 5, 4, 32, 3
 
 
 def ours(config: FinetuneConfig, folder: Path) -> float:
-    """Samples/s of :func:`latentdrift.train.loop.train` (basic scheme, no drift)."""
+    """Samples/s of :func:`latentdrift.finetune.loop.train` (basic scheme, no drift)."""
     accelerator = make_accelerator(config)
     data = prepare_cohort(config.cohort, config.slice_settings(), config.cache_dir)
     scheme = make_scheme(config)

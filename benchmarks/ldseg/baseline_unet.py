@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from train_default_ldseg import DATA, default_config, write_subjects  # noqa: E402
 
-from latentdrift.ldseg.augment import augment_batch  # noqa: E402
-from latentdrift.segmentation_data import find_pairs, load_training_slices, split_by_subject  # noqa: E402
+from latentdrift.segmentation.data import find_pairs, load_training_slices, split_by_subject  # noqa: E402
+from latentdrift.segmentation.ldseg.augment import augment_batch  # noqa: E402
 
 OUTPUT = ROOT / "data" / "baseline-unet"
 CHANNELS = (24, 48, 96, 192)

@@ -30,15 +30,15 @@ sys.path.insert(0, str(HERE))
 
 from run import accuracy  # noqa: E402
 
-from latentdrift.atomic_files import write_json_atomic  # noqa: E402
-from latentdrift.ldseg import load_ldseg_model, sampling_scheduler  # noqa: E402
-from latentdrift.ldseg.model_io import CARD_FILE, CONFIG_FILE, config_document  # noqa: E402
-from latentdrift.ldseg.sampler import describe_sampling  # noqa: E402
-from latentdrift.models import resolve_model  # noqa: E402
-from latentdrift.segmentation import SegmentSettings, segment_volume  # noqa: E402
-from latentdrift.segmentation_data import VolumePair, split_by_subject  # noqa: E402
-from latentdrift.segmenters.ldseg import LDSegSegmenter  # noqa: E402
-from latentdrift.synthetic import synthetic_subject  # noqa: E402
+from latentdrift.core.atomic_files import write_json_atomic  # noqa: E402
+from latentdrift.core.models import resolve_model  # noqa: E402
+from latentdrift.fixtures.synthetic import synthetic_subject  # noqa: E402
+from latentdrift.segmentation.data import VolumePair, split_by_subject  # noqa: E402
+from latentdrift.segmentation.ldseg import load_ldseg_model, sampling_scheduler  # noqa: E402
+from latentdrift.segmentation.ldseg.model_io import CARD_FILE, CONFIG_FILE, config_document  # noqa: E402
+from latentdrift.segmentation.ldseg.sampler import describe_sampling  # noqa: E402
+from latentdrift.segmentation.segmenters.ldseg import LDSegSegmenter  # noqa: E402
+from latentdrift.segmentation.volume_segmentation import SegmentSettings, segment_volume  # noqa: E402
 
 TRAINING_SUBJECTS = 30  # scripts/train_default_ldseg.py --subjects
 VALIDATION_FRACTION = 0.2  # and its validation fraction and seed

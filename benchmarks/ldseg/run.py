@@ -48,15 +48,20 @@ from baseline_unet import OUTPUT as UNET_FOLDER  # noqa: E402
 from baseline_unet import build_unet  # noqa: E402
 from baseline_unet import train as train_unet  # noqa: E402
 
-from latentdrift.ldseg import LDSegNetwork, load_ldseg_model  # noqa: E402
-from latentdrift.ldseg.sampler import describe_sampling  # noqa: E402
-from latentdrift.ldseg.uncertainty import segment_slices  # noqa: E402
-from latentdrift.models import resolve_model  # noqa: E402
-from latentdrift.segmentation import SegmentSettings, VolumeSegmentation, segment_volume, segment_volume_with  # noqa: E402
-from latentdrift.segmentation_data import pair_slices  # noqa: E402
-from latentdrift.segmenters.ldseg import LDSegSegmenter, ldseg_input_spec  # noqa: E402
-from latentdrift.synthetic import TISSUE_NAMES, synthetic_subject  # noqa: E402
-from latentdrift.volumes import Volume  # noqa: E402
+from latentdrift.core.models import resolve_model  # noqa: E402
+from latentdrift.core.volumes import Volume  # noqa: E402
+from latentdrift.fixtures.synthetic import TISSUE_NAMES, synthetic_subject  # noqa: E402
+from latentdrift.segmentation.data import pair_slices  # noqa: E402
+from latentdrift.segmentation.ldseg import LDSegNetwork, load_ldseg_model  # noqa: E402
+from latentdrift.segmentation.ldseg.sampler import describe_sampling  # noqa: E402
+from latentdrift.segmentation.ldseg.uncertainty import segment_slices  # noqa: E402
+from latentdrift.segmentation.segmenters.ldseg import LDSegSegmenter, ldseg_input_spec  # noqa: E402
+from latentdrift.segmentation.volume_segmentation import (  # noqa: E402
+    SegmentSettings,
+    VolumeSegmentation,
+    segment_volume,
+    segment_volume_with,
+)
 
 HELD_OUT_SEED = 1000
 CURVE_STEPS = (1, 2, 5, 10, 15, 25, 50)
@@ -190,7 +195,7 @@ def speed_ldseg(samples: int, steps: int) -> dict:
     model = load_ldseg_model(resolve_model("brain-tissue-ldseg", ("ldseg",)).path)
     size = model.config.image_size
     images = np.random.default_rng(0).uniform(-1, 1, (SPEED_SLICES, 1, size, size)).astype(np.float32)
-    from latentdrift.ldseg import segment_slices
+    from latentdrift.segmentation.ldseg import segment_slices
 
     segment_slices(model, images[:1], samples=1, steps=1)  # warm-up
     started = time.perf_counter()

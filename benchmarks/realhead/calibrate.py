@@ -8,7 +8,7 @@ For each δ, the bundled editor (``brain-mri-instruct``) makes the counterfactua
 * the real head ``sample:robex-head`` (no truth: the change should be growth of the CSF spaces), and
 * synthetic heads (held-out synthetic subjects in a simulated skull and scalp) whose true follow-up is
   known: the same subject after the atrophy model's loss for those 8 years (CN → AD,
-  :func:`latentdrift.synthetic_cohort.atrophy_fraction`),
+  :func:`latentdrift.fixtures.synthetic_cohort.atrophy_fraction`),
 
 each through the whole engine path (the brain front end included), and the project's own segmentation
 (``brain-tissue-ldseg``, through the front end too) measures the CSF of the input, the counterfactual and
@@ -27,13 +27,13 @@ from typing import Any
 
 from run import Ours  # this folder's benchmark: the same engine calls, one home
 
+from latentdrift.core.models import default_model
+from latentdrift.core.volumes import Volume, read_volume
+from latentdrift.finetune.metadata import update_metadata
+from latentdrift.fixtures.sample_data import robex_head_path
+from latentdrift.fixtures.synthetic import SubjectSettings, synthetic_head, synthetic_subject
+from latentdrift.fixtures.synthetic_cohort import apply_atrophy, atrophy_fraction
 from latentdrift.frontend.head import PreparedHead
-from latentdrift.models import default_model
-from latentdrift.sample_data import robex_head_path
-from latentdrift.synthetic import SubjectSettings, synthetic_head, synthetic_subject
-from latentdrift.synthetic_cohort import apply_atrophy, atrophy_fraction
-from latentdrift.train.metadata import update_metadata
-from latentdrift.volumes import Volume, read_volume
 
 HERE = Path(__file__).resolve().parent
 SOURCE, TARGET = "age=70,sex=F,dx=CN", "age=78,dx=AD"  # the sex sets the true atrophy

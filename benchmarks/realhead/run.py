@@ -13,7 +13,7 @@ the CPU with torch's default thread count; times are of this run, on this machin
    k-means inside the same brain mask (ANTs ships no brain extractor that works offline: its
    template-based extraction downloads its templates). Time as a ratio in the same run, and the tissue
    agreement between the two. *An atlas labelling* of the same brain: the MNI152 template's tissue
-   labels (:func:`latentdrift.synthetic.brain_tissue_template`) carried onto the head by ANTs SyN
+   labels (:func:`latentdrift.fixtures.synthetic.brain_tissue_template`) carried onto the head by ANTs SyN
    (template brain → the head's corrected brain), the kind of reference "atlas labelling" means; both
    segmentations' per-class Dice against it. Counterfactual ``--from age=70,dx=CN --to age=78,dx=AD``
    with the defaults: the CSF change measured by running our segmentation on the input and on the
@@ -21,7 +21,7 @@ the CPU with torch's default thread count; times are of this run, on this machin
    voxel changed.
 2. **Synthetic heads**, where the truth is known: synthetic subjects (the template under random
    deformations and intensity changes, seeds the models never saw) inside a simulated skull and scalp
-   (:func:`latentdrift.synthetic.synthetic_head`), as acquired (1.5 mm axial) and resliced as an oblique
+   (:func:`latentdrift.fixtures.synthetic.synthetic_head`), as acquired (1.5 mm axial) and resliced as an oblique
    coronal 2 × 2 × 3 mm scan: brain-mask Dice, per-class Dice against the true labels, and the Dice of
    the union of the tissue segments against the true brain mask.
 """
@@ -41,17 +41,22 @@ import numpy as np
 from scipy import ndimage
 
 from latentdrift import __version__
-from latentdrift.edit import load_bundle
+from latentdrift.core.models import default_model
+from latentdrift.core.settings import CounterfactualSettings, DemoSettings, FrontEndSettings, SegmentSettings
+from latentdrift.core.volumes import Volume, read_volume, resample_volume, volume_to_sitk
+from latentdrift.counterfactual.edit import load_bundle
+from latentdrift.counterfactual.prompts import Attributes
+from latentdrift.fixtures.sample_data import robex_brain_mask_path, robex_head_path
+from latentdrift.fixtures.synthetic import (
+    SubjectSettings,
+    brain_tissue_template,
+    synthetic_head,
+    synthetic_subject,
+)
 from latentdrift.frontend.head import PreparedHead
 from latentdrift.frontend.tasks import counterfactual_head, segment_head
-from latentdrift.models import default_model
-from latentdrift.prompts import Attributes
-from latentdrift.sample_data import robex_brain_mask_path, robex_head_path
-from latentdrift.segmentation import VolumeSegmentation
-from latentdrift.segmenters import load_segmenter
-from latentdrift.settings import CounterfactualSettings, DemoSettings, FrontEndSettings, SegmentSettings
-from latentdrift.synthetic import SubjectSettings, brain_tissue_template, synthetic_head, synthetic_subject
-from latentdrift.volumes import Volume, read_volume, resample_volume, volume_to_sitk
+from latentdrift.segmentation.segmenters import load_segmenter
+from latentdrift.segmentation.volume_segmentation import VolumeSegmentation
 from latentdrift.workflows.demo import editor_settings
 
 HERE = Path(__file__).resolve().parent
@@ -317,7 +322,7 @@ def save_preview(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from latentdrift.volumes import extract_slices
+    from latentdrift.core.volumes import extract_slices
 
     centre = np.array(ndimage.center_of_mass(mask)).round().astype(int)
     axes = ("axial", "coronal", "sagittal")
@@ -356,7 +361,7 @@ def save_preview(
 
 def _slice_through(volume: Volume, axis: str, centre: np.ndarray) -> int:
     """The index (as extract_slices counts along ``axis``) of the slice through voxel ``centre`` [k, j, i]."""
-    from latentdrift.volumes import slice_layout
+    from latentdrift.core.volumes import slice_layout
 
     layout = slice_layout(volume.geometry, axis)  # type: ignore[arg-type]
     position = int(centre[layout.permutation[0]])

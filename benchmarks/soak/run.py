@@ -100,8 +100,8 @@ class Workspace:
 
 def build_workspace(root: Path, folder_count: int) -> Workspace:
     """Tiny random models (what the tests build) and a small intensity volume."""
-    from latentdrift.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
-    from latentdrift.tiny_models import build_tiny_sd
+    from latentdrift.fixtures.tiny_models import build_tiny_sd
+    from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
 
     models = {
         "segment": save_ldseg_model(LDSegNetwork(tiny_config(("background", "tissue"))), root / "ldseg"),

@@ -6,7 +6,7 @@ Writes ``benchmarks/workers/results.json`` and ``results.md``. The main job (``l
 sample:mni152-t1``) segments the bundled MNI152 T1 with ``brain-tissue-ldseg`` and edits it with
 ``brain-mri-instruct`` (instruct, CN 70 → AD 75, the editor's δ, factual reference). This runs the
 same two steps in this process, ``segment_volume`` and ``counterfactual_volume`` with the demo's
-settings, once with one worker and once with the engine's default (:func:`latentdrift.devices
+settings, once with one worker and once with the engine's default (:func:`latentdrift.core.devices
 .parallel_workers`: two threads on a CPU with two or more torch threads), in interleaved rounds, and
 reports the median time of each and how far the outputs differ. Torch uses its default thread count
 (``--threads N`` to set it).
@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentdrift.counterfactual import counterfactual_volume
-from latentdrift.devices import parallel_workers
-from latentdrift.edit import load_bundle
-from latentdrift.models import default_model
-from latentdrift.sample_data import resolve_input
-from latentdrift.segmentation import SegmentSettings, segment_volume
-from latentdrift.segmenters import load_segmenter
-from latentdrift.settings import DemoSettings
-from latentdrift.volumes import Volume, read_volume
+from latentdrift.core.devices import parallel_workers
+from latentdrift.core.models import default_model
+from latentdrift.core.settings import DemoSettings
+from latentdrift.core.volumes import Volume, read_volume
+from latentdrift.counterfactual.edit import load_bundle
+from latentdrift.counterfactual.volume_editing import counterfactual_volume
+from latentdrift.fixtures.sample_data import resolve_input
+from latentdrift.segmentation.segmenters import load_segmenter
+from latentdrift.segmentation.volume_segmentation import SegmentSettings, segment_volume
 from latentdrift.workflows.demo import editor_settings
 
 HERE = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """Alignment to the MNI152 template: affine registration (SimpleITK) and resampling both ways.
 
 The bundled brain models were trained on subjects made from the MNI152 2009c template
-(:mod:`latentdrift.synthetic`), on the template's field of view. A real brain, skull-stripped and bias
+(:mod:`latentdrift.fixtures.synthetic`), on the template's field of view. A real brain, skull-stripped and bias
 corrected, is registered affinely to the template (Mattes mutual information, two resolutions, moments
 initialisation: any acquisition orientation and voxel size, since everything happens in physical
 space) and resampled onto the *model grid*: the template's field of view at the model's voxel size.
@@ -16,8 +16,8 @@ from functools import lru_cache
 import numpy as np
 import SimpleITK as sitk
 
-from ..sample_data import sample_volume_path
-from ..volumes import Volume, volume_from_sitk, volume_to_sitk
+from ..core.volumes import Volume, volume_from_sitk, volume_to_sitk
+from ..fixtures.sample_data import sample_volume_path
 
 TEMPLATE_SPACING_MM = 2.0
 """The template is registered at this voxel size (and half of it at the coarse level)."""

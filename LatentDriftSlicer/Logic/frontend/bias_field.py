@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..volumes import Volume, volume_to_sitk
+from ..core.volumes import Volume, volume_to_sitk
 
 FIT_SPACING_MM = 4.0
 """N4 is fitted on the image shrunk to about this voxel size: the field is smooth, and 4 mm fits in seconds."""

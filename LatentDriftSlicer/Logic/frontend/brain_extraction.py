@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InputError, ModelError
-from ..volumes import Volume
+from ..core.errors import InputError, ModelError
+from ..core.volumes import Volume
 
 WEIGHT_FILES = ("data/models/model.pt", "data/models/bbox_model.pt")
 BRAIN_ML = (400.0, 2800.0)

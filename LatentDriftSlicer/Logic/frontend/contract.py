@@ -6,7 +6,7 @@ that declares nothing gets :data:`NATIVE`: it sees the volume as loaded, as befo
 
 The brain front end (:mod:`latentdrift.frontend.head`) satisfies a contract: it corrects the bias field,
 extracts the brain and aligns it to the MNI152 template when the contract asks (and the user's
-:class:`~latentdrift.settings.FrontEndSettings` allow), and brings the results back onto the input's
+:class:`~latentdrift.core.settings.FrontEndSettings` allow), and brings the results back onto the input's
 grid. This module is light (no torch, no SimpleITK): the panel reads contracts too.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError, ParameterError
+from ..core.errors import ModelError, ParameterError
 
 MODALITIES = ("T1", "any")
 SPACES = ("native", "mni152")

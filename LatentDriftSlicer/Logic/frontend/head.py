@@ -26,11 +26,10 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..progress import ProgressCallback
-from ..segmentation_file import SegmentClass
-from ..settings import FrontEndSettings
-from ..volumes import (
+from ..core.errors import InputError
+from ..core.progress import ProgressCallback
+from ..core.settings import FrontEndSettings
+from ..core.volumes import (
     Axis,
     Volume,
     check_image_volume,
@@ -39,6 +38,7 @@ from ..volumes import (
     slice_layout,
     volume_from_sitk,
 )
+from ..segmentation.seg_files import SegmentClass
 from .alignment import Alignment, align_to_template, model_grid
 from .bias_field import correct_bias_field, head_mask
 from .brain_extraction import extract_brain
@@ -123,7 +123,7 @@ class PreparedHead:
         None for every slice. On the input's own grid this is ``slices`` itself; on the model grid it is
         the range of model slices that the input slab's corners fall in, so a one-slice preview edits a
         few model slices, not the whole brain. A range outside the input raises
-        :class:`~latentdrift.errors.SliceRangeError` with the input's slice count.
+        :class:`~latentdrift.core.errors.SliceRangeError` with the input's slice count.
         """
         if slices is None:
             return None
@@ -183,8 +183,8 @@ def shared_preparation(
     The steps do not depend on the model grid's spacing (only the resampling does), so a segmenter and
     an editor share bias correction, brain extraction and alignment (``latentdrift demo`` runs them once).
     """
-    from ..devices import resolve_device
-    from ..volumes import read_volume
+    from ..core.devices import resolve_device
+    from ..core.volumes import read_volume
 
     contracts = {replace(read_contract(folder), spacing_mm=1.0) for folder in models}
     contract = contracts.pop()

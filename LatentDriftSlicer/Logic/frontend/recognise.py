@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..errors import InputError
-from ..volumes import Volume
+from ..core.errors import InputError
+from ..core.volumes import Volume
 
 CT_AIR_HU = -900.0
 """Voxels at or below this are air in a CT (Hounsfield units); MR intensities are never this negative."""

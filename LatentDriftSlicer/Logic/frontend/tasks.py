@@ -24,14 +24,14 @@ from functools import partial
 import numpy as np
 from scipy import ndimage
 
-from ..counterfactual import VolumeCounterfactual, consistency_figures, counterfactual_volume
-from ..devices import resolve_device
-from ..edit import PipelineBundle
-from ..progress import ProgressCallback
-from ..segmentation import VolumeSegmentation, assemble_segmentation, segment_volume
-from ..segmenters import Segmenter
-from ..settings import CounterfactualSettings, SegmentSettings
-from ..volumes import Axis, Volume, extract_slices, reassemble
+from ..core.devices import resolve_device
+from ..core.progress import ProgressCallback
+from ..core.settings import CounterfactualSettings, SegmentSettings
+from ..core.volumes import Axis, Volume, extract_slices, reassemble
+from ..counterfactual.edit import PipelineBundle
+from ..counterfactual.volume_editing import VolumeCounterfactual, consistency_figures, counterfactual_volume
+from ..segmentation.segmenters import Segmenter
+from ..segmentation.volume_segmentation import VolumeSegmentation, assemble_segmentation, segment_volume
 from .contract import read_contract
 from .head import PreparedHead, prepare_head
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import ParameterError
-from ..results import ResultFolder
-from ..settings import SCENE_CHOICES, SceneChoice
-from ..volumes import Volume, write_volume
+from ..core.errors import ParameterError
+from ..core.results import ResultFolder
+from ..core.settings import SCENE_CHOICES, SceneChoice
+from ..core.volumes import Volume, write_volume
 
 if TYPE_CHECKING:
     from ..frontend.head import PreparedHead
@@ -26,14 +26,14 @@ class SceneLayer:
 def scene_wanted(choice: SceneChoice) -> bool:
     """Whether to write the scene: ``yes``, ``no``, or ``auto`` (when Slicer's MRML core is importable).
 
-    ``yes`` where the scene cannot be written raises :class:`~latentdrift.errors.ParameterError`, so
+    ``yes`` where the scene cannot be written raises :class:`~latentdrift.core.errors.ParameterError`, so
     a command says so before any work.
     """
     if choice not in SCENE_CHOICES:
         raise ParameterError(f"Unknown scene choice '{choice}': use {', '.join(SCENE_CHOICES)}.")
     if choice == "no":
         return False
-    from ..scene import headless_unavailable
+    from ..bridge.scene import headless_unavailable
 
     reason = headless_unavailable()
     if reason is not None and choice == "yes":
@@ -45,7 +45,7 @@ def record_front_end(result: ResultFolder, head: PreparedHead) -> list[str]:
     """The brain front end's part of a result: its steps in ``summary.json`` (``front_end``) and the brain
     mask as ``brain_mask.seg.nrrd`` (role ``brain_mask``, one segment "Brain"); returns its warnings."""
     from ..frontend.head import BRAIN_SEGMENT
-    from ..segmentation_file import write_segmentation_file
+    from ..segmentation.seg_files import write_segmentation_file
 
     mask = head.brain_mask_volume()
     if mask is not None:
@@ -64,12 +64,19 @@ def write_scene(result: ResultFolder, layers: Sequence[SceneLayer], foreground_o
     """Save the inputs and their result files as a Slicer scene: ``scene.mrml`` beside the files, ``scene.mrb``.
 
     Each input is written as ``input.nrrd`` (``input_2.nrrd``, …; role ``input``); its result files are
-    loaded over it the way the Slicer panel loads them (:func:`latentdrift.scene.load_outputs`), and
+    loaded over it the way the Slicer panel loads them (:func:`latentdrift.bridge.scene.load_outputs`), and
     the scene refers to those files rather than writing them again. The slice views show the first
     input with its foreground result at ``foreground_opacity``. Needs Slicer's MRML core
     (:func:`scene_wanted` says whether it is there).
     """
-    from ..scene import OutputFiles, SceneSession, link_to_files, load_outputs, load_volume_node, save_scene
+    from ..bridge.scene import (
+        OutputFiles,
+        SceneSession,
+        link_to_files,
+        load_outputs,
+        load_volume_node,
+        save_scene,
+    )
 
     session = SceneSession.headless()
     names = ["input.nrrd", *(f"input_{number}.nrrd" for number in range(2, len(layers) + 1))]

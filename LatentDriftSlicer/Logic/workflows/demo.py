@@ -14,12 +14,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..frontend.head import shared_preparation
-from ..models import default_model
-from ..modes import INSTRUCT
-from ..progress import ProgressCallback
-from ..results import ResultFolder
-from ..settings import (
+from ..core.models import default_model
+from ..core.progress import ProgressCallback
+from ..core.results import ResultFolder
+from ..core.settings import (
     SCENE_DEFAULT,
     CounterfactualSettings,
     DemoSettings,
@@ -27,10 +25,12 @@ from ..settings import (
     SceneChoice,
     SegmentSettings,
 )
-from ..train.metadata import recorded_drift
+from ..counterfactual.modes import INSTRUCT
+from ..counterfactual.workflow import counterfactual_file
+from ..finetune.metadata import recorded_drift
+from ..frontend.head import shared_preparation
+from ..segmentation.workflow import segment_file
 from .common import scene_wanted
-from .counterfactual import counterfactual_file
-from .segment import segment_file
 
 
 def demo_file(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results import ResultFolder
-from ..settings import SCENE_DEFAULT, SceneChoice
-from ..values import Axis
-from ..volumes import check_image_volume, extract_slices, read_volume, reassemble, write_volume
+from ..core.results import ResultFolder
+from ..core.settings import SCENE_DEFAULT, SceneChoice
+from ..core.values import Axis
+from ..core.volumes import check_image_volume, extract_slices, read_volume, reassemble, write_volume
 from .common import SceneLayer, scene_wanted, write_scene
 
 
