@@ -29,7 +29,7 @@ from latentdrift.core.settings import (
 from latentdrift.counterfactual.modes import DEFAULT_EDIT, REGISTRY, edit_mode, volume_edit_names
 
 MODULE = Path(__file__).resolve().parent.parent / "LatentDriftSlicer"
-MODES = MODULE / "Logic" / "modes"
+MODES = MODULE / "Logic" / "counterfactual" / "modes"
 DATA = ("bundled_models", "bundled_samples")
 """Folders of model and sample files: a tokenizer's vocabulary holds words such as "direction"."""
 

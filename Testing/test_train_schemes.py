@@ -184,7 +184,7 @@ def test_drift_changes_only_the_training_noise(setup) -> None:
     assert grads[0][0] != grads[1][0] and not torch.equal(grads[0][1], grads[1][1])
     calls = [
         node
-        for path in (ENGINE / "train").glob("*.py")
+        for path in (ENGINE / "finetune").glob("*.py")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "drift_training_noise"
     ]

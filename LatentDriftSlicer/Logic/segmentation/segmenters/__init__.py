@@ -7,7 +7,7 @@ models), the default ``segment`` model's kinds, the console's and the panel's mo
 ``segment`` workflow, which loads any of them with :func:`load_segmenter`.
 
 A new kind is one file with its kind and segmenter, and one entry in :data:`REGISTRY`
-(``docs/extending-segmenter.md``). Nothing here imports torch.
+(``docs/extending.md``). Nothing here imports torch.
 """
 
 from __future__ import annotations
