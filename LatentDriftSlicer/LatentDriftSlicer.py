@@ -85,9 +85,9 @@ if SUPPORTED:
         EditSettings,
         FrontEndSettings,
         SegmentSettings,
-        option_range,
+        slider_range,
     )
-    from latentdrift.core.values import AXES
+    from latentdrift.core.values import AXES, STEPS_RANGE
     from latentdrift.counterfactual.modes import INSTRUCT, volume_edit_names
     from latentdrift.finetune import SCHEMES
     from latentdrift.finetune.config import FinetuneConfig
@@ -140,7 +140,7 @@ if SUPPORTED:
         allSlices: bool = True
         sliceStart: Annotated[int, WithinRange(0, 100000)] = 0
         sliceStop: Annotated[int, WithinRange(0, 100000)] = 1
-        seed: Annotated[int, WithinRange(0, 2147483647)] = EditSettings.seed
+        seed: Annotated[int, WithinRange(*slider_range(EditSettings, "seed"))] = EditSettings.seed
         preprocess: bool = FrontEndSettings.enabled
         # Counterfactual
         editMode: Annotated[str, Choice(volume_edit_names())] = EditSettings.mode
@@ -152,19 +152,25 @@ if SUPPORTED:
         toSex: Annotated[str, Choice(SEXES)] = "unknown"
         fromDiagnosis: str = ""
         toDiagnosis: str = ""
-        drift: Annotated[float, WithinRange(-0.2, 0.2)] = EditSettings.drift
-        strength: Annotated[float, WithinRange(*option_range(EditSettings, "strength"))] = (
+        drift: Annotated[float, WithinRange(*slider_range(EditSettings, "drift"))] = EditSettings.drift
+        strength: Annotated[float, WithinRange(*slider_range(EditSettings, "strength"))] = (
             EditSettings.strength
         )
-        editSteps: Annotated[int, WithinRange(*option_range(EditSettings, "steps"))] = EditSettings.steps
-        guidance: Annotated[float, WithinRange(0.0, 30.0)] = EditSettings.guidance
-        imageGuidance: Annotated[float, WithinRange(0.0, 10.0)] = EditSettings.image_guidance
+        editSteps: Annotated[int, WithinRange(*slider_range(EditSettings, "steps"))] = EditSettings.steps
+        guidance: Annotated[float, WithinRange(*slider_range(EditSettings, "guidance"))] = (
+            EditSettings.guidance
+        )
+        imageGuidance: Annotated[float, WithinRange(*slider_range(EditSettings, "image_guidance"))] = (
+            EditSettings.image_guidance
+        )
         factualReference: bool = EditSettings.factual_reference
         fade: Annotated[float, WithinRange(0.0, 1.0)] = 1.0
         counterfactualVolume: vtkMRMLScalarVolumeNode
         # Segment
-        samples: Annotated[int, WithinRange(1, 64)] = SegmentSettings.samples
-        segmentSteps: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the model's default
+        samples: Annotated[int, WithinRange(*slider_range(SegmentSettings, "samples"))] = (
+            SegmentSettings.samples
+        )
+        segmentSteps: Annotated[int, WithinRange(0, STEPS_RANGE[1])] = 0  # 0: the model's default
         probabilities: bool = SegmentSettings.probabilities
         outputSegmentation: vtkMRMLSegmentationNode
         outputUncertainty: vtkMRMLScalarVolumeNode
@@ -172,7 +178,7 @@ if SUPPORTED:
         cohort: str = ""
         scheme: Annotated[str, Choice(SCHEMES)] = "lora"
         useDrift: bool = True
-        finetuneDrift: Annotated[float, WithinRange(-0.2, 0.2)] = 0.05
+        finetuneDrift: Annotated[float, WithinRange(*slider_range(EditSettings, "drift"))] = 0.05
         searchDrift: bool = False
         finetuneSteps: Annotated[int, WithinRange(1, 1000000)] = FinetuneConfig.steps
         jobDir: str = ""

@@ -141,3 +141,34 @@ def test_every_settings_option_is_a_settings_field_with_its_help(command: str) -
         assert dests == set(declared) - set(COMMON)
     steps = _option(parser, "steps")
     assert steps.type is int
+
+
+def test_the_panel_takes_the_bounds_of_engine_options_from_the_schema() -> None:
+    """Every panel parameter defaulting to an engine setting ``Kind.name`` with a numeric range reads it
+    with ``slider_range(Kind, "name")``: no bound of an engine option is written in the panel."""
+    tree = ast.parse((MODULE / "LatentDriftSlicer.py").read_text())
+    ranged = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign)
+        and "WithinRange" in ast.unparse(node.annotation)
+        and node.value is not None
+        and isinstance(node.value, ast.Attribute)
+        and ast.unparse(node.value).split(".")[0].endswith("Settings")
+    ]
+    assert len(ranged) >= 7
+    for node in ranged:
+        assert isinstance(node.value, ast.Attribute)
+        kind, name = ast.unparse(node.value).split(".")
+        assert f"slider_range({kind}, {name!r})".replace("'", '"') in ast.unparse(node.annotation).replace(
+            "'", '"'
+        ), ast.unparse(node)
+
+
+def test_a_slider_range_is_the_declared_slider_else_the_range() -> None:
+    from latentdrift.core.settings import EditSettings, SegmentSettings, slider_range
+    from latentdrift.core.values import DRIFT_LIMIT
+
+    assert slider_range(EditSettings, "drift") == (-0.2, 0.2) and DRIFT_LIMIT > 0.2  # the paper's range
+    assert slider_range(EditSettings, "strength") == (0.0, 1.0)  # no slider: the range itself
+    assert slider_range(SegmentSettings, "samples") == (1, 64)

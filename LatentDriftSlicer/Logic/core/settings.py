@@ -74,6 +74,7 @@ def option(
     metavar: str | None = None,
     choices: tuple[str, ...] | None = None,
     range: tuple[float, float] | None = None,
+    slider: tuple[float, float] | None = None,
     default_factory: Any = MISSING,
 ) -> Any:
     """A settings field with what its option needs besides its type and default.
@@ -82,11 +83,20 @@ def option(
     ``--name-with-dashes`` unless ``flag`` names it otherwise; ``metavar`` names its value in the help;
     ``choices`` lists the values a command or the panel offers (a ``Literal`` type gives them itself);
     ``range`` is the ``(low, high)`` a number may take (the panel's sliders offer it; ``__post_init__``
-    refuses values outside it). The command line derives its options from these fields
+    refuses values outside it); ``slider`` is the narrower ``(low, high)`` the panel offers where the
+    engine accepts more or states no bound (δ: the paper's −0.2…0.2 within the accepted ±1). The
+    command line derives its options from these fields
     (:mod:`latentdrift.cli_options`); the console and the JSON of :func:`settings_json` use the fields
     by name.
     """
-    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "range": range}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "metavar": metavar,
+        "choices": choices,
+        "range": range,
+        "slider": slider,
+    }
     return field(
         default=default,
         default_factory=default_factory,
@@ -99,9 +109,11 @@ def option_field(kind: type, name: str) -> Field[Any]:
     return {f.name: f for f in fields(kind)}[name]
 
 
-def option_range(kind: type, name: str) -> tuple[float, float]:
-    """The ``(low, high)`` range declared for the option ``name`` of ``kind``."""
-    return option_field(kind, name).metadata["range"]
+def slider_range(kind: type, name: str) -> tuple[float, float]:
+    """The ``(low, high)`` the panel offers for the option ``name`` of ``kind``: its ``slider``, else its
+    ``range``."""
+    metadata = option_field(kind, name).metadata
+    return metadata.get("slider") or metadata["range"]
 
 
 # The run options every task shares, declared once: each settings class takes its field from here.
@@ -110,7 +122,10 @@ def option_range(kind: type, name: str) -> tuple[float, float]:
 def seed_option() -> Any:
     """``seed``: the same seed gives the same result (every command's ``--seed``)."""
     return option(
-        0, help="random seed: the same seed gives the same result (default: {default})", range=(0, 2**63 - 1)
+        0,
+        help="random seed: the same seed gives the same result (default: {default})",
+        range=(0, 2**63 - 1),
+        slider=(0, 2**31 - 1),  # a Qt spin box holds 32-bit integers
     )
 
 
@@ -193,6 +208,7 @@ class EditSettings:
     negative_prompt: str = ""
     drift: Drift = option(
         0.0,
+        slider=(-0.2, 0.2),  # the paper's range; the engine accepts ±DRIFT_LIMIT
         help="Latent Drift δ: one number or one per latent channel, e.g. 0.05 or =-0.05,0,0,0.02 "
         "(default: {default:g})",
     )
@@ -201,8 +217,10 @@ class EditSettings:
         0.5, range=(0.0, 1.0), help="img2img: how far to noise, (0, 1] (default: {default})"
     )
     steps: int = option(20, range=STEPS_RANGE, help="denoising steps (default: {default})")
-    guidance: float = option(7.5, help="text guidance scale (default: {default})")
-    image_guidance: float = option(1.5, help="instruct: image guidance scale (default: {default})")
+    guidance: float = option(7.5, slider=(0.0, 30.0), help="text guidance scale (default: {default})")
+    image_guidance: float = option(
+        1.5, slider=(0.0, 10.0), help="instruct: image guidance scale (default: {default})"
+    )
     seed: int = seed_option()
     batch_size: int = batch_size_option(4, None)
     workers: int | None = workers_option()
@@ -286,7 +304,9 @@ class SegmentSettings:
     model: str | None = option(
         None, help=f"model name or folder (see `info`; default: {DEFAULT_MODELS['segment'].name})"
     )
-    samples: int = option(8, help="samples per slice (uncertainty); 1 allowed (default: {default})")
+    samples: int = option(
+        8, slider=(1, 64), help="samples per slice (uncertainty); 1 allowed (default: {default})"
+    )
     steps: int | None = option(None, help="DDIM steps (default: the model's, at most 15)")
     axis: Axis | None = option(None, help="slice axis (default: the model's axis)")
     slices: str | None = slices_option()
