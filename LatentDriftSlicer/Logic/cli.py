@@ -5,7 +5,7 @@ take ``--output DIR`` and write ``DIR/summary.json``. Errors the user can fix pr
 (``latentdrift: error: …``) and exit non-zero; ``--debug`` shows the traceback as well.
 
 The options of ``segment``, ``counterfactual``, ``generate``, ``demo``, ``finetune`` and ``batch`` are
-fields of the engine's settings (:mod:`.settings`, :class:`~.train.config.FinetuneConfig`), the parser
+fields of the engine's settings (:mod:`.core.settings`, :class:`~.finetune.config.FinetuneConfig`), the parser
 derived from them in :mod:`.cli_options`: an option left out takes the default declared there, and
 ``--settings FILE`` gives them all at once as JSON (how the Slicer panel and the console hand a run
 to the engine process).
