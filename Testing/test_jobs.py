@@ -266,19 +266,24 @@ def _segmentation_cohort(folder: Path) -> Path:
     return folder / "seg.csv"
 
 
-def test_ldseg_scheme_trains_through_the_ldseg_training(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ldseg_job(tmp_path_factory) -> tuple[Path, dict]:
+    """One LDSeg fine-tuning job run to its end (shared: training it is the slow part): its folder and summary."""
+    root = tmp_path_factory.mktemp("ldseg-job")
+    config = quick_config(
+        _segmentation_cohort(root), None, "ldseg", root / "cache", resolution=32, validation_fraction=0.5
+    )
+    job = jobs.create_job(root / "job", config)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ONE_THREAD.items():
+            patch.setenv(name, value)
+        return job, jobs.run_job(job)
+
+
+def test_ldseg_scheme_trains_through_the_ldseg_training(ldseg_job: tuple[Path, dict]) -> None:
     from latentdrift.segmentation.ldseg import load_ldseg_model
 
-    config = quick_config(
-        _segmentation_cohort(tmp_path),
-        None,
-        "ldseg",
-        tmp_path / "cache",
-        resolution=32,
-        validation_fraction=0.5,
-    )
-    job = jobs.create_job(tmp_path / "job", config)
-    summary = jobs.run_job(job)
+    job, summary = ldseg_job
     assert summary["command"] == "train-ldseg"
     model = load_ldseg_model(job / "model", "cpu")
     assert model.config.num_classes == 4
@@ -347,16 +352,7 @@ def test_batch_segment_skips_bad_rows_and_finished_subjects(tmp_path: Path, caps
     assert sorted(again["already_done"]) == ["a_1", "b_1"] and again["done"] == []
 
 
-def test_an_ldseg_job_reports_its_loss_for_the_loss_chart(tmp_path: Path) -> None:
-    config = quick_config(
-        _segmentation_cohort(tmp_path),
-        None,
-        "ldseg",
-        tmp_path / "cache",
-        resolution=32,
-        validation_fraction=0.5,
-    )
-    job = jobs.create_job(tmp_path / "job", config)
-    jobs.run_job(job)
+def test_an_ldseg_job_reports_its_loss_for_the_loss_chart(ldseg_job: tuple[Path, dict]) -> None:
+    job, _ = ldseg_job
     records = [json.loads(line) for line in (job / "status.jsonl").read_text(encoding="utf-8").splitlines()]
     assert records and all(isinstance(record["loss"], float) for record in records)

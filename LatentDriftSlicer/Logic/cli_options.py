@@ -398,7 +398,8 @@ _FINETUNE_OPTIONS: dict[str, tuple[type, str]] = {
 
 
 def _add_finetune_parser(commands: Any, common: argparse.ArgumentParser, handler: Handler) -> None:
-    from .finetune.config import SCHEMES, FinetuneConfig
+    from .finetune import SCHEMES
+    from .finetune.config import FinetuneConfig
 
     finetune = commands.add_parser(
         "finetune", parents=[common], help="fine-tune on a local cohort in a job folder (resumable)"

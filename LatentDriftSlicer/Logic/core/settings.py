@@ -82,8 +82,8 @@ def option(
     ``help`` (``{default}`` is replaced by the default) makes the field a command-line option,
     ``--name-with-dashes`` unless ``flag`` names it otherwise; ``metavar`` names its value in the help;
     ``choices`` lists the values a command or the panel offers (a ``Literal`` type gives them itself);
-    ``range`` is the ``(low, high)`` a number may take (the panel's sliders offer it; ``__post_init__``
-    refuses values outside it); ``slider`` is the narrower ``(low, high)`` the panel offers where the
+    ``range`` is the ``(low, high)`` a number may take (the panel's sliders offer it; the checks ``__post_init__``
+    runs, written beside it, refuse values outside it); ``slider`` is the narrower ``(low, high)`` the panel offers where the
     engine accepts more or states no bound (δ: the paper's −0.2…0.2 within the accepted ±1). The
     command line derives its options from these fields
     (:mod:`latentdrift.cli_options`); the console and the JSON of :func:`settings_json` use the fields
