@@ -150,7 +150,27 @@ def test_instruct_pix2pix_identity_pairs_and_a_trained_text_encoder(setup) -> No
     assert changed  # the saved text encoder is the trained one
 
 
-@pytest.mark.parametrize("option", ["identity_pairs", "train_text_encoder"])
+def test_scanner_variation_augments_a_pair_alike_and_reproducibly(setup) -> None:
+    config = quick_config(
+        setup["cohort"], setup["base"], "instruct-pix2pix", setup["cache"], identity_pairs=True
+    )
+    data = prepare_cohort(setup["cohort"], config.slice_settings(), setup["cache"])
+    examples = make_scheme(config).examples(data, list(range(len(data.slices))), config.prompt_options())
+    identity = torch.arange(len(examples) - 4, len(examples))  # identity pairs: source == target
+    varied = make_scheme(replace(config, scanner_variation=True))
+
+    def draw(seed: int):
+        return varied.draw(examples, identity, torch.Generator().manual_seed(seed))
+
+    batch, plain = draw(0), make_scheme(config).draw(examples, identity, torch.Generator().manual_seed(0))
+    assert batch.sources is not None and plain.sources is not None
+    assert torch.equal(batch.pixels, batch.sources)  # the same transforms on both images of a pair
+    assert not torch.equal(batch.pixels, plain.pixels)  # and they are augmented
+    assert batch.pixels.min() >= -1 and batch.pixels.max() <= 1
+    assert torch.equal(draw(0).pixels, batch.pixels) and not torch.equal(draw(1).pixels, batch.pixels)
+
+
+@pytest.mark.parametrize("option", ["identity_pairs", "train_text_encoder", "scanner_variation"])
 def test_instruct_pix2pix_options_are_refused_for_other_schemes(setup, option: str) -> None:
     with pytest.raises(ParameterError, match=f"{option} applies to the instruct-pix2pix scheme only"):
         quick_config(setup["cohort"], setup["base"], "basic", setup["cache"], **{option: True})

@@ -14,7 +14,10 @@
    base model.
 4. ``brain-mri-instruct``: an InstructPix2Pix editor fine-tuned (scheme ``instruct-pix2pix``) from
    ``brain-mri-sd`` on every earlier → later pair of the varied cohort plus identity pairs,
-   text encoder trained too, with the same δ.
+   text encoder trained too, with the same δ; then a stage on the same pairs augmented alike
+   (``scanner_variation``: warps, other scanners' contrast, sharper anatomy, front-end leftovers), at
+   half the learning rate: on a real head the editor trained on template-derived brains alone made
+   a coarse, global darkening instead of an edit (``benchmarks/realhead/calibration.md``).
 
 ``--editor-only`` retrains the editor alone, from the published ``brain-mri-sd``.
 
@@ -78,6 +81,7 @@ class Budget:
     baseline_atrophy: tuple[float, float]
     text_steps: int
     instruct_steps: int
+    scanner_steps: int
     batch_size: int
     search_samples: int
 
@@ -91,6 +95,7 @@ FULL = Budget(
     (0.0, 0.10),
     1000,
     5000,
+    1000,
     16,
     8,
 )
@@ -105,6 +110,7 @@ QUICK = Budget(
     (0.0, 0.10),
     3,
     3,
+    2,
     2,
     2,
 )
@@ -212,7 +218,22 @@ def main(argv: list[str] | None = None) -> int:
             **common,
         ),
     )
-    publish(instruct_model, output / "brain-mri-instruct")
+    scanner_model = finetune(
+        work / "jobs" / "brain-mri-instruct-scanner",
+        FinetuneConfig(
+            scheme="instruct-pix2pix",
+            model=str(instruct_model),
+            steps=budget.scanner_steps,
+            drift=delta,
+            cohort=str(longitudinal),
+            lr_scheduler="cosine",
+            identity_pairs=True,
+            train_text_encoder=True,
+            scanner_variation=True,
+            **{**common, "learning_rate": 1e-4},
+        ),
+    )
+    publish(scanner_model, output / "brain-mri-instruct")
     for name in ("brain-mri-sd", "brain-mri-instruct"):
         update_metadata(output / name, input=BRAIN_MODEL_INPUT.to_dict())
     print(f"Models in {output}: mini-sd-natural, brain-mri-sd, brain-mri-instruct (δ = {delta})")

@@ -453,6 +453,11 @@ def _add_finetune_parser(commands: Any, common: argparse.ArgumentParser, handler
             "store_true",
             "instruct-pix2pix: train the text encoder too",
         ),
+        "--scanner-variation": (
+            "scanner_variation",
+            "store_true",
+            "instruct-pix2pix: augment each pair alike (warps, other scanners' contrast, front-end leftovers)",
+        ),
     }
     for flag, (dest, action, text) in flags.items():
         finetune.add_argument(flag, dest=dest, action=action, default=GIVEN, help=text)

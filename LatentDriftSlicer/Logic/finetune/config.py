@@ -32,7 +32,10 @@ class FinetuneConfig:
     InstructPix2Pix only: ``identity_pairs`` adds every training slice as a pair with itself (an
     instruction with nothing to change, e.g. "Turn this CN 70 … into a 70 brain MRI with CN"), so the
     editor learns that the instruction decides how much changes; ``train_text_encoder`` trains the
-    text encoder with the UNet (at the same learning rate).
+    text encoder with the UNet (at the same learning rate); ``scanner_variation`` augments every pair
+    (source and target alike) with the warps and real-scan transforms LDSeg trains with
+    (:func:`latentdrift.segmentation.ldseg.augment.augment_pairs`), so that the editor meets other
+    scanners' contrast, sharper anatomy and front-end leftovers in training, not first on a user's head.
     """
 
     cohort: str
@@ -75,6 +78,7 @@ class FinetuneConfig:
     conditioning_dropout: float = 0.05
     identity_pairs: bool = False
     train_text_encoder: bool = False
+    scanner_variation: bool = False
     search_grid: tuple[float, ...] = DEFAULT_SEARCH_GRID
     search_samples: int = 8
     search_steps: int = 20
@@ -104,7 +108,7 @@ class FinetuneConfig:
             raise ParameterError(
                 "validation_fraction must be in [0, 1) and conditioning_dropout in [0, 1/3)."
             )
-        for name in ("identity_pairs", "train_text_encoder"):
+        for name in ("identity_pairs", "train_text_encoder", "scanner_variation"):
             if getattr(self, name) and self.scheme != "instruct-pix2pix":
                 raise ParameterError(
                     f"{name} applies to the instruct-pix2pix scheme only: turn it off for {self.scheme}."

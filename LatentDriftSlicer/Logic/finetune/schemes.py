@@ -50,6 +50,7 @@ from ..core.atomic_files import write_bytes_atomic
 from ..core.errors import InputError, ModelError
 from ..counterfactual.edit.loading import stock_pipeline
 from ..counterfactual.prompts import DEFAULT_MODALITY, Attributes, PromptOptions, describe, instruct
+from ..segmentation.ldseg.augment import augment_pairs
 from .cohorts import CohortData, longitudinal_pairs
 from .config import FinetuneConfig
 from .parts import Batch, Examples, Parts, UNetInput, as_pixels
@@ -357,6 +358,16 @@ class InstructPix2PixScheme(Scheme):
             [instruct(data.attributes(a), data.attributes(b), options.age_format) for a, b in pairs],
             torch.from_numpy(data.images[[a for a, _ in pairs]]),
         )
+
+    def draw(self, examples: Examples, indices: torch.Tensor, generator: torch.Generator) -> Batch:
+        """The pairs ``examples[indices]``, each augmented as one (``scanner_variation``)."""
+        assert examples.sources is not None
+        sources, targets = examples.sources[indices], examples.images[indices]
+        if self.config.scanner_variation:
+            flip = self.config.axis != "sagittal"
+            augmented = augment_pairs(sources[:, None], targets[:, None], generator, flip_left_right=flip)
+            sources, targets = (images[:, 0] for images in augmented)
+        return Batch(as_pixels(targets), [examples.prompts[i] for i in indices], as_pixels(sources))
 
     def model_input(
         self, given: UNetInput, batch: Batch, parts: Parts, generator: torch.Generator

@@ -81,6 +81,29 @@ def augment_batch(
     return unit.clamp(0.0, 1.0) * (high - low) + low, labels
 
 
+def augment_pairs(
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    flip_left_right: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same augmentation, scanner variation included, on each source ``(B, 1, H, W)`` and its target.
+
+    A longitudinal pair is one subject on one scanner: both images get the same warp, contrast, rim,
+    blur, bias field and noise (the same random numbers, drawn twice from one generator state), so
+    what differs between them is still only what the pair changes. The brain (pixels brighter than the
+    background, 2 % of ``value_range`` above its low end) is the label the tissue contrast and the rim
+    read. Images in ``value_range``; returns tensors of the same shapes.
+    """
+    low, high = value_range
+    brain = (sources[:, 0] > low + 0.02 * (high - low)).long()
+    twin = torch.Generator().set_state(generator.get_state())
+    augmented_sources, _ = augment_batch(sources, brain, generator, value_range, flip_left_right, True)
+    augmented_targets, _ = augment_batch(targets, brain, twin, value_range, flip_left_right, True)
+    return augmented_sources, augmented_targets
+
+
 def _uniform(generator: torch.Generator, count: int, low: float, high: float) -> torch.Tensor:
     return torch.rand(count, generator=generator) * (high - low) + low
 
