@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import ParameterError
 from ..core.models import DEFAULT_MODELS
 from ..core.settings import device_option, option, seed_option, settings_from_json
-from ..core.values import MAX_RESOLUTION, Drift, check_seed, validate_drift
+from ..core.values import MAX_RESOLUTION, Drift, check_mixed_precision, check_seed, validate_drift
 from ..counterfactual.prompts import PromptOptions
 from . import SCHEMES
 
@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # cohorts reads volumes (SimpleITK): the Slicer panel imports
     from .cohorts import SliceSettings
 
 DEFAULT_SEARCH_GRID = tuple(round(-0.2 + 0.05 * i, 2) for i in range(9))
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -118,8 +117,7 @@ class FinetuneConfig:
                 f"resolution={self.resolution}: use a multiple of 8 up to {MAX_RESOLUTION} (e.g. 64, 256, 512)."
             )
         check_seed(self.seed)
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ParameterError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}.")
+        check_mixed_precision(self.mixed_precision)
         if not 0 <= self.validation_fraction < 1 or not 0 <= self.conditioning_dropout < 1 / 3:
             raise ParameterError(
                 "validation_fraction must be in [0, 1) and conditioning_dropout in [0, 1/3)."
