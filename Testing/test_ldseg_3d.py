@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_support import rewrite_trainer_state
 
 from latentdrift.cli import main
 from latentdrift.core.errors import ParameterError
@@ -285,8 +286,8 @@ def test_a_2d_checkpoint_written_before_spatial_dims_still_resumes(tmp_path: Pat
     folder = tmp_path / "checkpoints"
     settings = TrainSettings(steps=1, batch_size=2, device="cpu", checkpoint_dir=str(folder), augment=False)
     train_ldseg(images, labels, None, None, config, settings)
-    document = json.loads((folder / "checkpoint.json").read_text())
-    del document["config"]["spatial_dims"]  # as the running 2D trainings wrote it
-    (folder / "checkpoint.json").write_text(json.dumps(document))
+    rewrite_trainer_state(
+        folder, lambda document: document["config"].pop("spatial_dims")
+    )  # as 2D runs wrote it
     resumed = train_ldseg(images, labels, None, None, config, replace(settings, steps=2))
     assert resumed.start_step == 1

@@ -11,8 +11,10 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 from safetensors.torch import load_file
+from train_support import rewrite_trainer_state
 
 from latentdrift.core.errors import InputError, JobError, ParameterError
+from latentdrift.finetune.checkpoints import checkpoints
 from latentdrift.segmentation.ldseg import (
     LDSegNetwork,
     TrainSettings,
@@ -67,13 +69,20 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(
     tmp_path: Path, monkeypatch
 ) -> None:
     images, labels = _discs(16, 2)
-    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("checkpoints must not be unpickled"))
+    unpickle = torch.load
+
+    def weights_only(*args, **kwargs):
+        if kwargs.get("weights_only") is not True:
+            pytest.fail("checkpoints must not be unpickled beyond weights_only=True")
+        return unpickle(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", weights_only)
     straight = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=6))
     folder = tmp_path / "checkpoints"
     first = train_ldseg(
         images, labels, None, None, CONFIG, _settings(steps=4, checkpoint_dir=str(folder), checkpoint_every=3)
     )
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-00000004.safetensors", "checkpoint.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000003", "step-00000004"]
     assert first.start_step == 0
     events: list[dict] = []
     resumed = train_ldseg(
@@ -169,9 +178,10 @@ def test_a_cancelled_cosine_schedule_run_resumes_to_the_uninterrupted_result(tmp
         train_ldseg(images, labels, None, None, CONFIG, interrupted, cancel_at_five)
     resumed = train_ldseg(images, labels, None, None, CONFIG, interrupted)
     assert resumed.start_step == 4
-    document = json.loads((folder / "checkpoint.json").read_text())
-    assert document["lr_scheduler"]["last_epoch"] == 6
-    assert document["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
+    newest = checkpoints(folder)[0]
+    assert torch.load(newest / "scheduler.bin", weights_only=True)["last_epoch"] == 6
+    optimizer = torch.load(newest / "optimizer.bin", weights_only=True)
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at zero
     for name, tensor in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -180,22 +190,19 @@ def test_the_trained_model_is_the_average_of_all_four_networks(tmp_path: Path) -
     images, labels = _discs(16, 5)
     folder = tmp_path / "checkpoints"
     result = train_ldseg(images, labels, None, None, CONFIG, _settings(steps=4, checkpoint_dir=str(folder)))
-    tensors = load_file(next(folder.glob("checkpoint-*.safetensors")))
+    newest = checkpoints(folder)[0]
+    ema, model = load_file(newest / "ema.safetensors"), load_file(newest / "model.safetensors")
     for name, tensor in result.model.state_dict().items():
-        torch.testing.assert_close(tensor, tensors[f"ema.module.{name}"], msg=name)
+        torch.testing.assert_close(tensor, ema[f"module.{name}"], msg=name)
     encoder = [name for name in result.model.state_dict() if name.startswith("label_encoder.")]
-    assert encoder and any(
-        not torch.equal(result.model.state_dict()[name], tensors[f"model.{name}"]) for name in encoder
-    )
+    assert encoder and any(not torch.equal(result.model.state_dict()[name], model[name]) for name in encoder)
 
 
 def test_an_old_checkpoint_or_an_unknown_lr_scheduler_is_refused_clearly(tmp_path: Path) -> None:
     images, labels = _discs(8, 6)
     folder = tmp_path / "checkpoints"
     train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, checkpoint_dir=str(folder)))
-    document = json.loads((folder / "checkpoint.json").read_text())
-    document.pop("version")
-    (folder / "checkpoint.json").write_text(json.dumps(document))
+    rewrite_trainer_state(folder, lambda document: document.pop("version"))
     with pytest.raises(JobError, match=f"checkpoint version 1, this one reads {CHECKPOINT_VERSION}"):
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=2, checkpoint_dir=str(folder)))
     with pytest.raises(ParameterError, match="Unknown lr_scheduler 'warm'"):
@@ -268,3 +275,14 @@ def test_negative_loss_weights_are_refused() -> None:
     images, labels = _discs(8, 3)
     with pytest.raises(ParameterError, match="reconstruction_weight"):
         train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, reconstruction_weight=-1.0))
+
+
+def test_a_checkpoint_folder_of_the_format_before_version_4_is_refused_clearly(tmp_path: Path) -> None:
+    images, labels = _discs(8, 6)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "checkpoint.json").write_text(
+        json.dumps({"format": "latentdrift-ldseg-checkpoint", "version": 3})
+    )
+    with pytest.raises(JobError, match=f"checkpoint version 3, this one reads {CHECKPOINT_VERSION}"):
+        train_ldseg(images, labels, None, None, CONFIG, _settings(steps=1, checkpoint_dir=str(folder)))

@@ -186,7 +186,7 @@ def test_train_ldseg_makes_a_model_that_segments(tmp_path: Path) -> None:
     assert history[-1]["loss_reconstruction"] == 0.0
     card = (model / "MODEL_CARD.md").read_text()
     assert "White matter" in card or "white matter" in card
-    assert (tmp_path / "model.checkpoints" / "checkpoint.json").exists()
+    assert (tmp_path / "model.checkpoints" / "step-00000003" / "checkpoint.json").exists()
     out = tmp_path / "seg"
     brain = data / "s0_image.nrrd"
     assert (

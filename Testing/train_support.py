@@ -6,6 +6,8 @@ and torch runs on one thread: on a loaded 2-core machine more threads make tiny 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from latentdrift.finetune.checkpoints import MANIFEST, TRAINER_STATE, checkpoints
 from latentdrift.finetune.config import FinetuneConfig
 from latentdrift.fixtures.tiny_models import build_tiny_sd
 
@@ -78,3 +81,15 @@ def quick_config(
         search_steps=2,
     )
     return replace(config, **changes)
+
+
+def rewrite_trainer_state(folder: Path, change: Callable[[dict[str, Any]], Any]) -> None:
+    """Apply ``change`` to the trainer state of the newest checkpoint in ``folder``, manifest included, as
+    if the checkpoint had been written that way (by an older version, say)."""
+    newest = checkpoints(folder)[0]
+    document = json.loads((newest / TRAINER_STATE).read_text(encoding="utf-8"))
+    change(document)
+    (newest / TRAINER_STATE).write_text(json.dumps(document), encoding="utf-8")
+    manifest = json.loads((newest / MANIFEST).read_text(encoding="utf-8"))
+    manifest["files"][TRAINER_STATE] = (newest / TRAINER_STATE).stat().st_size
+    (newest / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 from common import HERE, machine, tiny_cohort
 
+from latentdrift.core.devices import training_accelerator
 from latentdrift.finetune.cohorts import prepare_cohort
 from latentdrift.finetune.config import FinetuneConfig
 from latentdrift.finetune.job_folder import JobFolder
-from latentdrift.finetune.loop import make_accelerator, train
+from latentdrift.finetune.loop import train
 from latentdrift.finetune.schemes import as_pixels, load_parts, make_scheme
 from latentdrift.fixtures.tiny_models import build_tiny_sd
 
@@ -33,7 +34,7 @@ STEPS, WARMUP, BATCH, SIZE, ROUNDS = 40, 5, 4, 32, 3
 
 def ours(config: FinetuneConfig, folder: Path) -> float:
     """Samples/s of :func:`latentdrift.finetune.loop.train` (basic scheme, no drift)."""
-    accelerator = make_accelerator(config)
+    accelerator = training_accelerator(config.device, config.mixed_precision, config.gradient_accumulation)
     data = prepare_cohort(config.cohort, config.slice_settings(), config.cache_dir)
     scheme = make_scheme(config)
     parts = load_parts(config.model)

@@ -1,6 +1,8 @@
 """Compute devices: what exists, which one to use, which precision, and batches that survive OOM.
 
-``--device auto|cpu|cuda[:N]|mps`` everywhere resolves through :func:`resolve_device`. Batched work
+``--device auto|cpu|cuda[:N]|mps`` everywhere resolves through :func:`resolve_device`; every training run
+(the fine-tuning schemes and LDSeg) gets its 🤗 Accelerate ``Accelerator`` from
+:func:`training_accelerator`. Batched work
 (slices of a volume, samples of LDSeg) goes through :func:`run_in_batches`, which halves the batch
 and carries on when the device runs out of memory; on a multi-core CPU, :func:`run_in_workers` runs
 it as two shares at once (:func:`parallel_workers` says why).
@@ -13,7 +15,7 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -54,6 +56,30 @@ def available_devices() -> list[DeviceInfo]:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+def training_accelerator(device: str, mixed_precision: str, gradient_accumulation: int = 1) -> Any:
+    """The ``Accelerator`` of a training run: ``device`` (:func:`resolve_device`'s names; ``cpu`` forces
+    the CPU) and ``mixed_precision`` (``auto``: fp16 on CUDA, else off; see
+    :data:`~latentdrift.core.values.MIXED_PRECISION`).
+
+    Accelerate keeps one device and precision per process; a run in a process that ran another (the
+    console, a test session) and that is not one of several launched processes starts them afresh.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    resolved = resolve_device(device)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(resolved)
+    precision = mixed_precision
+    if precision == "auto":
+        precision = "fp16" if resolved.type == "cuda" else "no"
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(
+        gradient_accumulation_steps=gradient_accumulation, mixed_precision=precision, cpu=device == "cpu"
+    )
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

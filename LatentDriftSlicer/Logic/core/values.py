@@ -65,6 +65,16 @@ STEPS_RANGE = (1, 1000)
 """Sampling steps a run may take."""
 
 
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+"""Training precisions: ``auto`` is fp16 on CUDA and off elsewhere (:func:`latentdrift.core.devices.training_accelerator`)."""
+
+
+def check_mixed_precision(precision: str) -> None:
+    """Raise :class:`ParameterError` unless ``precision`` is one of :data:`MIXED_PRECISION`."""
+    if precision not in MIXED_PRECISION:
+        raise ParameterError(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}.")
+
+
 def check_seed(seed: int) -> None:
     """Raise :class:`ParameterError` unless ``seed`` is a seed every command takes: 0 to 2^63 − 1."""
     if not 0 <= seed < 2**63:

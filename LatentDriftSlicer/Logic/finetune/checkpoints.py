@@ -6,8 +6,11 @@ process adds ``trainer.json`` (step and loss history) and then ``checkpoint.json
 every file with its size, fsyncs everything and renames the folder into place (``os.replace``: a
 checkpoint folder exists whole or not at all). Only the newest ``keep`` checkpoints are kept.
 
-Reading (:func:`latest_checkpoint`): checkpoints newest first; one whose manifest is missing,
+Reading (:func:`resume_from`): checkpoints newest first; one whose manifest is missing,
 unreadable or disagrees with the files is skipped (logged), as is one ``load_state`` fails on.
+
+Every training run writes these checkpoints: the fine-tuning schemes (:mod:`.loop`) and LDSeg
+(:mod:`latentdrift.segmentation.ldseg.training`, which adds its EMA weights as ``ema.safetensors``).
 
 Fine-tuning checkpoints hold only the weights that train (:func:`save_trainable_weights_only`): the
 frozen rest is the base model's, which every start and resume loads anyway.
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.atomic_files import fsync_file, fsync_folder
+from ..core.errors import JobError
 
 LOG = logging.getLogger(__name__)
 
@@ -132,7 +136,8 @@ def checkpoint_step(path: Path) -> int:
 def resume_from(folder: Path, load: Callable[[Path], None]) -> dict[str, Any] | None:
     """Load the newest good checkpoint with ``load(path)``; its ``trainer.json``, or None when none loads.
 
-    Incomplete checkpoints and ones ``load`` raises on are skipped with a warning.
+    Incomplete checkpoints and ones ``load`` raises on are skipped with a warning; a :class:`JobError`
+    from ``load`` (a checkpoint of another run: other settings, model or version) stops the resume.
     """
     for path in checkpoints(folder):
         if not is_complete(path):
@@ -141,6 +146,8 @@ def resume_from(folder: Path, load: Callable[[Path], None]) -> dict[str, Any] | 
         try:
             load(path)
             return dict(json.loads((path / TRAINER_STATE).read_text(encoding="utf-8")))
+        except JobError:
+            raise
         except Exception as error:  # a damaged file of any kind: fall back to the previous checkpoint
             LOG.warning("Skipping checkpoint %s: %s", path.name, error)
     return None

@@ -230,12 +230,13 @@ def _run_diffusion(
 ) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
+    from ..core.devices import training_accelerator
     from .cohorts import longitudinal_pairs
-    from .loop import loss_summary, make_accelerator, train
+    from .loop import loss_summary, train
     from .sampling import bundle_of, has_drift, save_curve
     from .schemes import load_parts, make_scheme
 
-    accelerator = make_accelerator(config)
+    accelerator = training_accelerator(config.device, config.mixed_precision, config.gradient_accumulation)
     set_seed(config.seed)  # module initialisation (LoRA, new embedding rows) is reproducible
     main = accelerator.is_main_process
     with accelerator.main_process_first():
@@ -350,7 +351,8 @@ def _searched_drift(
 
 
 def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallback | None) -> dict[str, Any]:
-    """LDSeg: validate image/label rows, then the project's LDSeg training (its own resumable checkpoints)."""
+    """LDSeg: validate image/label rows, then the LDSeg training (checkpoints in the job's ``checkpoints``,
+    as every scheme's)."""
     from ..segmentation.ldseg import TrainSettings
     from ..segmentation.workflow import train_segmentation_model
 
@@ -381,8 +383,9 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
         batch_size=config.batch_size,
         learning_rate=config.learning_rate or 1e-3,
         seed=config.seed,
-        checkpoint_dir=str(job.checkpoints / "ldseg"),
+        checkpoint_dir=str(job.checkpoints),
         checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
         device=config.device,
         flip_left_right=config.axis != "sagittal",
     )

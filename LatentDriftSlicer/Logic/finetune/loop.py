@@ -110,21 +110,6 @@ def batch_indices(position: int, count: int, size: int, seed: int) -> list[int]:
 # --------------------------------------------------------------------------- the loop
 
 
-def make_accelerator(config: FinetuneConfig) -> Any:
-    """An ``Accelerator`` for the job: CPU when asked, fp16 on CUDA for ``mixed_precision="auto"``."""
-    from accelerate import Accelerator
-
-    cpu = config.device == "cpu"
-    if config.device.startswith("cuda:"):
-        torch.cuda.set_device(int(config.device.split(":")[1]))
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "fp16" if torch.cuda.is_available() and not cpu else "no"
-    return Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation, mixed_precision=precision, cpu=cpu
-    )
-
-
 def weight_dtype(accelerator: Any) -> torch.dtype:
     """The dtype of the frozen modules: fp16/bf16 under mixed precision, else float32."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)

@@ -21,10 +21,16 @@ weights would pair weights of different steps. The learning rate follows a diffu
 generators seeded by ``(seed, step)`` and ``(seed, epoch)``, so a resumed run repeats the
 uninterrupted one.
 
-Checkpoints (``checkpoint_dir``): ``checkpoint-<step>.safetensors`` (model, EMA model and
-flattened AdamW state) and ``checkpoint.json`` (step, history, optimizer hyper-parameters and
-learning-rate scheduler state, the config), each written atomically; the JSON is written last and
-names the weights file, so it always points at a complete checkpoint. Nothing is unpickled on resume.
+Training runs on the stack of every training run: a 🤗 Accelerate ``Accelerator``
+(:func:`latentdrift.core.devices.training_accelerator`: device and mixed precision chosen as for the
+fine-tuning schemes) prepares the model, AdamW, the learning-rate scheduler and the data loader of
+the steps' batches; one process (the batches are not sharded). Checkpoints (``checkpoint_dir``) are
+:mod:`latentdrift.finetune.checkpoints`' ``step-NNNNNNNN`` folders, written atomically with a
+manifest, the newest ``keep_checkpoints`` kept, an incomplete or unreadable one skipped on resume:
+accelerate's state (the model in safetensors; AdamW, scheduler and RNG states, which accelerate
+reads back with ``torch.load(weights_only=True)``), the EMA weights (``ema.safetensors``) and
+``trainer.json`` (step, history, the config and settings). Nothing is unpickled beyond what
+``weights_only`` allows.
 
 3D models (``config.spatial_dims == 3``) train the same way on whole volumes: images ``(b, 1, S, S, S)``,
 labels ``(b, S, S, S)``, latents and noise ``(b, 1, s, s, s)``.
@@ -36,7 +42,7 @@ import copy
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -47,15 +53,15 @@ import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from ...core.atomic_files import write_bytes_atomic, write_json_atomic
-from ...core.devices import resolve_device
+from ...core.devices import training_accelerator
 from ...core.errors import InputError, JobError, ParameterError
 from ...core.progress import TrainingCallback
-from ...core.values import check_batching, check_seed
+from ...core.values import check_batching, check_mixed_precision, check_seed
+from ...finetune.checkpoints import TRAINER_STATE, resume_from, save_checkpoint
 from .augment import augment_batch
 from .network import LDSegConfig, LDSegNetwork
 from .sampler import make_scheduler, predict_original
@@ -63,11 +69,15 @@ from .uncertainty import segment_slices
 
 LOG = logging.getLogger(__name__)
 
-CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_FORMAT = "latentdrift-ldseg-checkpoint"
-CHECKPOINT_VERSION = 3
-"""3: epoch losses include the reconstruction loss (2: four-figure losses missing; the EMA covers the whole
-model and the learning-rate scheduler is saved; 1: EMA of the denoiser only)."""
+CHECKPOINT_VERSION = 4
+"""4: accelerate states in :mod:`latentdrift.finetune.checkpoints` folders (3: one safetensors file and
+``checkpoint.json``; epoch losses include the reconstruction loss; 2: four-figure losses missing; the EMA
+covers the whole model and the learning-rate scheduler is saved; 1: EMA of the denoiser only)."""
+EMA_WEIGHTS = "ema.safetensors"
+"""The EMA model's weights in a checkpoint folder."""
+LEGACY_CHECKPOINT = "checkpoint.json"
+"""Where checkpoints before version 4 kept their state: directly in the checkpoint folder."""
 DICE_WEIGHT = 2.0
 LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
 """``diffusers.optimization.get_scheduler`` names that need nothing beyond the number of steps."""
@@ -80,8 +90,9 @@ class TrainSettings:
     ``noise_weight`` is λ of the ε-MSE term, ``reconstruction_weight`` ρ of the label autoencoder's
     own segmentation loss (0 = the LDSeg reference; see the module docstring). ``validation_steps``
     DDIM steps (one sample) are used for the per-epoch validation Dice. ``checkpoint_every`` steps
-    (and at the end) a checkpoint is written to ``checkpoint_dir`` when given; with ``resume`` a run
-    continues from the checkpoint found there.
+    (and at the end) a checkpoint is written to ``checkpoint_dir`` when given (the newest
+    ``keep_checkpoints`` are kept); with ``resume`` a run continues from the newest good one found there.
+    ``mixed_precision``: ``no`` (float32), ``fp16``, ``bf16`` or ``auto`` (fp16 on CUDA), as for fine-tuning.
     ``flip_left_right`` only applies to axial and coronal models (see :func:`augment_batch`);
     ``scanner_variation`` adds its real-scan transforms (2D models).
     ``lr_scheduler`` is a ``diffusers.optimization.get_scheduler`` name (no warm-up), over ``steps``.
@@ -103,14 +114,17 @@ class TrainSettings:
     validation_steps: int = 5
     checkpoint_dir: str | None = None
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2
     resume: bool = True
     device: str = "auto"
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ParameterError(f"steps={self.steps}: train for 1 or more steps.")
         check_batching(self.batch_size, None)
         check_seed(self.seed)
+        check_mixed_precision(self.mixed_precision)
 
 
 @dataclass
@@ -130,12 +144,15 @@ class TrainResult:
 
 @dataclass
 class _State:
-    """Everything a training run mutates; what a checkpoint stores."""
+    """Everything a training run mutates; what a checkpoint stores. ``model``, ``optimizer``,
+    ``lr_scheduler`` and ``batches`` (every step's batch) as the run's ``accelerator`` prepared them."""
 
-    model: LDSegNetwork
+    accelerator: Any
+    model: Any
     ema: AveragedModel
-    optimizer: torch.optim.AdamW
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer: Any
+    lr_scheduler: Any
+    batches: DataLoader
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_losses: list[list[float]] = field(default_factory=list)
@@ -170,18 +187,18 @@ def train_ldseg(
         if val_images is None or val_labels is None
         else _as_tensors(val_images, val_labels, config, "validation")
     )
-    device = resolve_device(settings.device)
-    state = _new_state(config, settings, device, start_from)
-    start_step = _maybe_resume(state, config, settings)
     steps_per_epoch = math.ceil(len(train_x) / settings.batch_size)
+    state = _new_state(config, settings, (train_x, train_y), steps_per_epoch, start_from)
+    start_step = _maybe_resume(state, config, settings)
     scheduler = make_scheduler(config)
     loss_function = DiceCELoss(
         to_onehot_y=True, softmax=True, batch=True, lambda_dice=DICE_WEIGHT, lambda_ce=1.0
     )
     emit = progress or (lambda _event: None)
     state.model.train()
-    while state.step < settings.steps:
-        losses = _train_step(state, train_x, train_y, settings, scheduler, loss_function, steps_per_epoch)
+    batches = state.accelerator.skip_first_batches(state.batches, start_step) if start_step else state.batches
+    for images_batch, labels_batch in batches:
+        losses = _train_step(state, images_batch, labels_batch, settings, scheduler, loss_function)
         state.step += 1
         state.epoch_losses.append(losses)
         emit(
@@ -200,14 +217,20 @@ def train_ldseg(
         if settings.checkpoint_dir and (
             state.step % settings.checkpoint_every == 0 or state.step == settings.steps
         ):
-            path = save_checkpoint(state, Path(settings.checkpoint_dir), settings)
+            path = save_checkpoint(
+                state.accelerator,
+                Path(settings.checkpoint_dir),
+                state.step,
+                _trainer_state(state, settings),
+                settings.keep_checkpoints,
+            )
             emit({"kind": "checkpoint", "path": str(path), "step": state.step})
     return TrainResult(inference_model(state.ema), state.history, start_step)
 
 
 def _check_settings(settings: TrainSettings) -> None:
     """Refuse out-of-range settings with a :class:`ParameterError`."""
-    positive = ("steps", "batch_size", "checkpoint_every", "validation_steps")
+    positive = ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "validation_steps")
     for name in positive:
         if getattr(settings, name) < 1:
             raise ParameterError(
@@ -277,13 +300,20 @@ def ema_average(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _new_state(
-    config: LDSegConfig, settings: TrainSettings, device: torch.device, start_from: LDSegNetwork | None = None
+    config: LDSegConfig,
+    settings: TrainSettings,
+    data: tuple[torch.Tensor, torch.Tensor],
+    steps_per_epoch: int,
+    start_from: LDSegNetwork | None = None,
 ) -> _State:
     """Fresh model (weights from ``settings.seed``, global RNG untouched, or ``start_from``'s), its EMA,
-    AdamW and LR scheduler."""
+    AdamW, LR scheduler and the loader of every step's batch of ``data``, prepared by the run's accelerator."""
+    accelerator = training_accelerator(settings.device, settings.mixed_precision)
+    if accelerator.num_processes > 1:
+        raise ParameterError("LDSeg trains in one process: start it without `accelerate launch`.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
-        model = LDSegNetwork(config).to(device)
+        model = LDSegNetwork(config)
     if start_from is not None:
         try:
             model.load_state_dict(start_from.state_dict())
@@ -292,6 +322,7 @@ def _new_state(
                 "The model to start from does not fit the training config (its networks have other shapes): "
                 "start from a model with the same classes and architecture, or train from scratch."
             ) from error
+    model.to(accelerator.device)
     ema = AveragedModel(model, avg_fn=ema_average(settings.ema_decay), use_buffers=True)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -299,7 +330,13 @@ def _new_state(
     lr_scheduler = get_scheduler(
         settings.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=settings.steps
     )
-    return _State(model, ema, optimizer, lr_scheduler)
+    loader = DataLoader(
+        TensorDataset(*data), batch_sampler=_StepBatches(len(data[0]), settings, steps_per_epoch)
+    )
+    prepared, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    batches = accelerator.prepare_data_loader(loader, device_placement=False)  # augmented on the CPU first
+    _checkpoint_ema(accelerator, ema)
+    return _State(accelerator, prepared, ema, optimizer, lr_scheduler, batches)
 
 
 def _batch_indices(step: int, count: int, settings: TrainSettings, steps_per_epoch: int) -> torch.Tensor:
@@ -309,38 +346,52 @@ def _batch_indices(step: int, count: int, settings: TrainSettings, steps_per_epo
     return order[position * settings.batch_size : (position + 1) * settings.batch_size]
 
 
+class _StepBatches(Sampler[list[int]]):
+    """The training slices of each of the ``settings.steps`` optimizer steps (:func:`_batch_indices`)."""
+
+    def __init__(self, count: int, settings: TrainSettings, steps_per_epoch: int) -> None:
+        self.count, self.settings, self.steps_per_epoch = count, settings, steps_per_epoch
+
+    def __len__(self) -> int:
+        return self.settings.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.settings.steps):
+            yield _batch_indices(step, self.count, self.settings, self.steps_per_epoch).tolist()
+
+
 def _train_step(
     state: _State,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
     settings: TrainSettings,
     scheduler: Any,
     loss_function: DiceCELoss,
-    steps_per_epoch: int,
 ) -> list[float]:
-    """One optimizer step on the batch of ``state.step``; returns the four figures of :func:`_loss_dict`."""
-    model, device = state.model, state.model.device
+    """One optimizer step on the batch ``x``, ``y`` of ``state.step``; the four figures of :func:`_loss_dict`."""
+    accelerator = state.accelerator
+    model = cast(LDSegNetwork, accelerator.unwrap_model(state.model))
     generator = _seeded(settings.seed, 2, state.step)
-    index = _batch_indices(state.step, len(images), settings, steps_per_epoch)
-    x, y = images[index], labels[index]
     if settings.augment:
         flip = settings.flip_left_right and model.config.axis in ("axial", "coronal")
         variation = settings.scanner_variation and model.config.spatial_dims == 2
         x, y = augment_batch(x, y, generator, model.config.intensity_range, flip, variation)
     timesteps = torch.randint(0, model.config.train_timesteps, (len(x),), generator=generator)
     noise = torch.randn((len(x), *model.config.latent_shape), generator=generator)
+    device = accelerator.device
     x, y, timesteps, noise = x.to(device), y.to(device), timesteps.to(device), noise.to(device)
-    segmentation_loss, noise_loss, reconstruction_loss = _losses(
-        model, x, y, timesteps, noise, scheduler, loss_function, settings.reconstruction_weight > 0
-    )
-    loss = (
-        segmentation_loss
-        + settings.noise_weight * noise_loss
-        + settings.reconstruction_weight * reconstruction_loss
-    )
+    with accelerator.autocast():
+        segmentation_loss, noise_loss, reconstruction_loss = _losses(
+            model, x, y, timesteps, noise, scheduler, loss_function, settings.reconstruction_weight > 0
+        )
+        loss = (
+            segmentation_loss
+            + settings.noise_weight * noise_loss
+            + settings.reconstruction_weight * reconstruction_loss
+        )
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(state.model.parameters(), settings.gradient_clip)
     state.optimizer.step()
     state.lr_scheduler.step()
     state.ema.update_parameters(model)
@@ -461,50 +512,88 @@ def _onehot(labels: torch.Tensor, classes: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(state: _State, folder: Path, settings: TrainSettings) -> Path:
-    """Write the weights file, then ``checkpoint.json`` pointing at it; remove older weights files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    weights_name = f"checkpoint-{state.step:08d}.safetensors"
-    tensors, groups = _checkpoint_tensors(state)
-    write_bytes_atomic(folder / weights_name, save(tensors, metadata={"step": str(state.step)}))
-    document = {
+def _checkpoint_ema(accelerator: Any, ema: AveragedModel) -> None:
+    """Keep ``ema`` in every checkpoint of ``accelerator`` as :data:`EMA_WEIGHTS` (safetensors, written
+    before the manifest, so it covers them) and load it back with the rest of the state."""
+
+    def save(_models: list[Any], _weights: list[Any], folder: str) -> None:
+        if accelerator.is_main_process:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+            save_file(tensors, str(Path(folder) / EMA_WEIGHTS))
+
+    def load(_models: list[Any], folder: str) -> None:
+        ema.load_state_dict(load_file(Path(folder) / EMA_WEIGHTS, device=str(accelerator.device)))
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def _trainer_state(state: _State, settings: TrainSettings) -> dict[str, Any]:
+    """What a checkpoint's ``trainer.json`` holds besides accelerate's state: step, history, config, settings."""
+    return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "step": state.step,
-        "weights": weights_name,
         "history": state.history,
         "epoch_losses": state.epoch_losses,
-        "param_groups": groups,
-        "lr_scheduler": state.lr_scheduler.state_dict(),
-        "config": state.model.config.to_dict(),
+        "config": cast(LDSegNetwork, state.accelerator.unwrap_model(state.model)).config.to_dict(),
         "settings": asdict(settings),
     }
-    write_json_atomic(folder / CHECKPOINT_JSON, document)
-    for old in folder.glob("checkpoint-*.safetensors"):
-        if old.name != weights_name:
-            old.unlink(missing_ok=True)
-    return folder / CHECKPOINT_JSON
-
-
-def _checkpoint_tensors(state: _State) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Flatten model, EMA and AdamW state into named tensors; AdamW hyper-parameters as JSON."""
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in state.ema.state_dict().items()})
-    optimizer = state.optimizer.state_dict()
-    for index, values in optimizer["state"].items():
-        tensors.update({f"optim.{index}.{name}": torch.as_tensor(value) for name, value in values.items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return tensors, optimizer["param_groups"]
 
 
 def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -> int:
-    """Load the checkpoint in ``settings.checkpoint_dir`` when resuming; return the step to start from."""
+    """Load the newest good checkpoint in ``settings.checkpoint_dir`` when resuming; the step to start from."""
     if not settings.checkpoint_dir or not settings.resume:
         return 0
     folder = Path(settings.checkpoint_dir)
-    if not (folder / CHECKPOINT_JSON).is_file():
+    legacy = folder / LEGACY_CHECKPOINT
+    if legacy.is_file():
+        _check_format(_read_document(legacy, JobError), legacy)
+
+    def load(path: Path) -> None:
+        where = path / TRAINER_STATE
+        document = _read_document(where, ValueError)  # unreadable: a damaged checkpoint, skipped
+        _check_format(document, where)
+        _check_same_run(document, folder, config, settings)
+        state.accelerator.load_state(str(path))
+
+    trainer = resume_from(folder, load)
+    if trainer is None:
         return 0
-    document = _read_checkpoint_document(folder)
+    state.step = int(trainer["step"])
+    state.history = list(trainer["history"])
+    state.epoch_losses = [list(losses) for losses in trainer["epoch_losses"]]
+    LOG.info("Resuming LDSeg training from step %d (%s)", state.step, folder)
+    return state.step
+
+
+def _read_document(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` when it cannot be read."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"'{path}' cannot be read: {problem}.") from problem
+    if not isinstance(document, dict):
+        raise error(f"'{path}' is not a JSON object.")
+    return document
+
+
+def _check_format(document: dict[str, Any], where: Path) -> None:
+    """:class:`JobError` unless ``document`` is an LDSeg training checkpoint of this version."""
+    if document.get("format") != CHECKPOINT_FORMAT:
+        raise JobError(f"'{where}' is not an LDSeg training checkpoint.")
+    if document.get("version", 1) != CHECKPOINT_VERSION:
+        raise JobError(
+            f"'{where}' was written by another version of LatentDriftSlicer (checkpoint "
+            f"version {document.get('version', 1)}, this one reads {CHECKPOINT_VERSION}): start over with "
+            "another checkpoint folder or resume=False."
+        )
+
+
+def _check_same_run(
+    document: dict[str, Any], folder: Path, config: LDSegConfig, settings: TrainSettings
+) -> None:
+    """:class:`JobError` when the checkpoint was made with another model config or training settings."""
     if not _same_config(document.get("config"), config):
         raise JobError(
             f"The checkpoint in '{folder}' was made with a different model config: use another checkpoint "
@@ -516,18 +605,16 @@ def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -
             f"The checkpoint in '{folder}' was made with other training settings ({', '.join(changed)}): "
             "resume with the same settings, use another checkpoint folder, or resume=False to start over."
         )
-    try:
-        tensors = load_file(folder / document["weights"], device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise JobError(
-            f"Checkpoint weights '{folder / document['weights']}' cannot be read: {error}."
-        ) from error
-    _restore(state, tensors, document)
-    LOG.info("Resuming LDSeg training from step %d (%s)", state.step, folder)
-    return state.step
 
 
-_RESUMABLE_CHANGES = {"validation_steps", "checkpoint_dir", "checkpoint_every", "resume", "device"}
+_RESUMABLE_CHANGES = {
+    "validation_steps",
+    "checkpoint_dir",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "resume",
+    "device",
+}
 """Settings a resumed run may change: they do not alter what is trained."""
 
 
@@ -555,40 +642,3 @@ def _same_config(saved: Any, config: LDSegConfig) -> bool:
         return LDSegConfig.from_dict(saved) == config
     except ParameterError:
         return False
-
-
-def _read_checkpoint_document(folder: Path) -> dict[str, Any]:
-    """Parse ``checkpoint.json``; :class:`JobError` if it is not a checkpoint of this format."""
-    try:
-        document = json.loads((folder / CHECKPOINT_JSON).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise JobError(f"'{folder / CHECKPOINT_JSON}' cannot be read: {error}.") from error
-    if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
-        raise JobError(f"'{folder / CHECKPOINT_JSON}' is not an LDSeg training checkpoint.")
-    if document.get("version", 1) != CHECKPOINT_VERSION:
-        raise JobError(
-            f"'{folder / CHECKPOINT_JSON}' was written by another version of LatentDriftSlicer (checkpoint "
-            f"version {document.get('version', 1)}, this one reads {CHECKPOINT_VERSION}): start over with "
-            "another checkpoint folder or resume=False."
-        )
-    return document
-
-
-def _restore(state: _State, tensors: dict[str, torch.Tensor], document: dict[str, Any]) -> None:
-    """Put checkpoint tensors and JSON state back into ``state`` (model, EMA, AdamW, step, history)."""
-    device = state.model.device
-
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix) :]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}
-
-    state.model.load_state_dict(part("model."))
-    state.ema.load_state_dict(part("ema."))
-    optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in part("optim.").items():
-        index, name = key.split(".", 1)
-        optimizer_state.setdefault(int(index), {})[name] = value.cpu() if name == "step" else value
-    state.optimizer.load_state_dict({"state": optimizer_state, "param_groups": document["param_groups"]})
-    state.lr_scheduler.load_state_dict(document["lr_scheduler"])
-    state.step = int(document["step"])
-    state.history = list(document["history"])
-    state.epoch_losses = [list(losses) for losses in document["epoch_losses"]]
