@@ -82,25 +82,24 @@ def augment_batch(
 
 
 def augment_pairs(
-    sources: torch.Tensor,
-    targets: torch.Tensor,
-    generator: torch.Generator,
-    value_range: tuple[float, float] = (-1.0, 1.0),
-    flip_left_right: bool = False,
+    sources: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, flip_left_right: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same augmentation, scanner variation included, on each source ``(B, 1, H, W)`` and its target.
 
     A longitudinal pair is one subject on one scanner: both images get the same warp, contrast, rim,
     blur, bias field and noise (the same random numbers, drawn twice from one generator state), so
-    what differs between them is still only what the pair changes. The brain (pixels brighter than the
-    background, 2 % of ``value_range`` above its low end) is the label the tissue contrast and the rim
-    read. Images in ``value_range``; returns tensors of the same shapes.
+    what differs between them is still only what the pair changes. The brain (pixels more than 2 % of
+    the range above the background, -1) is the label the tissue contrast and the rim read. Images in
+    [-1, 1]; returns tensors of the same shapes.
     """
-    low, high = value_range
-    brain = (sources[:, 0] > low + 0.02 * (high - low)).long()
+    brain = (sources[:, 0] > -0.96).long()
     twin = torch.Generator().set_state(generator.get_state())
-    augmented_sources, _ = augment_batch(sources, brain, generator, value_range, flip_left_right, True)
-    augmented_targets, _ = augment_batch(targets, brain, twin, value_range, flip_left_right, True)
+    augmented_sources, _ = augment_batch(
+        sources, brain, generator, flip_left_right=flip_left_right, scanner_variation=True
+    )
+    augmented_targets, _ = augment_batch(
+        targets, brain, twin, flip_left_right=flip_left_right, scanner_variation=True
+    )
     return augmented_sources, augmented_targets
 
 

@@ -68,12 +68,7 @@ def _read_config_document(folder: str | os.PathLike[str]) -> tuple[LDSegConfig, 
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise ModelError(f"'{folder}' is not an LDSeg model folder: it has no {CONFIG_FILE}.")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path} is not valid JSON: {error}.") from error
-    if not isinstance(document, dict):
-        raise ModelError(f"{path} must hold a JSON object.")
+    document = read_json_object(path, ModelError)
     _check_format(path, document)
     settings = {k: v for k, v in document.items() if k not in ("format", "format_version")}
     try:
@@ -173,3 +168,14 @@ def model_info(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "weights_bytes": weights.stat().st_size if weights.is_file() else 0,
         "has_card": (folder / CARD_FILE).is_file(),
     }
+
+
+def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in ``path`` (a model's or a checkpoint's); ``error`` saying what is wrong otherwise."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path} is not valid JSON: {problem}.") from problem
+    if not isinstance(document, dict):
+        raise error(f"{path} must hold a JSON object.")
+    return document

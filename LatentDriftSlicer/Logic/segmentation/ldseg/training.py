@@ -39,7 +39,6 @@ labels ``(b, S, S, S)``, latents and noise ``(b, 1, s, s, s)``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -63,6 +62,7 @@ from ...core.progress import TrainingCallback
 from ...core.values import check_batching, check_mixed_precision, check_seed
 from ...finetune.checkpoints import TRAINER_STATE, resume_from, save_checkpoint
 from .augment import augment_batch
+from .model_io import read_json_object
 from .network import LDSegConfig, LDSegNetwork
 from .sampler import make_scheduler, predict_original
 from .uncertainty import segment_slices
@@ -548,11 +548,11 @@ def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -
     folder = Path(settings.checkpoint_dir)
     legacy = folder / LEGACY_CHECKPOINT
     if legacy.is_file():
-        _check_format(_read_document(legacy, JobError), legacy)
+        _check_format(read_json_object(legacy, JobError), legacy)
 
     def load(path: Path) -> None:
         where = path / TRAINER_STATE
-        document = _read_document(where, ValueError)  # unreadable: a damaged checkpoint, skipped
+        document = read_json_object(where, ValueError)  # unreadable: a damaged checkpoint, skipped
         _check_format(document, where)
         _check_same_run(document, folder, config, settings)
         state.accelerator.load_state(str(path))
@@ -565,17 +565,6 @@ def _maybe_resume(state: _State, config: LDSegConfig, settings: TrainSettings) -
     state.epoch_losses = [list(losses) for losses in trainer["epoch_losses"]]
     LOG.info("Resuming LDSeg training from step %d (%s)", state.step, folder)
     return state.step
-
-
-def _read_document(path: Path, error: type[Exception]) -> dict[str, Any]:
-    """The JSON object in ``path``; ``error`` when it cannot be read."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as problem:
-        raise error(f"'{path}' cannot be read: {problem}.") from problem
-    if not isinstance(document, dict):
-        raise error(f"'{path}' is not a JSON object.")
-    return document
 
 
 def _check_format(document: dict[str, Any], where: Path) -> None:
