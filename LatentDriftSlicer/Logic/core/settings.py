@@ -441,7 +441,8 @@ class TrainLDSegSettings:
     they must stay None. ``batch_size`` None: the model's dimensions decide (:attr:`BATCH_SIZES`).
     ``checkpoint_dir`` None: ``OUTPUT.checkpoints``; ``card_notes``: a Markdown file appended to the
     model card. :func:`latentdrift.segmentation.workflow.ldseg_training` makes the model config and the
-    :class:`~latentdrift.segmentation.ldseg.TrainSettings` of these (whose checks the values meet there).
+    :class:`~latentdrift.segmentation.ldseg.TrainSettings` of these, which check the values (steps, batch
+    size, seed; the config its sizes).
     """
 
     NEW_MODEL: ClassVar[dict[str, Any]] = {
