@@ -24,6 +24,7 @@ from latentdrift.core.settings import (
     EditSettings,
     GenerateSettings,
     SegmentSettings,
+    TrainLDSegSettings,
     counterfactual_settings,
 )
 from latentdrift.counterfactual.modes import DEFAULT_EDIT, REGISTRY, edit_mode, volume_edit_names
@@ -117,6 +118,7 @@ TASK_SETTINGS = {
     "counterfactual": (EditSettings, CounterfactualSettings),
     "demo": (DemoSettings,),
     "batch": (SegmentSettings, EditSettings, CounterfactualSettings),
+    "train-ldseg": (TrainLDSegSettings,),
 }
 
 

@@ -14,11 +14,14 @@ from safetensors.torch import load_file
 
 from latentdrift.bridge.scene import find_nodes, load_scene, node_to_volume
 from latentdrift.cli import main
+from latentdrift.core.errors import ParameterError
+from latentdrift.core.settings import TrainLDSegSettings
 from latentdrift.core.volumes import Geometry, Volume, read_volume, write_volume
 from latentdrift.fixtures.synthetic import SubjectSettings, synthetic_subject
 from latentdrift.segmentation.data import pair_slices
 from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
 from latentdrift.segmentation.volume_segmentation import intensity_statistics
+from latentdrift.segmentation.workflow import ldseg_training
 
 TOL = 1e-6
 CLASSES = ("background", "CSF", "grey matter", "white matter")
@@ -207,6 +210,27 @@ def test_train_ldseg_makes_a_model_that_segments(tmp_path: Path) -> None:
         )
         == 0
     )
+
+
+def test_train_ldseg_defaults_follow_the_dimensions_and_axis_of_the_model_trained(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """One home for the defaults that depend on the model: a new 2D or 3D one, or the one fine-tuned."""
+    config, settings = ldseg_training(TrainLDSegSettings(classes="background,ball"), tmp_path / "m")
+    assert (config.spatial_dims, config.image_size, config.axis) == (2, 128, "axial")
+    assert (config.latent_downsampling, config.latent_channels) == (4, 4)
+    assert (settings.batch_size, settings.flip_left_right) == (16, True)
+    assert settings.checkpoint_dir == f"{tmp_path / 'm'}.checkpoints"
+    options = TrainLDSegSettings(classes="background,ball", spatial_dims=3, axis="sagittal")
+    config, settings = ldseg_training(options, tmp_path / "m")
+    assert (config.spatial_dims, config.image_size, settings.batch_size) == (3, 64, 2)
+    assert not settings.flip_left_right
+    config, settings = ldseg_training(TrainLDSegSettings(init_from=str(tiny_model)), tmp_path / "m")
+    assert config is None and settings.batch_size == 16
+    with pytest.raises(ParameterError, match="leave out --spatial-dims, --latent-channels"):
+        TrainLDSegSettings(init_from=str(tiny_model), spatial_dims=2, latent_channels=1)
+    with pytest.raises(ParameterError, match="Give --classes"):
+        TrainLDSegSettings(classes=" , ")
 
 
 def test_train_ldseg_init_from_fine_tunes_a_model_and_keeps_its_config(tmp_path: Path, capsys) -> None:

@@ -4,11 +4,12 @@ Every subcommand shares ``--device``, ``--seed``, ``--quiet`` and ``--debug``; t
 take ``--output DIR`` and write ``DIR/summary.json``. Errors the user can fix print one line
 (``latentdrift: error: …``) and exit non-zero; ``--debug`` shows the traceback as well.
 
-The options of ``segment``, ``counterfactual``, ``generate``, ``demo``, ``finetune`` and ``batch`` are
-fields of the engine's settings (:mod:`.core.settings`, :class:`~.finetune.config.FinetuneConfig`), the parser
-derived from them in :mod:`.cli_options`: an option left out takes the default declared there, and
-``--settings FILE`` gives them all at once as JSON (how the Slicer panel and the console hand a run
-to the engine process).
+The options of ``segment``, ``counterfactual``, ``generate``, ``demo``, ``finetune``, ``batch`` and
+``train-ldseg`` are fields of the engine's settings (:mod:`.core.settings`,
+:class:`~.finetune.config.FinetuneConfig`), the parser derived from them in :mod:`.cli_options`: an
+option left out takes the default declared there, and ``--settings FILE`` (every command above but
+``batch`` and ``train-ldseg``) gives them all at once as JSON (how the Slicer panel and the console hand
+a run to the engine process).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .core.settings import (
     EditSettings,
     GenerateSettings,
     SegmentSettings,
+    TrainLDSegSettings,
     counterfactual_settings,
     demo_settings,
     edit_fields,
@@ -188,70 +190,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_LDSEG_OPTIONS = _names(TrainLDSegSettings)
+
+
 def _run_train_ldseg(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .segmentation.ldseg import TrainSettings
-    from .segmentation.workflow import train_segmentation_model
+    from .segmentation.workflow import ldseg_training, train_segmentation_model
 
-    config, layout = _ldseg_configs(args)
-    settings = TrainSettings(
-        steps=args.steps,
-        batch_size=(2 if layout.spatial_dims == 3 else 16) if args.batch_size is None else args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler=args.lr_scheduler,
-        reconstruction_weight=args.reconstruction_weight,
-        augment=not args.no_augment,
-        flip_left_right=layout.axis != "sagittal",
-        checkpoint_dir=args.checkpoint_dir or f"{Path(args.output).absolute()}.checkpoints",
-        checkpoint_every=args.checkpoint_every,
-        **_given(args, ("seed", "device")),
-    )
-    notes = Path(args.card_notes).read_text() if args.card_notes else ""
+    options = TrainLDSegSettings(**_given(args, TRAIN_LDSEG_OPTIONS))
+    config, settings = ldseg_training(options, args.output)
+    notes = Path(options.card_notes).read_text() if options.card_notes else ""
     summary = train_segmentation_model(
         args.data,
         args.output,
         config,
         settings,
-        args.validation_fraction,
+        options.validation_fraction,
         args.progress,
         notes,
-        args.init_from,
+        options.init_from,
     )
     _report(args, summary)
     return 0
-
-
-_ARCHITECTURE_OPTIONS = ("axis", "spatial_dims", "image_size", "latent_downsampling", "latent_channels")
-
-
-def _ldseg_configs(args: argparse.Namespace) -> tuple[Any, Any]:
-    """``(config, layout)``: the config of a model trained from scratch (None with ``--init-from``,
-    whose model's config is used) and the config whose axis and dimensions the training follows."""
-    from .core.errors import ParameterError
-    from .segmentation.ldseg import default_classes, training_config
-    from .segmentation.workflow import fine_tuning_config
-
-    names = [name.strip() for name in (args.classes or "").split(",") if name.strip()]
-    if args.init_from is not None:
-        given = [
-            f"--{name.replace('_', '-')}" for name in _ARCHITECTURE_OPTIONS if getattr(args, name) is not None
-        ]
-        if given:
-            raise ParameterError(f"--init-from keeps the model's architecture: leave out {', '.join(given)}.")
-        return None, fine_tuning_config(args.init_from, names)
-    if not names:
-        raise ParameterError("Give --classes (background first), or --init-from a model to fine-tune.")
-    spatial_dims = args.spatial_dims or 2
-    config = training_config(
-        default_classes(names),
-        axis=args.axis or "axial",
-        image_size=args.image_size or (64 if spatial_dims == 3 else 128),
-        latent_downsampling=args.latent_downsampling or 4,
-        latent_channels=args.latent_channels or 4,
-        spatial_dims=spatial_dims,
-    )
-    return config, config
 
 
 # --------------------------------------------------------------------------- fine-tuning, jobs, batch

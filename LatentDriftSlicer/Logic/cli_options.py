@@ -1,12 +1,16 @@
 """The ``latentdrift`` command's parser: each settings option is derived from its settings field.
 
-The options of ``segment``, ``counterfactual``, ``generate``, ``demo``, ``batch`` and ``finetune`` are
-the fields of the engine's settings (``finetune``: :class:`~latentdrift.finetune.config.FinetuneConfig`)
-that declare a help text (:func:`latentdrift.core.settings.option`): the flag, type, choices and help
-come from the field, and an option left out of the command line is left out of the namespace
-(``default=GIVEN``), so the settings' own default applies. ``--device`` and ``--seed`` are the run
-options every command shares. ``train-ldseg``, ``jobs``, ``info`` and ``scene`` declare their own
-options here.
+The options of ``segment``, ``counterfactual``, ``generate``, ``demo``, ``batch``, ``finetune`` and
+``train-ldseg`` are the fields of the engine's settings (``finetune``:
+:class:`~latentdrift.finetune.config.FinetuneConfig`; ``train-ldseg``:
+:class:`~latentdrift.core.settings.TrainLDSegSettings`) that declare a help text
+(:func:`latentdrift.core.settings.option`): the flag, type, choices and help come from the field, and
+an option left out of the command line is left out of the namespace (``default=GIVEN``), so the
+settings' own default applies. ``--device`` and ``--seed`` are the run options every command shares.
+Declared here is only what is no settings field: the options of ``jobs``, ``info`` and ``scene``
+(which have no settings), ``--quiet``, ``--debug``, ``--progress-json``, the inputs, ``--output``,
+``--scene``, ``--settings``, ``--job-dir`` and the brain front end's switches (which build the
+settings' ``front_end``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .core.settings import (
     FrontEndSettings,
     GenerateSettings,
     SegmentSettings,
+    TrainLDSegSettings,
     option_field,
 )
 from .core.values import AXES
@@ -165,58 +170,7 @@ def build_parser(handlers: Mapping[str, Handler], version: str) -> argparse.Argu
         metavar="DATA",
         help="CSV with image,label[,subject] columns, or a folder of *_image/*_label files",
     )
-    train.add_argument(
-        "--classes", default=None, help="class names, background first, e.g. background,CSF,GM,WM"
-    )
-    train.add_argument(
-        "--init-from",
-        metavar="NAME|DIR",
-        default=None,
-        help="fine-tune this LDSeg model: start from its weights, keep its classes and architecture",
-    )
-    train.add_argument(
-        "--axis", choices=AXES, default=None, help="slice axis the model learns (default: axial)"
-    )
-    train.add_argument(
-        "--spatial-dims",
-        type=int,
-        choices=(2, 3),
-        default=None,
-        help="2: slices along --axis; 3: whole volumes at --image-size³ (default: 2)",
-    )
-    train.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="model resolution in pixels (default: 128 for 2D, 64 for 3D)",
-    )
-    train.add_argument(
-        "--latent-downsampling", type=int, default=None, help="image size / latent size (default: 4)"
-    )
-    train.add_argument(
-        "--latent-channels", type=int, default=None, help="channels of the label latent (default: 4)"
-    )
-    train.add_argument(
-        "--reconstruction-weight",
-        type=float,
-        default=1.0,
-        help="weight of the label autoencoder's own loss; 0 = the LDSeg reference (default: 1)",
-    )
-    train.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
-    train.add_argument(
-        "--batch-size", type=int, default=None, help="slices (3D: volumes) per step (default: 16; 3D: 2)"
-    )
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument(
-        "--lr-scheduler", default="constant", help="diffusers scheduler name: constant, cosine, linear, ..."
-    )
-    train.add_argument("--validation-fraction", type=float, default=0.2, help="share of subjects held out")
-    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    train.add_argument(
-        "--checkpoint-dir", default=None, help="resumable checkpoints (default: OUTPUT.checkpoints)"
-    )
-    train.add_argument("--checkpoint-every", type=int, default=250)
-    train.add_argument("--card-notes", default=None, help="a Markdown file appended to the model card")
+    add_settings_options(train, TrainLDSegSettings)
     _add_output(train)
     train.set_defaults(handler=handlers["train-ldseg"])
     return parser

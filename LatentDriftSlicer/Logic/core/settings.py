@@ -17,6 +17,7 @@ others where it uses them (a :class:`~.errors.ParameterError` says what is wrong
   every slice of a volume (a :class:`DiffusionRun`: model, batching, device), with slicing and blending.
 * :class:`GenerateSettings` — ``latentdrift generate``: new slices from text.
 * :class:`DemoSettings` — ``latentdrift demo``: the main job with the default models.
+* :class:`TrainLDSegSettings` — ``latentdrift train-ldseg``: an LDSeg model trained from image/label pairs.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def option(
     help: str | None = None,
     flag: str | None = None,
     metavar: str | None = None,
-    choices: tuple[str, ...] | None = None,
+    choices: tuple[Any, ...] | None = None,
     range: tuple[float, float] | None = None,
     slider: tuple[float, float] | None = None,
     default_factory: Any = MISSING,
@@ -428,6 +429,110 @@ class DemoSettings:
         check_axis(self.axis)
         slice_bounds(self.slices)
         check_seed(self.seed)
+
+
+@dataclass(frozen=True)
+class TrainLDSegSettings:
+    """``latentdrift train-ldseg``: a new LDSeg model (``classes``, background first, comma-separated), or
+    one fine-tuned from ``init_from`` (a model name or folder, whose classes and architecture are kept).
+
+    The architecture options (:attr:`ARCHITECTURE`) are None unless given: a new model takes
+    :attr:`NEW_MODEL`'s and the image size of its dimensions (:attr:`IMAGE_SIZES`); with ``init_from``
+    they must stay None. ``batch_size`` None: the model's dimensions decide (:attr:`BATCH_SIZES`).
+    ``checkpoint_dir`` None: ``OUTPUT.checkpoints``; ``card_notes``: a Markdown file appended to the
+    model card. :func:`latentdrift.segmentation.workflow.ldseg_training` makes the model config and the
+    :class:`~latentdrift.segmentation.ldseg.TrainSettings` of these, which check the values (steps, batch
+    size, seed; the config its sizes).
+    """
+
+    NEW_MODEL: ClassVar[dict[str, Any]] = {
+        "axis": "axial",
+        "spatial_dims": 2,
+        "latent_downsampling": 4,
+        "latent_channels": 4,
+    }
+    """A new model's architecture where its option is not given (the image size: :attr:`IMAGE_SIZES`)."""
+    IMAGE_SIZES: ClassVar[dict[int, int]] = {2: 128, 3: 64}
+    """A new model's resolution in pixels by ``spatial_dims``."""
+    BATCH_SIZES: ClassVar[dict[int, int]] = {2: 16, 3: 2}
+    """Slices (3D: volumes) per step by the trained model's ``spatial_dims``."""
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = (
+        "axis",
+        "spatial_dims",
+        "image_size",
+        "latent_downsampling",
+        "latent_channels",
+    )
+    """The options that define a new model's architecture (refused with ``init_from``)."""
+
+    classes: str | None = option(None, help="class names, background first, e.g. background,CSF,GM,WM")
+    init_from: str | None = option(
+        None,
+        metavar="NAME|DIR",
+        help="fine-tune this LDSeg model: start from its weights, keep its classes and architecture",
+    )
+    axis: Axis | None = option(None, help=f"slice axis the model learns (default: {NEW_MODEL['axis']})")
+    spatial_dims: int | None = option(
+        None,
+        choices=tuple(IMAGE_SIZES),
+        help="2: slices along --axis; 3: whole volumes at --image-size³ "
+        f"(default: {NEW_MODEL['spatial_dims']})",
+    )
+    image_size: int | None = option(
+        None,
+        help=f"model resolution in pixels (default: {IMAGE_SIZES[2]} for 2D, {IMAGE_SIZES[3]} for 3D)",
+    )
+    latent_downsampling: int | None = option(
+        None, help=f"image size / latent size (default: {NEW_MODEL['latent_downsampling']})"
+    )
+    latent_channels: int | None = option(
+        None, help=f"channels of the label latent (default: {NEW_MODEL['latent_channels']})"
+    )
+    reconstruction_weight: float = option(
+        1.0,
+        help="weight of the label autoencoder's own loss; 0 = the LDSeg reference (default: {default:g})",
+    )
+    steps: int = option(2000, help="optimizer steps (default: {default})")
+    batch_size: int | None = option(
+        None, help=f"slices (3D: volumes) per step (default: {BATCH_SIZES[2]}; 3D: {BATCH_SIZES[3]})"
+    )
+    learning_rate: float = option(1e-3, help="AdamW learning rate (default: {default:g})")
+    lr_scheduler: str = option("constant", help="diffusers scheduler name: constant, cosine, linear, ...")
+    validation_fraction: float = option(0.2, help="share of subjects held out")
+    augment: bool = option(True, flag="--no-augment", help="train without augmentation")
+    checkpoint_dir: str | None = option(None, help="resumable checkpoints (default: OUTPUT.checkpoints)")
+    checkpoint_every: int = option(250, help="steps between checkpoints (default: {default})")
+    card_notes: str | None = option(None, help="a Markdown file appended to the model card")
+    seed: int = seed_option()
+    device: str = device_option()
+
+    def __post_init__(self) -> None:
+        if self.init_from is None:
+            if not self.class_names():
+                raise ParameterError(
+                    "Give --classes (background first), or --init-from a model to fine-tune."
+                )
+            return
+        given = [
+            f"--{name.replace('_', '-')}" for name in self.ARCHITECTURE if getattr(self, name) is not None
+        ]
+        if given:
+            raise ParameterError(f"--init-from keeps the model's architecture: leave out {', '.join(given)}.")
+
+    def class_names(self) -> list[str]:
+        """The names in ``classes`` (empty: none given)."""
+        return [name.strip() for name in (self.classes or "").split(",") if name.strip()]
+
+    def architecture(self) -> dict[str, Any]:
+        """A new model's architecture (:func:`~latentdrift.segmentation.ldseg.training_config`'s keywords):
+        the options given (a 0 counts as not given), else :attr:`NEW_MODEL`'s and :attr:`IMAGE_SIZES`'."""
+        given = {name: getattr(self, name) for name in self.ARCHITECTURE if getattr(self, name)}
+        spatial_dims = given.get("spatial_dims", self.NEW_MODEL["spatial_dims"])
+        return {**self.NEW_MODEL, "image_size": self.IMAGE_SIZES[spatial_dims], **given}
+
+    def batch_size_for(self, spatial_dims: int) -> int:
+        """``batch_size``, or the default for a model of ``spatial_dims``."""
+        return self.BATCH_SIZES[spatial_dims] if self.batch_size is None else self.batch_size
 
 
 # --------------------------------------------------------------------------- from flat options

@@ -15,7 +15,7 @@ from ..core.errors import ModelError, ParameterError
 from ..core.models import choose_model, resolve_model
 from ..core.progress import ProgressCallback, TrainingCallback, TrainingEvent
 from ..core.results import ResultFolder
-from ..core.settings import SCENE_DEFAULT, SceneChoice, SegmentSettings
+from ..core.settings import SCENE_DEFAULT, SceneChoice, SegmentSettings, TrainLDSegSettings
 from ..core.volumes import Volume, extract_slices, read_volume, write_volume
 from ..evaluation.model_cards import ldseg_training_card
 from ..evaluation.reports import Panel, pick_preview_slices, save_preview
@@ -25,10 +25,12 @@ from .data import find_pairs, load_training_slices, split_by_subject
 from .ldseg import (
     LDSegConfig,
     TrainSettings,
+    default_classes,
     load_ldseg_model,
     read_config,
     save_ldseg_model,
     train_ldseg,
+    training_config,
 )
 from .seg_files import SegmentClass, write_segmentation_file
 from .segmenters import InputSpec, load_segmenter
@@ -151,6 +153,37 @@ def fine_tuning_config(
             "(or train from scratch, without a model to start from, on another axis)."
         )
     return config
+
+
+def ldseg_training(
+    options: TrainLDSegSettings, output: str | Path
+) -> tuple[LDSegConfig | None, TrainSettings]:
+    """``(config, settings)`` of ``latentdrift train-ldseg`` for :func:`train_segmentation_model`.
+
+    ``config``: the new model's (:meth:`~TrainLDSegSettings.architecture`), or None with
+    ``options.init_from``, whose model's config is kept (:func:`fine_tuning_config` checks the classes
+    given). The default batch size and the left-right flips follow the dimensions and axis of the model
+    trained; checkpoints go to ``OUTPUT.checkpoints`` unless ``options.checkpoint_dir`` says otherwise.
+    """
+    if options.init_from is None:
+        config = training_config(default_classes(options.class_names()), **options.architecture())
+        trained = config
+    else:
+        config, trained = None, fine_tuning_config(options.init_from, options.class_names())
+    settings = TrainSettings(
+        steps=options.steps,
+        batch_size=options.batch_size_for(trained.spatial_dims),
+        learning_rate=options.learning_rate,
+        lr_scheduler=options.lr_scheduler,
+        reconstruction_weight=options.reconstruction_weight,
+        augment=options.augment,
+        flip_left_right=trained.axis != "sagittal",
+        checkpoint_dir=options.checkpoint_dir or f"{Path(output).absolute()}.checkpoints",
+        checkpoint_every=options.checkpoint_every,
+        seed=options.seed,
+        device=options.device,
+    )
+    return config, settings
 
 
 def train_segmentation_model(
