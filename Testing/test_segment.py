@@ -231,6 +231,8 @@ def test_train_ldseg_defaults_follow_the_dimensions_and_axis_of_the_model_traine
         TrainLDSegSettings(init_from=str(tiny_model), spatial_dims=2, latent_channels=1)
     with pytest.raises(ParameterError, match="Give --classes"):
         TrainLDSegSettings(classes=" , ")
+    with pytest.raises(ParameterError, match="image_size 0 is outside"):  # a 0 is not "the default"
+        ldseg_training(TrainLDSegSettings(classes="background,ball", image_size=0), tmp_path / "m")
 
 
 def test_train_ldseg_init_from_fine_tunes_a_model_and_keeps_its_config(tmp_path: Path, capsys) -> None:

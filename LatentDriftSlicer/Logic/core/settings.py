@@ -525,8 +525,8 @@ class TrainLDSegSettings:
 
     def architecture(self) -> dict[str, Any]:
         """A new model's architecture (:func:`~latentdrift.segmentation.ldseg.training_config`'s keywords):
-        the options given (a 0 counts as not given), else :attr:`NEW_MODEL`'s and :attr:`IMAGE_SIZES`'."""
-        given = {name: getattr(self, name) for name in self.ARCHITECTURE if getattr(self, name)}
+        the options given (a 0 too: the config refuses it), else :attr:`NEW_MODEL`'s and :attr:`IMAGE_SIZES`'."""
+        given = {name: getattr(self, name) for name in self.ARCHITECTURE if getattr(self, name) is not None}
         spatial_dims = given.get("spatial_dims", self.NEW_MODEL["spatial_dims"])
         return {**self.NEW_MODEL, "image_size": self.IMAGE_SIZES[spatial_dims], **given}
 
