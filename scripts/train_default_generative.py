@@ -19,7 +19,9 @@
    half the learning rate: on a real head the editor trained on template-derived brains alone made
    a coarse, global darkening instead of an edit (``benchmarks/realhead/calibration.md``).
 
-``--editor-only`` retrains the editor alone, from the published ``brain-mri-sd``.
+``--editor-only`` retrains the editor alone, from the published ``brain-mri-sd``. The editor's sampling
+δ is chosen afterwards on a real and a synthetic head (``benchmarks/realhead/calibrate.py``, then its
+``--apply``), which records it in the editor's ``latentdrift.json`` and model card.
 
 Every stage is resumable (checkpoints under ``data/generative/``): rerun the command after an
 interruption. The models are written to ``LatentDriftSlicer/Logic/bundled_models/`` (``--output``
@@ -58,9 +60,13 @@ Fine-tuned only on a **synthetic** longitudinal cohort made from the MNI152 temp
 (`latentdrift.fixtures.synthetic_cohort`, 48 subjects, seed 0; the text-to-image model on a baseline and one
 follow-up each, the editor on a cohort of its own whose anatomy varies more — 6 mm deformations,
 baselines aged by 0–10 % brain loss — a baseline and three follow-ups each, with identity pairs and its
-text encoder trained): a demonstration model, not a clinical tool. Retrain every default generative model with
+text encoder trained, then 1000 steps more with each pair augmented alike by scanner variation): a
+demonstration model, not a clinical tool. Retrain every default generative model, then choose the
+editor's sampling δ on a real and a synthetic head, with
 
     .venv/bin/python scripts/train_default_generative.py
+    .venv/bin/python benchmarks/realhead/calibrate.py --drifts=-0.05,0 --synthetic 1
+    .venv/bin/python benchmarks/realhead/calibrate.py --apply 0
 
 Measured behaviour on held-out synthetic subjects (drift on/off, counterfactual fidelity against
 ground-truth follow-ups, classifier AUC): `benchmarks/evidence/results.md` (measured on the editor before

@@ -13,14 +13,15 @@ For each δ, the bundled editor (``brain-mri-instruct``) makes the counterfactua
 each through the whole engine path (the brain front end included), and the project's own segmentation
 (``brain-tissue-ldseg``, through the front end too) measures the CSF of the input, the counterfactual and
 (synthetic) the true follow-up. Writes ``calibration.json`` and ``calibration.md``. ``--apply DELTA``
-records δ as the editor's sampling δ in its ``latentdrift.json`` (what ``counterfactual`` and ``demo`` use
-when no ``--drift`` is given), with this file's figures as the reason in its model card.
+records δ as the editor's sampling δ in its ``latentdrift.json`` (what ``demo`` uses when no ``--drift``
+is given) and in its model card's δ row, with this file's figures as the reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,19 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def record_in_card(card: Path, drift: float, command: str) -> None:
+    """Write the applied sampling δ into the model card's δ row, with the calibration as its reason."""
+    text = card.read_text(encoding="utf-8")
+    row = re.search(r"^\| Latent Drift δ \| .*\(trained with δ: ([^)]*)\).*\|$", text, flags=re.M)
+    if row is None:
+        raise SystemExit(f"{card} has no 'Latent Drift δ' row to record δ = {drift:g} in.")
+    new_row = (
+        f"| Latent Drift δ | {drift:g} for sampling (trained with δ: {row.group(1)}); chosen on a real and a "
+        f"synthetic head: `benchmarks/realhead/calibration.md` (`{command}`) |"
+    )
+    card.write_text(text.replace(row.group(0), new_row), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drifts", default="-0.1,-0.05,0,0.05", help="comma-separated δ values")
@@ -126,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     results_path = HERE / "calibration.json"
     if args.apply is not None:
         results = json.loads(results_path.read_text(encoding="utf-8"))
-        update_metadata(default_model("instruct").path, drift=args.apply)
+        editor = default_model("instruct").path
+        update_metadata(editor, drift=args.apply)
+        record_in_card(editor / "MODEL_CARD.md", args.apply, results["command"])
         results["applied"] = args.apply
     else:
         results = sweep([float(v) for v in args.drifts.split(",")], args.synthetic)
