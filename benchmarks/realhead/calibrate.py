@@ -125,7 +125,7 @@ def record_in_card(card: Path, drift: float, command: str) -> None:
     if row is None:
         raise SystemExit(f"{card} has no 'Latent Drift δ' row to record δ = {drift:g} in.")
     new_row = (
-        f"| Latent Drift δ | {drift:g} for sampling (trained with δ: {row.group(1)}); chosen on a real and a "
+        f"| Latent Drift δ | {drift} for sampling (trained with δ: {row.group(1)}); chosen on a real and a "
         f"synthetic head: `benchmarks/realhead/calibration.md` (`{command}`) |"
     )
     card.write_text(text.replace(row.group(0), new_row), encoding="utf-8")
