@@ -210,35 +210,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         text_model = publish(train_text_model(work, base, budget, common), output / "brain-mri-sd")
     delta, _ = recorded_drift(text_model)
-    instruct_model = finetune(
-        work / "jobs" / "brain-mri-instruct",
-        FinetuneConfig(
-            scheme="instruct-pix2pix",
-            model=str(text_model),
-            steps=budget.instruct_steps,
-            drift=delta,
-            cohort=str(longitudinal),
-            lr_scheduler="cosine",
-            identity_pairs=True,
-            train_text_encoder=True,
-            **common,
-        ),
+    editor = FinetuneConfig(
+        scheme="instruct-pix2pix",
+        model=str(text_model),
+        steps=budget.instruct_steps,
+        drift=delta,
+        cohort=str(longitudinal),
+        lr_scheduler="cosine",
+        identity_pairs=True,
+        train_text_encoder=True,
+        **common,
     )
-    scanner_model = finetune(
-        work / "jobs" / "brain-mri-instruct-scanner",
-        FinetuneConfig(
-            scheme="instruct-pix2pix",
-            model=str(instruct_model),
-            steps=budget.scanner_steps,
-            drift=delta,
-            cohort=str(longitudinal),
-            lr_scheduler="cosine",
-            identity_pairs=True,
-            train_text_encoder=True,
-            scanner_variation=True,
-            **{**common, "learning_rate": 1e-4},
-        ),
+    instruct_model = finetune(work / "jobs" / "brain-mri-instruct", editor)
+    scanner_stage = replace(
+        editor,
+        model=str(instruct_model),
+        steps=budget.scanner_steps,
+        learning_rate=1e-4,
+        scanner_variation=True,
     )
+    scanner_model = finetune(work / "jobs" / "brain-mri-instruct-scanner", scanner_stage)
     publish(scanner_model, output / "brain-mri-instruct")
     for name in ("brain-mri-sd", "brain-mri-instruct"):
         update_metadata(output / name, input=BRAIN_MODEL_INPUT.to_dict())
