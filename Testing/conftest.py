@@ -144,7 +144,9 @@ def default_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("defaults")
     build_tiny_sd(root / "brain-mri-sd")
-    update_metadata(build_tiny_sd(root / "brain-mri-instruct", instruct=True), drift=0.05, drift_start=True)
+    update_metadata(
+        build_tiny_sd(root / "brain-mri-instruct", instruct=True), drift=0.05, drift_start=True, guidance=3.0
+    )
     (root / "mini-sd-natural").symlink_to(root / "brain-mri-sd")
     save_ldseg_model(LDSegNetwork(tiny_config(("background", "tissue"))), root / "brain-tissue-ldseg")
     return root

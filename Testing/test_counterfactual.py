@@ -125,7 +125,10 @@ def test_blend_mixes_neighbouring_edits(sd: PipelineBundle, brain: Volume) -> No
 def test_out_of_memory_halves_the_suggested_batch_and_gives_the_same_volume(
     sd: PipelineBundle, brain: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    expected = counterfactual_volume(brain, sd, settings(), "coronal", batch_size=11).counterfactual.voxels
+    one_share = settings(
+        workers=1
+    )  # the halving of one share's calls (2 workers would split the batch first)
+    expected = counterfactual_volume(brain, sd, one_share, "coronal", batch_size=11).counterfactual.voxels
     calls: list[int] = []
     original = run_module.call_pipeline
 
@@ -137,7 +140,7 @@ def test_out_of_memory_halves_the_suggested_batch_and_gives_the_same_volume(
 
     monkeypatch.setattr(counterfactual_module, "suggest_batch_size", lambda device, per_item, ceiling: 4)
     monkeypatch.setattr(run_module, "call_pipeline", flaky)
-    result = counterfactual_volume(brain, sd, settings(), "coronal")
+    result = counterfactual_volume(brain, sd, one_share, "coronal")
     assert calls[:3] == [4, 2, 2] and set(calls[1:]) <= {1, 2} and result.figures["batch_size"] == 4
     units = float(np.ptp(brain.voxels)) / 2
     np.testing.assert_allclose(result.counterfactual.voxels, expected, atol=1e-5 * units)
@@ -169,6 +172,19 @@ def test_an_instruct_edit_is_taken_against_the_factual_edit(folders: dict[str, P
     )
     assert against_reconstruction.figures["reference"] == "reconstruction"
     assert not np.allclose(against_reconstruction.difference.voxels, result.difference.voxels)
+
+
+def test_instruct_text_guidance_steers_away_from_the_factual_instruction() -> None:
+    """Guidance contrasts the instruction with "change nothing", unless a negative prompt is given."""
+    edit = settings(mode="instruct", source=SOURCE)
+    factual = edit.factual()
+    assert factual is not None
+    assert edit.negative_text() == factual.text() != edit.text()
+    assert factual.negative_text() == factual.text()  # the factual edit gets no text guidance
+    assert settings(mode="instruct", source=SOURCE, negative_prompt="blurry").negative_text() == "blurry"
+    assert settings(mode="instruct", source=SOURCE, factual_reference=False).negative_text() == ""
+    assert settings(mode="instruct", source=None, instruction="Age it").negative_text() == ""
+    assert settings(mode="img2img", source=SOURCE).negative_text() == ""
 
 
 def test_only_instruct_edits_with_source_attributes_have_a_factual_edit() -> None:

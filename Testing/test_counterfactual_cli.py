@@ -248,3 +248,18 @@ def test_a_missing_default_model_is_one_line_and_no_output(
     error = capsys.readouterr().err.strip()
     assert error.startswith("latentdrift: error: The default instruct model 'brain-mri-instruct'")
     assert "\n" not in error and not out.parent.exists()
+
+
+def test_a_model_is_sampled_with_its_recorded_drift_and_guidance_unless_told_otherwise(
+    tiny_defaults: Path, tmp_path: Path
+) -> None:
+    """`counterfactual`, `batch` and the console take δ and guidance from the model's latentdrift.json."""
+    from latentdrift.counterfactual.recorded_sampling import counterfactual_options
+
+    edit = {"mode": "instruct", "source": "age=70,dx=CN", "target": "age=78,dx=AD"}
+    recorded = counterfactual_options(**edit).edit
+    assert (recorded.drift, recorded.guidance) == (0.05, 3.0)  # tiny_defaults' editor records both
+    given = counterfactual_options(**edit, drift="0", guidance=7.5).edit
+    assert (given.drift, given.guidance) == (0.0, 7.5)
+    plain = counterfactual_options(**edit, model=str(build_tiny_sd(tmp_path / "plain", instruct=True))).edit
+    assert (plain.drift, plain.guidance) == (0.0, counterfactual_settings(**edit).edit.guidance)

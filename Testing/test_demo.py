@@ -28,6 +28,7 @@ def test_demo_on_the_sample_writes_both_results_and_a_summary_of_both(
     assert summary["inputs"]["model"] == str(tiny_defaults / "brain-mri-instruct")
     assert summary["inputs"]["segmentation_model"] == str(tiny_defaults / "brain-tissue-ldseg")
     assert summary["settings"]["drift"] == 0.05 and not summary["settings"]["drift_start"]  # the editor's δ
+    assert summary["settings"]["guidance"] == 3.0  # and its guidance
     assert summary["settings"]["source"]["diagnosis"] == "CN" and summary["settings"]["target"]["age"] == 75
     parts = {part: json.loads((out / path).read_text()) for part, path in summary["results"].items()}
     assert (

@@ -20,8 +20,8 @@
    a coarse, global darkening instead of an edit (``benchmarks/realhead/calibration.md``).
 
 ``--editor-only`` retrains the editor alone, from the published ``brain-mri-sd``. The editor's sampling
-δ is chosen afterwards on a real and a synthetic head (``benchmarks/realhead/calibrate.py``, then its
-``--apply``), which records it in the editor's ``latentdrift.json`` and model card.
+δ and text guidance are chosen afterwards on a real head and synthetic ones (``benchmarks/realhead/calibrate.py``,
+then its ``--apply``), which records them in the editor's ``latentdrift.json`` and model card.
 
 Every stage is resumable (checkpoints under ``data/generative/``): rerun the command after an
 interruption. The models are written to ``LatentDriftSlicer/Logic/bundled_models/`` (``--output``
@@ -62,11 +62,12 @@ follow-up each, the editor on a cohort of its own whose anatomy varies more — 
 baselines aged by 0–10 % brain loss — a baseline and three follow-ups each, with identity pairs and its
 text encoder trained, then 1000 steps more with each pair augmented alike by scanner variation): a
 demonstration model, not a clinical tool. Retrain every default generative model, then choose the
-editor's sampling δ on a real and a synthetic head, with
+editor's sampling δ and text guidance on a real head and synthetic heads whose true change is known, with
 
     .venv/bin/python scripts/train_default_generative.py
     .venv/bin/python benchmarks/realhead/calibrate.py --drifts=-0.05,0 --synthetic 1
-    .venv/bin/python benchmarks/realhead/calibrate.py --apply 0
+    .venv/bin/python benchmarks/realhead/calibrate.py --drifts=0 --synthetic 2 --guidance 14
+    .venv/bin/python benchmarks/realhead/calibrate.py --apply 0 --apply-guidance 14
 
 Measured behaviour on held-out synthetic subjects (drift on/off, counterfactual fidelity against
 ground-truth follow-ups, classifier AUC): `benchmarks/evidence/results.md` (measured on the editor before

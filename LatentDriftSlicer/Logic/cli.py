@@ -38,7 +38,6 @@ from .core.settings import (
     GenerateSettings,
     SegmentSettings,
     TrainLDSegSettings,
-    counterfactual_settings,
     demo_settings,
     edit_fields,
     generate_settings,
@@ -160,10 +159,11 @@ GENERATE_OPTIONS = _names(EditSettings, GenerateSettings)
 
 
 def _run_counterfactual(args: argparse.Namespace) -> int:
+    from .counterfactual.recorded_sampling import counterfactual_options
     from .counterfactual.workflow import counterfactual_file
     from .fixtures.sample_data import resolve_input
 
-    settings = _settings(args, CounterfactualSettings, COUNTERFACTUAL_OPTIONS, counterfactual_settings)
+    settings = _settings(args, CounterfactualSettings, COUNTERFACTUAL_OPTIONS, counterfactual_options)
     summary = counterfactual_file(resolve_input(args.input), args.output, settings, args.progress, args.scene)
     _report(args, summary)
     return 0
@@ -288,12 +288,13 @@ def _run_batch(args: argparse.Namespace) -> int:
             return segment_file(row.image, folder, settings, scene=args.scene)
 
     else:
+        from .counterfactual.recorded_sampling import counterfactual_options
         from .counterfactual.workflow import counterfactual_file
 
         given = _given(args, COUNTERFACTUAL_OPTIONS - {"source"})
 
         def process(row: Any, folder: Path) -> dict:
-            settings = counterfactual_settings(**given, source=row.attributes)
+            settings = counterfactual_options(**given, source=row.attributes)
             return counterfactual_file(row.image, folder, settings, scene=args.scene)
 
     merged = run_batch(args.cohort, args.output, process, args.progress)

@@ -63,8 +63,8 @@ def heads(synthetic: int) -> list[tuple[str, Volume, Volume | None]]:
     return cases
 
 
-def sweep(drifts: list[float], synthetic: int) -> dict[str, Any]:
-    ours = Ours(SOURCE, TARGET)
+def sweep(drifts: list[float], synthetic: int, guidance: float | None) -> dict[str, Any]:
+    ours = Ours(SOURCE, TARGET, guidance)
     rows = []
     for name, volume, truth in heads(synthetic):
         before, head = csf_ml(ours, volume)
@@ -81,9 +81,11 @@ def sweep(drifts: list[float], synthetic: int) -> dict[str, Any]:
     return {
         "command": "python benchmarks/realhead/calibrate.py --drifts="
         + ",".join(f"{d:g}" for d in drifts)
-        + f" --synthetic {synthetic}",
+        + f" --synthetic {synthetic}"
+        + ("" if guidance is None else f" --guidance {guidance:g}"),
         "date": time.strftime("%Y-%m-%d"),
         "editor": ours.editor_path.name,
+        "guidance": ours.settings(None).edit.guidance,
         "from": SOURCE,
         "to": TARGET,
         "drifts": drifts,
@@ -98,7 +100,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"Command: `{results['command']}` ({results['date']}, editor `{results['editor']}`).",
         "",
-        f"Counterfactual `--from {results['from']} --to {results['to']}`; each cell is the CSF volume of the "
+        f"Counterfactual `--from {results['from']} --to {results['to']}` at text guidance "
+        f"{results['guidance']:g} (against the factual instruction); each cell is the CSF volume of the "
         "counterfactual over that of the input, both measured by `brain-tissue-ldseg` through the brain front "
         "end (1.000 = no change). Synthetic heads carry the ratio of their true follow-up (the atrophy model, "
         f"{YEARS:g} years CN → AD).",
@@ -111,22 +114,27 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         truth = f"{row['true_ratio']:.3f}" if "true_ratio" in row else "—"
         lines.append(f"| {row['head']} | {row['csf_ml']} | {truth} | " + " | ".join(cells) + " |")
     if "applied" in results:
+        guidance = results.get("applied_guidance")
         lines += [
             "",
-            f"Applied: δ = {results['applied']:g} is the editor's recorded sampling δ (`latentdrift.json`).",
+            f"Applied: δ = {results['applied']:g}"
+            + ("" if guidance is None else f" and text guidance {guidance:g}")
+            + " are the editor's recorded sampling settings (`latentdrift.json`).",
         ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def record_in_card(card: Path, drift: float, command: str) -> None:
-    """Write the applied sampling δ into the model card's δ row, with the calibration as its reason."""
+def record_in_card(card: Path, drift: float, guidance: float | None, command: str) -> None:
+    """Write the applied sampling δ (and text guidance) into the model card's δ row, with the calibration
+    as its reason."""
     text = card.read_text(encoding="utf-8")
     row = re.search(r"^\| Latent Drift δ \| .*\(trained with δ: ([^)]*)\).*\|$", text, flags=re.M)
     if row is None:
         raise SystemExit(f"{card} has no 'Latent Drift δ' row to record δ = {drift:g} in.")
     new_row = (
-        f"| Latent Drift δ | {drift} for sampling (trained with δ: {row.group(1)}); chosen on a real and a "
-        f"synthetic head: `benchmarks/realhead/calibration.md` (`{command}`) |"
+        f"| Latent Drift δ | {drift} for sampling (trained with δ: {row.group(1)})"
+        + ("" if guidance is None else f", text guidance {guidance:g} against the factual instruction")
+        + f"; chosen on a real and a synthetic head: `benchmarks/realhead/calibration.md` (`{command}`) |"
     )
     card.write_text(text.replace(row.group(0), new_row), encoding="utf-8")
 
@@ -135,17 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drifts", default="-0.1,-0.05,0,0.05", help="comma-separated δ values")
     parser.add_argument("--synthetic", type=int, default=len(SYNTHETIC_SEEDS), help="synthetic heads to use")
+    parser.add_argument("--guidance", type=float, default=None, help="text guidance (default: the editor's)")
     parser.add_argument("--apply", type=float, default=None, help="record this δ with the editor")
+    parser.add_argument(
+        "--apply-guidance", type=float, default=None, help="with --apply: record this text guidance too"
+    )
     args = parser.parse_args(argv)
     results_path = HERE / "calibration.json"
     if args.apply is not None:
         results = json.loads(results_path.read_text(encoding="utf-8"))
         editor = default_model("instruct").path
-        update_metadata(editor, drift=args.apply)
-        record_in_card(editor / "MODEL_CARD.md", args.apply, results["command"])
+        guidance = {} if args.apply_guidance is None else {"guidance": args.apply_guidance}
+        update_metadata(editor, drift=args.apply, **guidance)
+        record_in_card(editor / "MODEL_CARD.md", args.apply, args.apply_guidance, results["command"])
         results["applied"] = args.apply
+        results["applied_guidance"] = args.apply_guidance
     else:
-        results = sweep([float(v) for v in args.drifts.split(",")], args.synthetic)
+        results = sweep([float(v) for v in args.drifts.split(",")], args.synthetic, args.guidance)
     results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     write_markdown(results, HERE / "calibration.md")
     print((HERE / "calibration.md").read_text(encoding="utf-8"))

@@ -33,7 +33,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,19 +89,22 @@ class Ours:
     """The engine's defaults: the bundled LDSeg model and editor, through the brain front end.
 
     The counterfactual goes from ``source`` to ``target`` (attribute strings) with the editor's recorded
-    δ, or ``drift`` when given (``benchmarks/realhead/calibrate.py`` sweeps it).
+    δ and text guidance, or ``drift`` and ``guidance`` when given (``benchmarks/realhead/calibrate.py`` sweeps them).
     """
 
-    def __init__(self, source: str = SOURCE, target: str = TARGET) -> None:
+    def __init__(self, source: str = SOURCE, target: str = TARGET, guidance: float | None = None) -> None:
         self.segmenter = load_segmenter(default_model("segment").path, "cpu")
         self.editor_path = default_model("instruct").path
         self.editor = load_bundle(self.editor_path, "cpu")
         self.source, self.target = Attributes.parse(source), Attributes.parse(target)
+        self.guidance = guidance
         self.edit_settings = self.settings(None)
 
     def settings(self, drift: float | None) -> CounterfactualSettings:
         """The counterfactual's settings at ``drift`` (None: the editor's recorded δ), as ``demo`` makes them."""
         edit = editor_settings(DemoSettings(self.source, self.target, drift), self.editor_path)
+        if self.guidance is not None:
+            edit = replace(edit, guidance=self.guidance)
         return CounterfactualSettings(edit, model=str(self.editor_path), device="cpu")
 
     def segment(

@@ -34,9 +34,9 @@ from ..core.settings import (
     CounterfactualSettings,
     SegmentSettings,
     build_settings,
-    counterfactual_settings,
     edit_fields,
 )
+from ..counterfactual.recorded_sampling import counterfactual_options
 from ..finetune import SCHEMES as FINETUNE_SCHEMES
 from .node_runs import (
     NodeJob,
@@ -172,7 +172,8 @@ def counterfactual(
     """A Latent Drift counterfactual of a volume node and its signed difference map.
 
     ``options`` are the settings of :func:`latentdrift.core.settings.counterfactual_settings` (defaults
-    there): ``mode`` is ``instruct`` (give ``instruction``, or ``source``/``target`` attributes such
+    there; ``drift`` and ``guidance`` left out take the values recorded with the model,
+    :mod:`latentdrift.counterfactual.recorded_sampling`): ``mode`` is ``instruct`` (give ``instruction``, or ``source``/``target`` attributes such
     as ``"age=70,sex=F,dx=CN"`` → ``"age=77,dx=MCI"``), ``img2img`` (give ``prompt``) or ``direction``
     (give ``source`` and ``target``); ``drift`` is the Latent Drift δ; ``model`` None uses the edit
     mode's default model (``brain-mri-instruct`` for instruct, else ``brain-mri-sd``). An instruct
@@ -180,7 +181,7 @@ def counterfactual(
     attributes); ``factual_reference=False`` takes it relative to the VAE reconstruction (half the
     time). ``fade`` is the opacity of the counterfactual over the input in the slice views.
     """
-    run = prepare(volume_node, counterfactual_settings(**options), fade=fade, session=session, output=output)
+    run = prepare(volume_node, counterfactual_options(**options), fade=fade, session=session, output=output)
     return launch(run, as_counterfactual_result, blocking)
 
 

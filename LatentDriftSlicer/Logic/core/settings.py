@@ -259,6 +259,11 @@ class EditSettings:
         """The prompt (generate, img2img, direction) or instruction (instruct) this run conditions on."""
         return self.edit_mode.text(self)
 
+    def negative_text(self) -> str:
+        """What text guidance steers away from: the negative prompt, or for instruct with a factual
+        reference the factual instruction (:meth:`~latentdrift.counterfactual.modes.instruct.Instruct.negative_text`)."""
+        return self.edit_mode.negative_text(self)
+
     @property
     def edit_mode(self) -> EditMode:
         """The mode's class (:mod:`latentdrift.counterfactual.modes`): what ``mode`` means."""

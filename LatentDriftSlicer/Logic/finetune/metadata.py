@@ -39,6 +39,12 @@ def recorded_drift(folder: Path) -> tuple[float | tuple[float, ...], bool]:
     return value, bool(metadata.get("drift_start", False))
 
 
+def recorded_guidance(folder: Path) -> float | None:
+    """The text guidance to sample a model with, from its ``latentdrift.json`` (None when it records none)."""
+    value = read_metadata(folder).get("guidance")
+    return None if value is None else float(value)
+
+
 def update_metadata(folder: Path, **fields: Any) -> Path:
     """Merge ``fields`` into ``latentdrift.json`` (created when absent)."""
     path = folder / METADATA

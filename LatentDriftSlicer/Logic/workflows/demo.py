@@ -27,7 +27,7 @@ from ..core.settings import (
 )
 from ..counterfactual.modes import INSTRUCT
 from ..counterfactual.workflow import counterfactual_file
-from ..finetune.metadata import recorded_drift
+from ..finetune.metadata import recorded_drift, recorded_guidance
 from ..frontend.head import shared_preparation
 from ..segmentation.workflow import segment_file
 from .common import scene_wanted
@@ -54,7 +54,7 @@ def demo_file(
     record = {
         "source": asdict(settings.source),
         "target": asdict(settings.target),
-        **{name: getattr(edit, name) for name in ("drift", "drift_start", "steps")},
+        **{name: getattr(edit, name) for name in ("drift", "drift_start", "guidance", "steps")},
     }
     slicing = {"axis": settings.axis, "slices": settings.slices, "device": settings.device}
     shared: dict[str, Any] = {**slicing, "front_end": settings.front_end}
@@ -78,12 +78,14 @@ def demo_file(
 
 
 def editor_settings(settings: DemoSettings, editor: Path) -> EditSettings:
-    """Instruct-mode settings; without a δ, the one recorded with the editor, at every reverse step.
+    """Instruct-mode settings; without a δ, the one recorded with the editor, at every reverse step, and the
+    text guidance recorded with it (its ``latentdrift.json``), else the default.
 
     The editor's recorded drifted start is not used: on held-out subjects it made the bundled editor's
     counterfactuals worse (``benchmarks/evidence/results.md``, section 2, the recorded-settings row).
     """
     drift = settings.drift if settings.drift is not None else recorded_drift(editor)[0]
+    guidance = recorded_guidance(editor)
     return EditSettings(
         mode=INSTRUCT.name,
         source=settings.source,
@@ -91,6 +93,7 @@ def editor_settings(settings: DemoSettings, editor: Path) -> EditSettings:
         drift=drift,
         steps=settings.steps,
         seed=settings.seed,
+        guidance=EditSettings.guidance if guidance is None else guidance,
     )
 
 

@@ -82,7 +82,7 @@ def plan_direction(bundle: PipelineBundle, settings: EditSettings, pixels: torch
         latents = invert(bundle, bundle.encode(pixels[items]), source_embeds, settings)
         return {
             "prompt_embeds": edited.expand(len(items), -1, -1),
-            "negative_prompt": [settings.negative_prompt] * len(items),
+            "negative_prompt": [settings.negative_text()] * len(items),
             "latents": latents,
         }
 

@@ -87,5 +87,5 @@ def shared_arguments(settings: EditSettings, **extra: Any) -> dict[str, Any]:
 
 
 def text_arguments(settings: EditSettings, count: int) -> dict[str, list[str]]:
-    """The prompt (or instruction) and the negative prompt, once per item."""
-    return {"prompt": [settings.text()] * count, "negative_prompt": [settings.negative_prompt] * count}
+    """The prompt (or instruction) and what guidance steers away from (:meth:`EditSettings.negative_text`), once per item."""
+    return {"prompt": [settings.text()] * count, "negative_prompt": [settings.negative_text()] * count}

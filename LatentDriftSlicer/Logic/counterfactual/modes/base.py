@@ -48,6 +48,10 @@ class EditMode:
         assert attributes is not None
         return describe(attributes, settings.prompt_options)
 
+    def negative_text(self, settings: EditSettings) -> str:
+        """The text classifier-free guidance steers away from: ``settings.negative_prompt``."""
+        return settings.negative_prompt
+
     def described(self, settings: EditSettings) -> Attributes | None:
         """The attributes the default prompt describes: the target's."""
         return settings.target

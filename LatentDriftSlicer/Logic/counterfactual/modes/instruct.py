@@ -35,6 +35,19 @@ class Instruct(EditMode):
         assert settings.source is not None and settings.target is not None
         return instruct(settings.source, settings.target, settings.prompt_options.age_format)
 
+    def negative_text(self, settings: EditSettings) -> str:
+        """With a factual reference and no negative prompt given: the factual instruction.
+
+        Text guidance then contrasts the instruction with "change nothing" (the same image asked to keep
+        the source's attributes), not with no text at all: ``s_T · (ε(image, target) − ε(image, factual))``,
+        the change the instruction asks for and nothing the editor does to every image. The factual edit
+        itself gets no text guidance this way (its instruction is its negative), which is what it measures.
+        """
+        factual = self.factual(settings)
+        if settings.negative_prompt or factual is None:
+            return settings.negative_prompt
+        return self.text(factual)
+
     def guidance_copies(self, settings: EditSettings) -> int:
         return 3
 
