@@ -159,7 +159,7 @@ def test_instruct_with_zero_drift_equals_stock_instruct_pix2pix(
     gens = fresh([2] * 3)
     images = pipeline(
         prompt=[run.text()] * 3,
-        negative_prompt=[""] * 3,
+        negative_prompt=[run.negative_text()] * 3,  # the factual instruction (Instruct.negative_text)
         image=(torch.from_numpy(slices)[:, None].expand(-1, 3, -1, -1) + 1) / 2,
         latents=start_noise(gens, (4, SIZE // 2, SIZE // 2)),
         num_inference_steps=STEPS,
