@@ -223,6 +223,7 @@ def real_head(ours: Ours) -> dict[str, Any]:
         "to": TARGET,
         "settings": {
             "drift": ours.edit_settings.edit.drift,
+            "guidance": ours.edit_settings.edit.guidance,
             "steps": ours.edit_settings.edit.steps,
             "model": str(default_model("instruct").name),
         },
