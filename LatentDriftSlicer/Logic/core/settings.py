@@ -43,6 +43,7 @@ from .values import (
     check_blend,
     check_seed,
     check_steps,
+    parse_class_names,
     parse_drift,
     slice_bounds,
     validate_drift,
@@ -518,22 +519,24 @@ class TrainLDSegSettings:
                     "Give --classes (background first), or --init-from a model to fine-tune."
                 )
             return
-        given = [
-            f"--{name.replace('_', '-')}" for name in self.ARCHITECTURE if getattr(self, name) is not None
-        ]
+        given = [f"--{name.replace('_', '-')}" for name in self._given_architecture()]
         if given:
             raise ParameterError(f"--init-from keeps the model's architecture: leave out {', '.join(given)}.")
 
     def class_names(self) -> list[str]:
         """The names in ``classes`` (empty: none given)."""
-        return [name.strip() for name in (self.classes or "").split(",") if name.strip()]
+        return parse_class_names(self.classes)
 
     def architecture(self) -> dict[str, Any]:
         """A new model's architecture (:func:`~latentdrift.segmentation.ldseg.training_config`'s keywords):
         the options given (a 0 too: the config refuses it), else :attr:`NEW_MODEL`'s and :attr:`IMAGE_SIZES`'."""
-        given = {name: getattr(self, name) for name in self.ARCHITECTURE if getattr(self, name) is not None}
+        given = self._given_architecture()
         spatial_dims = given.get("spatial_dims", self.NEW_MODEL["spatial_dims"])
         return {**self.NEW_MODEL, "image_size": self.IMAGE_SIZES[spatial_dims], **given}
+
+    def _given_architecture(self) -> dict[str, Any]:
+        """The :attr:`ARCHITECTURE` options given (not None), in that order."""
+        return {name: getattr(self, name) for name in self.ARCHITECTURE if getattr(self, name) is not None}
 
     def batch_size_for(self, spatial_dims: int) -> int:
         """``batch_size``, or the default for a model of ``spatial_dims``."""

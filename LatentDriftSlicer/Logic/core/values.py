@@ -1,5 +1,5 @@
 """Rules for single values that every layer checks: the slice axes and slice ranges, seeds, batch sizes,
-steps, the neighbour blend, the Latent Drift δ (its type, bound and parsing from text) and the largest
+steps, the neighbour blend, class names, the Latent Drift δ (its type, bound and parsing from text) and the largest
 slice side a model may work at.
 
 Light on purpose (no torch). Kept apart from :mod:`.settings` (the schema of whole runs, which knows
@@ -60,6 +60,12 @@ def parse_drift(text: str) -> Drift:
 Axis = Literal["axial", "coronal", "sagittal"]
 AXES: tuple[Axis, ...] = ("axial", "coronal", "sagittal")
 """The anatomical slice axes (how volumes are cut along them: :mod:`latentdrift.core.volumes`)."""
+
+
+def parse_class_names(text: str | None) -> list[str]:
+    """Segmentation class names from ``"background,CSF,GM,WM"`` (blanks dropped; none or empty: ``[]``)."""
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
 
 STEPS_RANGE = (1, 1000)
 """Sampling steps a run may take."""

@@ -34,6 +34,7 @@ from ..core.errors import CancelledError, InputError, JobError, ModelError
 from ..core.models import find_default, list_models, resolve_model
 from ..core.progress import ProgressCallback
 from ..core.results import ResultFolder
+from ..core.values import parse_class_names
 from ..evaluation.model_cards import finetuned_card
 from .checkpoints import checkpoint_step, checkpoints, is_complete
 from .cohorts import prepare_cohort, read_cohort, split_subjects, validate_rows, write_report
@@ -424,14 +425,13 @@ def _ldseg_config(config: FinetuneConfig, rows: list[Any]) -> tuple[Any, list[st
     if config.model is None:
         names = _class_names(config, rows)
         return training_config(default_classes(names), axis=config.axis, image_size=config.resolution), names
-    given = [name.strip() for name in (config.classes or "").split(",") if name.strip()]
-    return None, fine_tuning_config(config.model, given, config.axis).class_names
+    return None, fine_tuning_config(config.model, parse_class_names(config.classes), config.axis).class_names
 
 
 def _class_names(config: FinetuneConfig, rows: list[Any]) -> list[str]:
     """``--classes``, or background + one class per label value found (the largest label decides)."""
     if config.classes:
-        return [name.strip() for name in config.classes.split(",") if name.strip()]
+        return parse_class_names(config.classes)
     from ..core.volumes import read_volume
 
     largest = 1
