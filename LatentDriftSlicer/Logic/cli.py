@@ -38,6 +38,7 @@ from .core.settings import (
     GenerateSettings,
     SegmentSettings,
     TrainLDSegSettings,
+    counterfactual_settings,
     demo_settings,
     edit_fields,
     generate_settings,
@@ -288,13 +289,14 @@ def _run_batch(args: argparse.Namespace) -> int:
             return segment_file(row.image, folder, settings, scene=args.scene)
 
     else:
-        from .counterfactual.recorded_sampling import counterfactual_options
+        from .counterfactual.recorded_sampling import recorded_sampling
         from .counterfactual.workflow import counterfactual_file
 
         given = _given(args, COUNTERFACTUAL_OPTIONS - {"source"})
+        options = {**recorded_sampling(given), **given}  # the model's δ and guidance, read once
 
         def process(row: Any, folder: Path) -> dict:
-            settings = counterfactual_options(**given, source=row.attributes)
+            settings = counterfactual_settings(**options, source=row.attributes)
             return counterfactual_file(row.image, folder, settings, scene=args.scene)
 
     merged = run_batch(args.cohort, args.output, process, args.progress)
