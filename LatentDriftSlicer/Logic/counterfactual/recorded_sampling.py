@@ -8,6 +8,7 @@ import it (the console builds its settings here).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..core.errors import LatentDriftError
@@ -30,5 +31,10 @@ def recorded_sampling(options: dict[str, Any]) -> dict[str, Any]:
         folder = choose_model(options.get("model"), options.get("mode") or DEFAULT_EDIT.name).path
     except LatentDriftError:
         return {}
+    return model_sampling(folder)
+
+
+def model_sampling(folder: Path) -> dict[str, Any]:
+    """``drift`` (0 when none is recorded) and ``guidance`` (only when recorded) of the model in ``folder``."""
     guidance = recorded_guidance(folder)
     return {"drift": recorded_drift(folder)[0], **({} if guidance is None else {"guidance": guidance})}

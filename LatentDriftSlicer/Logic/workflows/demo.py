@@ -26,8 +26,8 @@ from ..core.settings import (
     SegmentSettings,
 )
 from ..counterfactual.modes import INSTRUCT
+from ..counterfactual.recorded_sampling import model_sampling
 from ..counterfactual.workflow import counterfactual_file
-from ..finetune.metadata import recorded_drift, recorded_guidance
 from ..frontend.head import shared_preparation
 from ..segmentation.workflow import segment_file
 from .common import scene_wanted
@@ -84,16 +84,15 @@ def editor_settings(settings: DemoSettings, editor: Path) -> EditSettings:
     The editor's recorded drifted start is not used: on held-out subjects it made the bundled editor's
     counterfactuals worse (``benchmarks/evidence/results.md``, section 2, the recorded-settings row).
     """
-    drift = settings.drift if settings.drift is not None else recorded_drift(editor)[0]
-    guidance = recorded_guidance(editor)
+    recorded = model_sampling(editor)
     return EditSettings(
         mode=INSTRUCT.name,
         source=settings.source,
         target=settings.target,
-        drift=drift,
+        drift=recorded["drift"] if settings.drift is None else settings.drift,
         steps=settings.steps,
         seed=settings.seed,
-        guidance=EditSettings.guidance if guidance is None else guidance,
+        guidance=recorded.get("guidance", EditSettings.guidance),
     )
 
 
