@@ -46,6 +46,10 @@ def test_counterfactual_writes_the_console_roles_on_the_input_grid(
     }
     assert outputs["counterfactual"].endswith(".nrrd") and outputs["difference"].endswith(".nrrd")
     assert summary["settings"]["text"].startswith("Age this CN 70 years old female")
+    assert (
+        summary["settings"]["negative_text"]
+        == "Turn this CN 70 years old female brain MRI into a 70 brain MRI with CN"
+    )
     assert {"adjacent_difference_ratio", "mean_abs_difference", "drift"} <= set(summary["figures"])
     assert summary["settings"]["factual_reference"] and summary["figures"]["reference"] == "factual edit"
     source = read_volume(oblique_nifti)
@@ -253,7 +257,8 @@ def test_a_missing_default_model_is_one_line_and_no_output(
 def test_a_model_is_sampled_with_its_recorded_drift_and_guidance_unless_told_otherwise(
     tiny_defaults: Path, tmp_path: Path
 ) -> None:
-    """`counterfactual`, `batch` and the console take δ and guidance from the model's latentdrift.json."""
+    """`counterfactual`, `batch`, the console and the panel take δ and guidance from the model's latentdrift.json."""
+    from latentdrift.bridge import panel_support
     from latentdrift.counterfactual.recorded_sampling import counterfactual_options
 
     edit = {"mode": "instruct", "source": "age=70,dx=CN", "target": "age=78,dx=AD"}
@@ -263,3 +268,6 @@ def test_a_model_is_sampled_with_its_recorded_drift_and_guidance_unless_told_oth
     assert (given.drift, given.guidance) == (0.0, 7.5)
     plain = counterfactual_options(**edit, model=str(build_tiny_sd(tmp_path / "plain", instruct=True))).edit
     assert (plain.drift, plain.guidance) == (0.0, counterfactual_settings(**edit).edit.guidance)
+    # what the panel's disabled sliders show while "The model's δ and guidance" is ticked
+    assert panel_support.model_sampling_shown("", "instruct") == (0.05, 3.0)
+    assert panel_support.model_sampling_shown(tmp_path / "plain", "instruct") == (0.0, plain.guidance)

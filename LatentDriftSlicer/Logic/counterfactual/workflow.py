@@ -161,10 +161,12 @@ def _save_png(image: np.ndarray, path: Path) -> None:
 
 
 def _settings_record(settings: EditSettings) -> dict[str, Any]:
-    """The settings as JSON-ready values, with the text the model was conditioned on.
+    """The settings as JSON-ready values, with the text the model was conditioned on and the text its
+    guidance steered away from (``negative_text``: for instruct with a factual reference, the factual
+    instruction, while ``negative_prompt`` stays as given).
 
     The batch size is left out: the one used is in the figures (it depends on the device).
     """
-    record = {**asdict(settings), "text": settings.text()}
+    record = {**asdict(settings), "text": settings.text(), "negative_text": settings.negative_text()}
     del record["batch_size"]
     return record
