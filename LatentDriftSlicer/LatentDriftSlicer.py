@@ -152,6 +152,9 @@ if SUPPORTED:
         toSex: Annotated[str, Choice(SEXES)] = "unknown"
         fromDiagnosis: str = ""
         toDiagnosis: str = ""
+        modelSampling: bool = (
+            True  # δ and guidance as recorded with the model (its sliders are then disabled)
+        )
         drift: Annotated[float, WithinRange(*slider_range(EditSettings, "drift"))] = EditSettings.drift
         strength: Annotated[float, WithinRange(*slider_range(EditSettings, "strength"))] = (
             EditSettings.strength
@@ -239,6 +242,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.fadeSlider.connect("valueChanged(double)", self.onFadeChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.modelSamplingCheckBox.connect("toggled(bool)", self.showModelSampling)
         self.ui.modeTabWidget.connect("currentChanged(int)", self.populateModels)
         self.ui.editModeComboBox.connect("currentIndexChanged(int)", self.populateModels)
         self.ui.schemeComboBox.connect("currentIndexChanged(int)", self.populateModels)
@@ -321,6 +325,7 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.resumeButton.enabled = idle and bool(p and p.jobDir)
         self.ui.sliceStartSpinBox.enabled = self.ui.sliceStopSpinBox.enabled = bool(p and not p.allSlices)
         self.ui.finetuneDriftSlider.enabled = bool(p and p.useDrift and not p.searchDrift)
+        self.ui.driftSlider.enabled = self.ui.guidanceDoubleSpinBox.enabled = bool(p and not p.modelSampling)
 
     # ----------------------------------------------------------------- devices and models
 
@@ -410,10 +415,23 @@ class LatentDriftSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         found = (self.ui.modelComboBox.findData(folder) for folder in preferred if folder)
         self.ui.modelComboBox.setCurrentIndex(next((position for position in found if position >= 0), 0))
         self.ui.modelComboBox.blockSignals(False)
+        self.showModelSampling()
 
     def onModelChanged(self, index: int) -> None:
-        """Remember the model chosen for this task."""
+        """Remember the model chosen for this task, and show its δ and guidance."""
         qt.QSettings().setValue(f"{SETTINGS_GROUP}/model/{self.currentTask()}", self.currentModel())
+        self.showModelSampling()
+
+    def showModelSampling(self, checked: bool | None = None) -> None:
+        """While "The model's δ and guidance" is ticked (``checked``: as the box just became), show the
+        values a counterfactual run will use in the sliders it disables."""
+        from latentdrift.bridge.panel_support import model_sampling_shown
+
+        p = self._parameterNode
+        ticked = p is not None and (p.modelSampling if checked is None else checked)
+        if not ticked or self.currentMode() != "counterfactual":
+            return
+        p.drift, p.guidance = model_sampling_shown(self.currentModel(), self.currentTask())
 
     def currentModel(self) -> str:
         """The chosen model folder ('' for none)."""
@@ -752,24 +770,25 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
         return f"{index}:{index + 1}"
 
     def counterfactualSettings(self, p: Any, model: str, device: str, preview: bool) -> Any:
-        """The engine's CounterfactualSettings of the panel (the slice shown only, for a preview)."""
+        """The engine's CounterfactualSettings of the panel (the slice shown only, for a preview); δ and
+        guidance as recorded with the model unless the panel's "The model's δ and guidance" is unticked."""
         from latentdrift.bridge import console
-        from latentdrift.core.settings import FrontEndSettings, counterfactual_settings
+        from latentdrift.core.settings import FrontEndSettings
+        from latentdrift.counterfactual.recorded_sampling import counterfactual_options
 
         source = console.attributes_text(p.fromAge, p.fromSex, p.fromDiagnosis)
         target = console.attributes_text(p.toAge, p.toSex, p.toDiagnosis)
         attributes = bool(source or target) and not p.instruction
-        return counterfactual_settings(
+        sampling = {} if p.modelSampling else {"drift": p.drift, "guidance": p.guidance}
+        return counterfactual_options(
             mode=p.editMode,
             instruction=p.instruction or None,
             prompt=p.prompt or None,
             source=source if attributes else None,
             target=target if attributes else None,
             model=model or None,
-            drift=p.drift,
             strength=p.strength,
             steps=p.editSteps,
-            guidance=p.guidance,
             image_guidance=p.imageGuidance,
             factual_reference=p.factualReference,
             axis=p.axis,
@@ -777,6 +796,7 @@ class LatentDriftSlicerLogic(ScriptedLoadableModuleLogic):
             device=device,
             seed=p.seed,
             front_end=FrontEndSettings(enabled=p.preprocess),
+            **sampling,
         )
 
     def startCounterfactual(self, p: Any, model: str, device: str, preview: bool) -> Any:

@@ -38,6 +38,7 @@ EXPECTED_CLASSES = {
     "LineEdit": "QLineEdit",
     "Slider": "ctkSliderWidget",
     "SpinBox": "QSpinBox",
+    "DoubleSpinBox": "QDoubleSpinBox",
     "Selector": "qMRMLNodeComboBox",
 }
 SLICER_ONLY_MODULES = (
@@ -116,11 +117,15 @@ def test_ui_parses_and_every_widget_the_code_uses_exists_with_its_class() -> Non
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
     missing = sorted(used - set(widgets))
     assert not missing, f"used in LatentDriftSlicer.py but not in the .ui: {missing}"
+    expected = {  # the longest suffix decides: "…DoubleSpinBox" is a QDoubleSpinBox, "…SpinBox" a QSpinBox
+        name: EXPECTED_CLASSES[max((s for s in EXPECTED_CLASSES if name.endswith(s)), key=len)]
+        for name in used
+        if any(name.endswith(s) for s in EXPECTED_CLASSES)
+    }
     wrong = {
         name: widgets[name].get("class")
-        for name in used
-        for suffix, cls in EXPECTED_CLASSES.items()
-        if name.endswith(suffix) and widgets[name].get("class") != cls
+        for name, cls in expected.items()
+        if widgets[name].get("class") != cls
     }
     assert not wrong, f"unexpected widget classes: {wrong}"
 

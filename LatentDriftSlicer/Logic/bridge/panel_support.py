@@ -1,5 +1,5 @@
-"""What the Slicer panel needs besides runs: the slice a view shows, device and model lists, cohort
-checks and the loss chart.
+"""What the Slicer panel needs besides runs: the slice a view shows, device and model lists, a model's
+δ and guidance, cohort checks and the loss chart.
 
 Nothing here imports torch or another model library (Slicer's own process imports this module);
 devices are listed by a child process (:func:`start_info`). Slice geometry itself is computed in
@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..core import errors
+from ..core.settings import EditSettings
 from ..core.values import Axis
 from ..core.volumes import VOLUME_SUFFIXES, Geometry, plane_point_through_centre, slice_index_at, slice_layout
+from ..counterfactual.recorded_sampling import recorded_sampling
 from .processes import EngineProcess
 from .scene import SceneSession, find_nodes
 
@@ -186,6 +188,16 @@ def model_choices(kinds: Iterable[str], extra_folders: Iterable[str | Path] = ()
                 seen.add(candidate.resolve())
                 choices.append((f"{candidate.name} ({candidate.parent})", candidate))
     return choices
+
+
+def model_sampling_shown(model: str | Path | None, mode: str) -> tuple[float, float]:
+    """The Latent Drift δ and text guidance a counterfactual with ``model`` (a folder; None or '': the
+    edit ``mode``'s default model) uses when the panel leaves them to the model: the values recorded with
+    it (:mod:`latentdrift.counterfactual.recorded_sampling`), else the engine's defaults."""
+    recorded = recorded_sampling({"model": str(model) if model else None, "mode": mode})
+    return float(recorded.get("drift", EditSettings.drift)), float(
+        recorded.get("guidance", EditSettings.guidance)
+    )
 
 
 # --------------------------------------------------------------------------- cohorts and the loss chart
