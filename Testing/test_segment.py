@@ -235,6 +235,23 @@ def test_train_ldseg_defaults_follow_the_dimensions_and_axis_of_the_model_traine
         ldseg_training(TrainLDSegSettings(classes="background,ball", image_size=0), tmp_path / "m")
 
 
+def test_ldseg_training_takes_mixed_precision_from_train_ldseg_and_from_an_ldseg_job(tmp_path: Path) -> None:
+    """`--mixed-precision` reaches the LDSeg training from both commands (auto: fp16 on CUDA, off on the CPU)."""
+    from latentdrift.finetune.config import FinetuneConfig
+    from latentdrift.finetune.jobs import ldseg_train_settings
+
+    assert (
+        ldseg_training(TrainLDSegSettings(classes="background,ball"), tmp_path / "m")[1].mixed_precision
+        == "auto"
+    )
+    chosen = TrainLDSegSettings(classes="background,ball", mixed_precision="bf16")
+    assert ldseg_training(chosen, tmp_path / "m")[1].mixed_precision == "bf16"
+    with pytest.raises(ParameterError, match="mixed_precision must be one of"):
+        ldseg_training(TrainLDSegSettings(classes="background,ball", mixed_precision="fp8"), tmp_path / "m")
+    job = FinetuneConfig(cohort="cohort.csv", scheme="ldseg", mixed_precision="no")
+    assert ldseg_train_settings(job, tmp_path / "checkpoints").mixed_precision == "no"
+
+
 def test_train_ldseg_init_from_fine_tunes_a_model_and_keeps_its_config(tmp_path: Path, capsys) -> None:
     data = _training_pairs(tmp_path / "pairs")
     base, tuned = tmp_path / "base", tmp_path / "tuned"

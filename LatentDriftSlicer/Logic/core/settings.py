@@ -152,6 +152,11 @@ def precision_option() -> Any:
     return option(False, help="float32 on CUDA (default there: float16)")
 
 
+def mixed_precision_option() -> Any:
+    """``mixed_precision``: training's autocast (``auto``: fp16 on CUDA, off elsewhere; every training command)."""
+    return option("auto", help="auto (fp16 on CUDA), no, fp16, bf16 (default: {default})")
+
+
 def slices_option() -> Any:
     """``slices``: the range ``"a:b"`` along the slice axis (None: all)."""
     return option(None, metavar="A:B", help="slice range along the axis (default: all)")
@@ -511,6 +516,7 @@ class TrainLDSegSettings:
     card_notes: str | None = option(None, help="a Markdown file appended to the model card")
     seed: int = seed_option()
     device: str = device_option()
+    mixed_precision: str = mixed_precision_option()
 
     def __post_init__(self) -> None:
         if self.init_from is None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ParameterError
 from ..core.models import DEFAULT_MODELS
-from ..core.settings import device_option, option, seed_option, settings_from_json
+from ..core.settings import device_option, mixed_precision_option, option, seed_option, settings_from_json
 from ..core.values import MAX_RESOLUTION, Drift, check_mixed_precision, check_seed, validate_drift
 from ..counterfactual.prompts import PromptOptions
 from . import SCHEMES
@@ -60,7 +60,7 @@ class FinetuneConfig:
         "constant", help="diffusers scheduler name: constant, cosine, linear, ... (default: {default})"
     )
     warmup_steps: int = 0
-    mixed_precision: str = option("auto", help="auto (fp16 on CUDA), no, fp16, bf16 (default: {default})")
+    mixed_precision: str = mixed_precision_option()
     device: str = device_option()
     resolution: int = option(64, help="slice size in pixels (multiple of 8) (default: {default})")
     axis: str = option("axial", help="slice axis: axial, coronal, sagittal (default: {default})")

@@ -354,7 +354,6 @@ def _searched_drift(
 def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallback | None) -> dict[str, Any]:
     """LDSeg: validate image/label rows, then the LDSeg training (checkpoints in the job's ``checkpoints``,
     as every scheme's)."""
-    from ..segmentation.ldseg import TrainSettings
     from ..segmentation.workflow import train_segmentation_model
 
     rows, problems = read_cohort(config.cohort)
@@ -379,17 +378,7 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
         writer = csv.writer(handle)
         writer.writerow(["image", "label", "subject"])
         writer.writerows([str(r.image), str(r.label), r.subject] for r in good)
-    settings = TrainSettings(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate or 1e-3,
-        seed=config.seed,
-        checkpoint_dir=str(job.checkpoints),
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
-        device=config.device,
-        flip_left_right=config.axis != "sagittal",
-    )
+    settings = ldseg_train_settings(config, job.checkpoints)
     status_lines = StatusLines(job, config.log_every)
 
     def report_step(done: int, total: int, message: str) -> None:
@@ -413,6 +402,24 @@ def _run_ldseg(job: JobFolder, config: FinetuneConfig, progress: ProgressCallbac
     )
     update_metadata(job.model, scheme="ldseg", cohort=config.cohort, steps=config.steps, drift=None)
     return summary
+
+
+def ldseg_train_settings(config: FinetuneConfig, checkpoints: Path) -> Any:
+    """The LDSeg :class:`~latentdrift.segmentation.ldseg.TrainSettings` of an ``ldseg`` job's ``config``."""
+    from ..segmentation.ldseg import TrainSettings
+
+    return TrainSettings(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate or 1e-3,
+        seed=config.seed,
+        checkpoint_dir=str(checkpoints),
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
+        device=config.device,
+        mixed_precision=config.mixed_precision,
+        flip_left_right=config.axis != "sagittal",
+    )
 
 
 def _ldseg_config(config: FinetuneConfig, rows: list[Any]) -> tuple[Any, list[str]]:

@@ -182,6 +182,7 @@ def ldseg_training(
         checkpoint_every=options.checkpoint_every,
         seed=options.seed,
         device=options.device,
+        mixed_precision=options.mixed_precision,
     )
     return config, settings
 

@@ -92,7 +92,8 @@ class TrainSettings:
     DDIM steps (one sample) are used for the per-epoch validation Dice. ``checkpoint_every`` steps
     (and at the end) a checkpoint is written to ``checkpoint_dir`` when given (the newest
     ``keep_checkpoints`` are kept); with ``resume`` a run continues from the newest good one found there.
-    ``mixed_precision``: ``no`` (float32), ``fp16``, ``bf16`` or ``auto`` (fp16 on CUDA), as for fine-tuning.
+    ``mixed_precision``: ``auto`` (fp16 on CUDA, float32 elsewhere), ``no`` (float32), ``fp16`` or ``bf16``,
+    as for fine-tuning.
     ``flip_left_right`` only applies to axial and coronal models (see :func:`augment_batch`);
     ``scanner_variation`` adds its real-scan transforms (2D models).
     ``lr_scheduler`` is a ``diffusers.optimization.get_scheduler`` name (no warm-up), over ``steps``.
@@ -117,7 +118,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     resume: bool = True
     device: str = "auto"
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.steps < 1:
