@@ -152,9 +152,8 @@ if SUPPORTED:
         toSex: Annotated[str, Choice(SEXES)] = "unknown"
         fromDiagnosis: str = ""
         toDiagnosis: str = ""
-        modelSampling: bool = (
-            True  # δ and guidance as recorded with the model (its sliders are then disabled)
-        )
+        # δ and guidance as recorded with the model (the two below are then disabled and show them)
+        modelSampling: bool = True
         drift: Annotated[float, WithinRange(*slider_range(EditSettings, "drift"))] = EditSettings.drift
         strength: Annotated[float, WithinRange(*slider_range(EditSettings, "strength"))] = (
             EditSettings.strength
