@@ -157,6 +157,26 @@ def test_the_front_end_finds_the_brain_of_a_synthetic_head(
     assert prepared.source is volume  # the input is kept as it is, never modified
 
 
+def test_an_empty_field_of_view_around_the_head_does_not_change_its_brain_mask(
+    head: tuple[Volume, np.ndarray], prepared: PreparedHead
+) -> None:
+    """deepbet sees the head cropped to its box: 80 mm of empty border around it give the same mask."""
+    from latentdrift.frontend.brain_extraction import extract_brain
+
+    volume, _ = head
+    pad = 40
+    geometry = volume.geometry
+    shift = np.asarray(geometry.direction) @ (np.asarray(geometry.spacing) * pad)
+    padded = Volume(
+        np.pad(prepared.corrected.voxels, pad),
+        replace(geometry, origin=tuple(np.asarray(geometry.origin) - shift)),
+    )
+    mask = extract_brain(padded, CPU)
+    assert not mask[:pad].any() and not mask[-pad:].any()
+    assert prepared.brain_mask is not None
+    assert dice(mask[pad:-pad, pad:-pad, pad:-pad], prepared.brain_mask) >= 0.99
+
+
 def test_the_model_sees_the_brain_on_its_grid_and_results_come_back_on_the_input_grid(
     head: tuple[Volume, np.ndarray], prepared: PreparedHead
 ) -> None:
