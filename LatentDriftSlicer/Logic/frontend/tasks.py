@@ -5,8 +5,8 @@
 brain contract sees the volume as before (the front end steps aside). How results come back:
 
 * **Segmentation**: class probabilities and entropy are resampled linearly from the model grid; inside the
-  brain mask a voxel takes its most probable *tissue* class (the front end decided it is brain), outside
-  it is background with entropy 0.
+  brain mask a voxel takes its most probable *tissue* class (the front end decided it is brain; one outside
+  the model grid's field of view takes its nearest seen neighbour's), outside it is background with entropy 0.
 * **Counterfactual**: only the *change* goes back. It is resampled from the model grid, multiplied by the
   bias field (the model changed corrected intensities; the input carries the field) and added to the
   input inside the brain, fading to nothing over :data:`FEATHER_MM` outside the mask. Every voxel
@@ -109,7 +109,7 @@ def segmentation_on_input(
         ]
     )
     entropy = np.clip(head.to_input_grid(result.entropy), 0.0, 1.0)
-    tissue = 1 + probabilities[1:].argmax(axis=0)
+    tissue = _nearest_seen(1 + probabilities[1:].argmax(axis=0), probabilities[1:].sum(axis=0) > 1e-6)
     inside = head.brain_mask if head.brain_mask is not None else probabilities.argmax(axis=0) > 0
     inside = inside & _slab(source, axis, slices)
     labels = np.where(inside, tissue, 0).astype(np.uint8)
@@ -155,6 +155,15 @@ def counterfactual_on_input(
         figures=figures,
         warnings=list(result.warnings),
     )
+
+
+def _nearest_seen(tissue: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """``tissue`` where the model gave tissue probabilities (``seen``), else the nearest seen voxel's class:
+    a brain-mask voxel just outside the model grid's field of view gets its neighbours' tissue."""
+    if seen.all() or not seen.any():
+        return tissue
+    _, nearest = ndimage.distance_transform_edt(~seen, return_indices=True)
+    return tissue[tuple(nearest)]
 
 
 def _feather(mask: np.ndarray | None, volume: Volume) -> np.ndarray:
