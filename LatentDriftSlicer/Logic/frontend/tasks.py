@@ -109,10 +109,11 @@ def segmentation_on_input(
         ]
     )
     entropy = np.clip(head.to_input_grid(result.entropy), 0.0, 1.0)
-    tissue = _nearest_seen(1 + probabilities[1:].argmax(axis=0), probabilities[1:].sum(axis=0) > 1e-6)
     inside = head.brain_mask if head.brain_mask is not None else probabilities.argmax(axis=0) > 0
     inside = inside & _slab(source, axis, slices)
-    labels = np.where(inside, tissue, 0).astype(np.uint8)
+    tissue = 1 + probabilities[1:].argmax(axis=0)
+    labels = np.where(inside, _nearest_seen(tissue, probabilities[1:].sum(axis=0) > 1e-6, inside), 0)
+    labels = labels.astype(np.uint8)
     probabilities[:, ~inside] = 0.0
     probabilities[0, ~inside] = 1.0
     entropy[~inside] = 0.0
@@ -157,13 +158,18 @@ def counterfactual_on_input(
     )
 
 
-def _nearest_seen(tissue: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """``tissue`` where the model gave tissue probabilities (``seen``), else the nearest seen voxel's class:
-    a brain-mask voxel just outside the model grid's field of view gets its neighbours' tissue."""
-    if seen.all() or not seen.any():
+def _nearest_seen(tissue: np.ndarray, seen: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``tissue`` where the model gave tissue probabilities (``seen``); a voxel ``inside`` the brain that the
+    model's field of view missed takes the class of the nearest seen voxel of the brain's bounding box.
+    Nothing is computed when every brain voxel was seen (the usual case)."""
+    missed = inside & ~seen
+    if not missed.any() or not (inside & seen).any():
         return tissue
-    _, nearest = ndimage.distance_transform_edt(~seen, return_indices=True)
-    return tissue[tuple(nearest)]
+    box = ndimage.find_objects(inside.astype(np.uint8))[0]
+    _, nearest = ndimage.distance_transform_edt(~seen[box], return_indices=True)
+    filled = tissue.copy()
+    filled[box] = tissue[box][tuple(nearest)]
+    return np.where(missed, filled, tissue)
 
 
 def _feather(mask: np.ndarray | None, volume: Volume) -> np.ndarray:
