@@ -35,6 +35,7 @@ from ..counterfactual.prompts import Attributes, PromptOptions
 from .errors import ParameterError, UnreadableFileError
 from .models import DEFAULT_MODELS
 from .values import (
+    MIXED_PRECISION,
     STEPS_RANGE,
     Axis,
     Drift,
@@ -154,7 +155,9 @@ def precision_option() -> Any:
 
 def mixed_precision_option() -> Any:
     """``mixed_precision``: training's autocast (``auto``: fp16 on CUDA, off elsewhere; every training command)."""
-    return option("auto", help="auto (fp16 on CUDA), no, fp16, bf16 (default: {default})")
+    return option(
+        "auto", choices=MIXED_PRECISION, help="auto: fp16 on CUDA, float32 elsewhere (default: {default})"
+    )
 
 
 def slices_option() -> Any:
