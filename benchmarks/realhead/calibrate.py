@@ -1,6 +1,7 @@
 """The editor's Latent Drift δ on real and synthetic heads: how much CSF a CN 70 → AD 78 counterfactual adds.
 
-    .venv/bin/python benchmarks/realhead/calibrate.py [--drifts -0.1,-0.05,0,0.05] [--synthetic 2] [--apply DELTA]
+    .venv/bin/python benchmarks/realhead/calibrate.py [--drifts=-0.1,-0.05,0,0.05] [--synthetic 2] [--guidance G]
+    .venv/bin/python benchmarks/realhead/calibrate.py --apply DELTA [--apply-guidance G]
 
 For each δ, the bundled editor (``brain-mri-instruct``) makes the counterfactual ``--from age=70,dx=CN
 --to age=78,dx=AD`` of
@@ -13,8 +14,10 @@ For each δ, the bundled editor (``brain-mri-instruct``) makes the counterfactua
 each through the whole engine path (the brain front end included), and the project's own segmentation
 (``brain-tissue-ldseg``, through the front end too) measures the CSF of the input, the counterfactual and
 (synthetic) the true follow-up. Writes ``calibration.json`` and ``calibration.md``. ``--apply DELTA``
-records δ as the editor's sampling δ in its ``latentdrift.json`` (what ``demo`` uses when no ``--drift``
-is given) and in its model card's δ row, with this file's figures as the reason.
+records δ (and ``--apply-guidance``, the text guidance) as the editor's sampling settings in its
+``latentdrift.json`` (what ``counterfactual``, ``batch``, ``demo``, the console and the panel use when not
+given them: :mod:`latentdrift.counterfactual.recorded_sampling`) and in its model card's δ row, with this
+file's figures as the reason.
 """
 
 from __future__ import annotations
