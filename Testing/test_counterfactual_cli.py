@@ -12,7 +12,7 @@ import pytest
 
 from latentdrift.bridge.scene import DIFFERENCE_COLORMAP, find_nodes, load_scene
 from latentdrift.cli import main
-from latentdrift.core.settings import counterfactual_settings, settings_json
+from latentdrift.core.settings import EditSettings, counterfactual_settings, settings_json
 from latentdrift.core.volumes import extract_slices, read_volume
 from latentdrift.fixtures.tiny_models import build_tiny_sd
 
@@ -241,6 +241,15 @@ def test_without_a_model_the_default_of_the_mode_is_used(
         out = tmp_path / f"run{index}"
         assert main([*args, "--output", str(out)]) == 0
         assert json.loads((out / "summary.json").read_text())["inputs"]["model"] == str(tiny_defaults / name)
+    instruct = json.loads((tmp_path / "run0" / "summary.json").read_text())["settings"]
+    assert instruct["guidance"] == 3.0  # not given: as the default editor records it
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text(f"subject,session,path,age,dx\na,1,{oblique_nifti},70,CN\n", encoding="utf-8")
+    no_drift = [arg for arg in EDIT if arg not in ("--drift", "0.05")]
+    batch = ["batch", "counterfactual", str(cohort), *no_drift, "--to", "age=75", "--slices", "2:4"]
+    assert main([*batch, "--output", str(tmp_path / "batch")]) == 0
+    row = json.loads((tmp_path / "batch" / "a_1" / "summary.json").read_text())["settings"]
+    assert (row["drift"], row["guidance"]) == (0.05, 3.0)
 
 
 def test_a_missing_default_model_is_one_line_and_no_output(
@@ -255,9 +264,10 @@ def test_a_missing_default_model_is_one_line_and_no_output(
 
 
 def test_a_model_is_sampled_with_its_recorded_drift_and_guidance_unless_told_otherwise(
-    tiny_defaults: Path, tmp_path: Path
+    tiny_defaults: Path, models: dict[str, Path]
 ) -> None:
-    """`counterfactual`, `batch`, the console and the panel take δ and guidance from the model's latentdrift.json."""
+    """The console's and the panel's settings take δ and guidance from the model's latentdrift.json
+    (the `counterfactual` and `batch` commands: `test_without_a_model_the_default_of_the_mode_is_used`)."""
     from latentdrift.bridge import panel_support
     from latentdrift.counterfactual.recorded_sampling import counterfactual_options
 
@@ -266,8 +276,9 @@ def test_a_model_is_sampled_with_its_recorded_drift_and_guidance_unless_told_oth
     assert (recorded.drift, recorded.guidance) == (0.05, 3.0)  # tiny_defaults' editor records both
     given = counterfactual_options(**edit, drift="0", guidance=7.5).edit
     assert (given.drift, given.guidance) == (0.0, 7.5)
-    plain = counterfactual_options(**edit, model=str(build_tiny_sd(tmp_path / "plain", instruct=True))).edit
+    plain = counterfactual_options(**edit, model=str(models["instruct"])).edit  # records neither
     assert (plain.drift, plain.guidance) == (0.0, counterfactual_settings(**edit).edit.guidance)
+    assert plain.guidance == EditSettings.guidance
     # what the panel's disabled sliders show while "The model's δ and guidance" is ticked
     assert panel_support.model_sampling_shown("", "instruct") == (0.05, 3.0)
-    assert panel_support.model_sampling_shown(tmp_path / "plain", "instruct") == (0.0, plain.guidance)
+    assert panel_support.model_sampling_shown(models["instruct"], "instruct") == (0.0, EditSettings.guidance)

@@ -172,7 +172,7 @@ def test_an_empty_field_of_view_around_the_head_does_not_change_its_brain_mask(
         replace(geometry, origin=tuple(np.asarray(geometry.origin) - shift)),
     )
     mask = extract_brain(padded, CPU)
-    assert not mask[:pad].any() and not mask[-pad:].any()
+    assert mask.sum() == mask[pad:-pad, pad:-pad, pad:-pad].sum()  # nothing in the border
     assert prepared.brain_mask is not None
     assert dice(mask[pad:-pad, pad:-pad, pad:-pad], prepared.brain_mask) >= 0.99
 

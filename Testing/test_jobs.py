@@ -293,6 +293,9 @@ def test_ldseg_scheme_trains_through_the_ldseg_training(ldseg_job: tuple[Path, d
         and "missing_label" in report["problems"][0]["reason"] + report["problems"][0]["path"]
     )
     assert _steps(job)[-1] == 2 and jobs.status(job)["state"] == "finished"
+    assert (
+        checkpoints(job / "checkpoints") and jobs.status(job)["checkpoints"]
+    )  # the job's, as every scheme's
 
 
 def test_ldseg_scheme_fine_tunes_the_model_it_is_given(tmp_path: Path) -> None:

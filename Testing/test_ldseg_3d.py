@@ -278,7 +278,8 @@ def test_cli_trains_a_3d_model(tmp_path: Path) -> None:
     assert config.spatial_dims == 3 and config.image_size == 16 and config.intensity_reference is not None
 
 
-def test_a_2d_checkpoint_written_before_spatial_dims_still_resumes(tmp_path: Path) -> None:
+def test_a_checkpoint_config_without_spatial_dims_resumes_as_2d(tmp_path: Path) -> None:
+    """A config key added later (``spatial_dims``) takes its default when a checkpoint's config lacks it."""
     config = tiny_config(image_size=16)
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (4, 16, 16)).astype(np.float32)
@@ -286,8 +287,6 @@ def test_a_2d_checkpoint_written_before_spatial_dims_still_resumes(tmp_path: Pat
     folder = tmp_path / "checkpoints"
     settings = TrainSettings(steps=1, batch_size=2, device="cpu", checkpoint_dir=str(folder), augment=False)
     train_ldseg(images, labels, None, None, config, settings)
-    rewrite_trainer_state(
-        folder, lambda document: document["config"].pop("spatial_dims")
-    )  # as 2D runs wrote it
+    rewrite_trainer_state(folder, lambda document: document["config"].pop("spatial_dims"))
     resumed = train_ldseg(images, labels, None, None, config, replace(settings, steps=2))
     assert resumed.start_step == 1

@@ -227,6 +227,13 @@ def test_train_ldseg_defaults_follow_the_dimensions_and_axis_of_the_model_traine
     assert not settings.flip_left_right
     config, settings = ldseg_training(TrainLDSegSettings(init_from=str(tiny_model)), tmp_path / "m")
     assert config is None and settings.batch_size == 16
+    sagittal_3d = tmp_path / "sagittal-3d"
+    save_ldseg_model(
+        LDSegNetwork(replace(tiny_config(CLASSES, image_size=16, spatial_dims=3), axis="sagittal")),
+        sagittal_3d,
+    )
+    config, settings = ldseg_training(TrainLDSegSettings(init_from=str(sagittal_3d)), tmp_path / "m")
+    assert config is None and settings.batch_size == 2 and not settings.flip_left_right  # the model's
     with pytest.raises(ParameterError, match="leave out --spatial-dims, --latent-channels"):
         TrainLDSegSettings(init_from=str(tiny_model), spatial_dims=2, latent_channels=1)
     with pytest.raises(ParameterError, match="Give --classes"):
@@ -250,6 +257,25 @@ def test_ldseg_training_takes_mixed_precision_from_train_ldseg_and_from_an_ldseg
         ldseg_training(TrainLDSegSettings(classes="background,ball", mixed_precision="fp8"), tmp_path / "m")
     job = FinetuneConfig(cohort="cohort.csv", scheme="ldseg", mixed_precision="no")
     assert ldseg_train_settings(job, tmp_path / "checkpoints").mixed_precision == "no"
+
+
+def test_ldseg_training_asks_its_accelerator_for_the_mixed_precision_of_its_settings(monkeypatch) -> None:
+    """``TrainSettings.mixed_precision`` reaches the run's ``Accelerator`` (trained here in float32)."""
+    from latentdrift.segmentation.ldseg import TrainSettings, train_ldseg
+    from latentdrift.segmentation.ldseg import training as ldseg_training_module
+
+    asked: list[str] = []
+    real = ldseg_training_module.training_accelerator
+
+    def recording(device: str, mixed_precision: str, *rest: int) -> object:
+        asked.append(mixed_precision)
+        return real(device, "no", *rest)
+
+    monkeypatch.setattr(ldseg_training_module, "training_accelerator", recording)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16)).astype(np.float32)
+    settings = TrainSettings(steps=1, batch_size=2, device="cpu", augment=False, mixed_precision="bf16")
+    train_ldseg(images, (images > 0).astype(np.int64), None, None, tiny_config(image_size=16), settings)
+    assert asked == ["bf16"]
 
 
 def test_train_ldseg_init_from_fine_tunes_a_model_and_keeps_its_config(tmp_path: Path, capsys) -> None:
