@@ -134,8 +134,8 @@ def sd(folders: dict[str, Path]):
 def default_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of tiny models under the default models' names, for ``LATENTDRIFT_DEFAULT_MODELS``.
 
-    The instruct editor records δ = 0.05 with a drifted start in its ``latentdrift.json``, as a model
-    fine-tuned with drift does. Tests that set the variable to this folder get these models whether
+    The instruct editor records δ = 0.05 with a drifted start and text guidance 3 in its
+    ``latentdrift.json``, as a model fine-tuned with drift and then calibrated does. Tests that set the variable to this folder get these models whether
     or not the real defaults are bundled.
     """
     from latentdrift.finetune.metadata import update_metadata
