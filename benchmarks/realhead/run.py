@@ -50,6 +50,7 @@ from latentdrift.fixtures.sample_data import robex_brain_mask_path, robex_head_p
 from latentdrift.fixtures.synthetic import (
     SubjectSettings,
     brain_tissue_template,
+    labels_on_head,
     synthetic_head,
     synthetic_subject,
 )
@@ -248,7 +249,7 @@ def synthetic_heads(ours: Ours, quick: bool) -> list[dict[str, Any]]:
     for seed in SYNTHETIC_SEEDS[: 1 if quick else None]:
         image, truth_labels = synthetic_subject(seed, SubjectSettings(spacing_mm=1.5))
         head_volume, truth_mask = synthetic_head(image, truth_labels, seed)
-        padded_truth = _pad_like(truth_labels.voxels, head_volume)
+        padded_truth = labels_on_head(truth_labels, head_volume)
         segmentation, head, seconds = ours.segment(head_volume)
         assert head.brain_mask is not None
         labels = segmentation.labels.voxels
@@ -303,18 +304,6 @@ def _nearest(labels: Volume, spacing: tuple[float, float, float], direction: np.
         for v in range(4)
     ]
     return np.argmax(np.stack(stack), axis=0).astype(np.uint8)
-
-
-def _pad_like(labels: np.ndarray, head: Volume) -> np.ndarray:
-    """The subject's labels on the padded grid of its synthetic head (the padding is background)."""
-    pad = [(a - b) // 2 for a, b in zip(head.voxels.shape, labels.shape, strict=True)]
-    out = np.zeros(head.voxels.shape, np.uint8)
-    out[
-        pad[0] : pad[0] + labels.shape[0],
-        pad[1] : pad[1] + labels.shape[1],
-        pad[2] : pad[2] + labels.shape[2],
-    ] = labels
-    return out
 
 
 def save_preview(

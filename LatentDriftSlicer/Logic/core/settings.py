@@ -282,7 +282,7 @@ class EditSettings:
 # --------------------------------------------------------------------------- volume runs
 
 
-FRONT_END_STEPS = ("bias_correction", "brain_extraction", "alignment")
+FRONT_END_STEPS = ("bias_correction", "brain_extraction", "alignment", "tissue_prior")
 
 
 @dataclass(frozen=True)
@@ -291,13 +291,16 @@ class FrontEndSettings:
 
     A step runs only where the model's input contract needs it (:mod:`latentdrift.frontend`): a brain
     model on a head gets N4 ``bias_correction``, deepbet ``brain_extraction`` and ``alignment`` to the
-    MNI152 template. ``enabled`` False (``--no-preprocess``) runs none: the model sees the volume as loaded.
+    MNI152 template; a segmentation model with a ``tissue_prior_weight`` then gets the template's
+    ``tissue_prior`` weighted into its probabilities. ``enabled`` False (``--no-preprocess``) runs none:
+    the model sees the volume as loaded.
     """
 
     enabled: bool = True
     bias_correction: bool = True
     brain_extraction: bool = True
     alignment: bool = True
+    tissue_prior: bool = True
 
     def allows(self, step: str) -> bool:
         """Whether ``step`` (one of :data:`FRONT_END_STEPS`) may run."""

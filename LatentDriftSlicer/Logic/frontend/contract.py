@@ -85,6 +85,9 @@ class InputContract:
 NATIVE = InputContract()
 """The contract of a model that declares none: the volume as loaded, no front-end step."""
 
+TEMPLATE_TISSUES = ("Cerebrospinal fluid", "Grey matter", "White matter")
+"""The tissue classes of the MNI152 template's prior (:mod:`latentdrift.frontend.tissue_prior`), by class name."""
+
 BRAIN_T1 = InputContract(modality="T1", skull_stripped=True, bias_corrected=True, space="mni152")
 """A T1 brain model trained on the MNI152 template grid (the bundled brain models, with their spacing)."""
 

@@ -4,9 +4,11 @@
 ``counterfactual`` run: a volume in, results on the volume's own grid out. A model that declares no
 brain contract sees the volume as before (the front end steps aside). How results come back:
 
-* **Segmentation**: class probabilities and entropy are resampled linearly from the model grid; inside the
-  brain mask a voxel takes its most probable *tissue* class (the front end decided it is brain; one outside
-  the model grid's field of view takes its nearest seen neighbour's), outside it is background with entropy 0.
+* **Segmentation**: a model that asks for it gets the template's tissue prior weighted into its class
+  probabilities on the model grid (:mod:`.tissue_prior`). Class probabilities and entropy are resampled
+  linearly from the model grid; inside the brain mask a voxel takes its most probable *tissue* class (the
+  front end decided it is brain; one outside the model grid's field of view takes its nearest seen
+  neighbour's), outside it is background with entropy 0.
 * **Counterfactual**: only the *change* goes back. It is resampled from the model grid, multiplied by the
   bias field (the model changed corrected intensities; the input carries the field) and added to the
   input inside the brain, fading to nothing over :data:`FEATHER_MM` outside the mask. Every voxel
@@ -18,6 +20,7 @@ model works on the few model-grid slices that cover them (:meth:`~.head.Prepared
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from functools import partial
 
@@ -33,7 +36,8 @@ from ..counterfactual.volume_editing import VolumeCounterfactual, consistency_fi
 from ..segmentation.segmenters import Segmenter
 from ..segmentation.volume_segmentation import VolumeSegmentation, assemble_segmentation, segment_volume
 from .contract import read_contract
-from .head import PreparedHead, prepare_head
+from .head import PreparedHead, StepRecord, prepare_head
+from .tissue_prior import ATLAS, with_tissue_prior
 
 MODEL_AXIS: Axis = "axial"
 """The slices an image model edits on the template grid: the orientation the bundled editors were trained on."""
@@ -64,6 +68,12 @@ def segment_head(
     model_slices = head.model_slices(contract, axis, settings.slices, spec.axis)
     on_grid = replace(settings, axis=None, slices=model_slices)
     result = segment_volume(head.model_input(contract), segmenter, on_grid, progress)
+    if spec.tissue_prior_weight and head.alignment is not None and settings.front_end.allows("tissue_prior"):
+        started = time.perf_counter()
+        result = with_tissue_prior(result, spec.class_names, spec.tissue_prior_weight, contract.spacing_mm)
+        details = {"atlas": ATLAS, "weight": spec.tissue_prior_weight}
+        step = StepRecord("tissue_prior", time.perf_counter() - started, details)
+        head = replace(head, steps=(*head.steps, step))
     return segmentation_on_input(head, result, spec.class_names, axis, settings.slices), head
 
 

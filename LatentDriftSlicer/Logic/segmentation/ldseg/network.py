@@ -34,7 +34,7 @@ from torch import nn
 
 from ...core.errors import ParameterError
 from ...core.values import MAX_RESOLUTION
-from ...frontend.contract import NATIVE, InputContract
+from ...frontend.contract import NATIVE, TEMPLATE_TISSUES, InputContract
 from ..segmenters.spec import LabelClass
 
 AXES = ("axial", "coronal", "sagittal")
@@ -98,6 +98,11 @@ class LDSegConfig:
     ``input`` is what the model expects of a volume (:class:`~latentdrift.frontend.InputContract`: a
     brain model declares a skull-stripped, bias-corrected T1 aligned to the MNI152 template, and the
     brain front end prepares real heads accordingly); config files without it take the volume as loaded.
+
+    ``tissue_prior_weight`` ``w`` ≥ 0 weights the MNI152 template's tissue prior into a brain model's
+    class probabilities on the template grid (:mod:`latentdrift.frontend.tissue_prior`); 0 (the default,
+    and config files without it) uses none. Above 0 the model needs ``input.space`` ``mni152`` and the
+    classes :data:`~latentdrift.frontend.contract.TEMPLATE_TISSUES`.
     """
 
     classes: tuple[LabelClass, ...] = field(default_factory=lambda: default_classes(["background", "object"]))
@@ -122,6 +127,7 @@ class LDSegConfig:
     intensity_reference: tuple[float, float, float] | None = None
     spatial_dims: int = 2
     input: InputContract = NATIVE
+    tissue_prior_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for problem in _config_problems(self):
@@ -267,6 +273,7 @@ _FIELD_PARSERS: dict[str, Any] = {
     "intensity_reference": lambda v: tuple(_float(x) for x in _list(v)),
     "spatial_dims": _int,
     "input": InputContract.from_dict,
+    "tissue_prior_weight": _float,
 }
 _OPTIONAL_FIELDS = {"intensity_reference", "first_timestep"}
 _DEFAULT_WHEN_MISSING: dict[str, Any] = {
@@ -274,6 +281,7 @@ _DEFAULT_WHEN_MISSING: dict[str, Any] = {
     "latent_channels": 1,
     "mirror_samples": False,
     "input": NATIVE,
+    "tissue_prior_weight": 0.0,
 }  # keys added after format version 1
 
 
@@ -346,6 +354,15 @@ def _config_problems(config: LDSegConfig) -> list[str]:
         problems.append("intensity_percentiles must be increasing, within 0–100")
     if not config.intensity_range[0] < config.intensity_range[1]:
         problems.append("intensity_range must be increasing")
+    if not 0.0 <= config.tissue_prior_weight <= 10.0:
+        problems.append("tissue_prior_weight must be from 0 (no prior) to 10")
+    elif config.tissue_prior_weight and (
+        config.input.space != "mni152" or not set(TEMPLATE_TISSUES) <= set(config.class_names)
+    ):
+        problems.append(
+            "tissue_prior_weight above 0 needs input space 'mni152' and the classes "
+            + ", ".join(f"'{name}'" for name in TEMPLATE_TISSUES)
+        )
     return problems
 
 

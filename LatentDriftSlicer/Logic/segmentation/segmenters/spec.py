@@ -48,7 +48,9 @@ class InputSpec:
       ``None`` when unknown;
     * ``classes``: its output classes, the background first;
     * ``input``: the front end's contract (:class:`~latentdrift.frontend.InputContract`: e.g. a
-      skull-stripped T1 on the MNI152 grid), :data:`~latentdrift.frontend.contract.NATIVE` when none.
+      skull-stripped T1 on the MNI152 grid), :data:`~latentdrift.frontend.contract.NATIVE` when none;
+    * ``tissue_prior_weight``: how much the front end weights the MNI152 template's tissue prior into the
+      class probabilities (:mod:`latentdrift.frontend.tissue_prior`); 0 for none.
     """
 
     axis: Axis
@@ -59,6 +61,7 @@ class InputSpec:
     intensity_range: tuple[float, float] = (-1.0, 1.0)
     intensity_reference: tuple[float, float, float] | None = None
     input: InputContract = NATIVE
+    tissue_prior_weight: float = 0.0
 
     @property
     def class_names(self) -> list[str]:

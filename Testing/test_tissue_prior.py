@@ -1,0 +1,110 @@
+"""The template's tissue prior: its maps, the weighting formula, the config rule, and its run on a head."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentdrift.cli import main
+from latentdrift.core.errors import ModelError, ParameterError
+from latentdrift.core.volumes import read_volume, write_volume
+from latentdrift.fixtures.synthetic import (
+    GREY_MATTER,
+    WHITE_MATTER,
+    SubjectSettings,
+    brain_tissue_template,
+    labels_on_head,
+    synthetic_head,
+    synthetic_subject,
+)
+from latentdrift.frontend import BRAIN_T1
+from latentdrift.frontend.alignment import model_grid
+from latentdrift.frontend.contract import TEMPLATE_TISSUES
+from latentdrift.frontend.tissue_prior import (
+    template_tissue_prior,
+    tissue_channels,
+    weighted_probabilities,
+)
+from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+from latentdrift.segmentation.seg_files import read_segmentation_file
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("Background", *TEMPLATE_TISSUES)
+CONTRACT = replace(BRAIN_T1, spacing_mm=3.0)
+FAST = ["--device", "cpu", "--quiet", "--scene", "no", "--samples", "1"]
+
+
+def test_the_prior_lies_on_the_model_grid_and_puts_each_tissue_where_the_template_has_it() -> None:
+    prior = template_tissue_prior(3.0)
+    grid = model_grid(3.0)
+    assert prior.shape == (3, *reversed(grid.GetSize()))
+    assert prior.min() >= 0 and prior.sum(axis=0).max() <= 1 + 1e-5
+    _, labels = brain_tissue_template()
+    # the template's labels at the grid's voxel centres (the grid starts at the template's origin)
+    coarse = labels.voxels[::3, ::3, ::3][tuple(slice(0, n) for n in prior.shape[1:])]
+    prior = prior[(slice(None), *(slice(0, n) for n in coarse.shape))]
+    assert np.mean(prior.argmax(axis=0)[coarse > 0] + 1 == coarse[coarse > 0]) > 0.8
+    assert prior[:, coarse == 0].sum(axis=0).mean() < 0.05
+
+
+def test_weighting_keeps_the_background_and_sums_and_moves_an_undecided_voxel_towards_the_prior() -> None:
+    # voxels: undecided grey/white, sure white matter, background, no tissue at all
+    probabilities = np.array(
+        [[0.2, 0.0, 0.9, 1.0], [0.0, 0.0, 0.05, 0.0], [0.4, 0.02, 0.03, 0.0], [0.4, 0.98, 0.02, 0.0]],
+        np.float32,
+    )
+    prior = np.array([[0.1, 0.0, 0.0, 0.3], [0.2, 0.9, 0.5, 0.4], [0.7, 0.1, 0.5, 0.3]], np.float32)
+    weighted = weighted_probabilities(probabilities, prior, [1, 2, 3], 1.0)
+    np.testing.assert_allclose(weighted.sum(axis=0), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(weighted[0], probabilities[0])
+    assert weighted[3, 0] > weighted[2, 0]  # undecided: the prior says white matter
+    assert weighted[3, 1] > 0.5  # the model is sure: a prior of 0.1 against it is a penalty, not a veto
+    np.testing.assert_array_equal(weighted[1:, 3], 0.0)  # no tissue stays no tissue
+    np.testing.assert_array_equal(weighted_probabilities(probabilities, prior, [1, 2, 3], 0.0), probabilities)
+
+
+def test_a_model_without_the_templates_tissues_cannot_ask_for_the_prior() -> None:
+    with pytest.raises(ModelError, match="'Cerebrospinal fluid'"):
+        tissue_channels(["Background", "CSF", "GM", "WM"])
+    assert tissue_channels(["Background", "White matter", "Grey matter", "Cerebrospinal fluid"]) == [3, 2, 1]
+    config = tiny_config(CLASSES)
+    with pytest.raises(ParameterError, match="tissue_prior_weight above 0 needs input space 'mni152'"):
+        replace(config, tissue_prior_weight=0.5)
+    with pytest.raises(ParameterError, match="tissue_prior_weight must be from 0"):
+        replace(config, input=CONTRACT, tissue_prior_weight=-1.0)
+    document = replace(config, input=CONTRACT).to_dict()
+    del document["tissue_prior_weight"]
+    assert type(config).from_dict(document).tissue_prior_weight == 0.0  # configs written before it
+
+
+def test_segment_weights_the_prior_in_records_it_and_leaves_it_out_when_asked(tmp_path: Path) -> None:
+    """An untrained model is undecided everywhere, so with a strong prior its labels follow the template."""
+    image, labels = synthetic_subject(1003, SubjectSettings(spacing_mm=2.5))
+    head, _ = synthetic_head(image, labels, seed=1003)
+    head_path = write_volume(head, tmp_path / "head.nrrd")
+    config = replace(tiny_config(CLASSES), input=CONTRACT, tissue_prior_weight=8.0)
+    model = save_ldseg_model(LDSegNetwork(config), tmp_path / "model")
+    truth = labels_on_head(labels, head)
+    runs = {}
+    for name, flags in (("prior", []), ("none", ["--no-tissue-prior"])):
+        out = tmp_path / name
+        argv = ["segment", str(head_path), "--model", str(model), "--output", str(out), *flags, *FAST]
+        assert main(argv) == 0
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        runs[name] = (summary, read_segmentation_file(out / "segmentation.seg.nrrd")[0].voxels)
+    steps = {s["name"]: s for s in runs["prior"][0]["front_end"]["steps"]}
+    assert steps["tissue_prior"]["weight"] == 8.0 and "MNI152" in steps["tissue_prior"]["atlas"]
+    assert "tissue_prior" not in {s["name"] for s in runs["none"][0]["front_end"]["steps"]}
+
+    def agreement(found: np.ndarray) -> float:
+        both = (truth > 0) & (found > 0)
+        tissue = np.isin(truth, (GREY_MATTER, WHITE_MATTER)) & both
+        return float(np.mean(found[tissue] == truth[tissue]))
+
+    assert agreement(runs["prior"][1]) > 0.7
+    assert agreement(runs["prior"][1]) > agreement(runs["none"][1]) + 0.2
+    assert read_volume(head_path).voxels.tobytes() == head.voxels.tobytes()
