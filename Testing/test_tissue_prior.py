@@ -11,6 +11,7 @@ import pytest
 
 from latentdrift.cli import main
 from latentdrift.core.errors import ModelError, ParameterError
+from latentdrift.core.models import default_model
 from latentdrift.core.volumes import read_volume, write_volume
 from latentdrift.fixtures.synthetic import (
     GREY_MATTER,
@@ -29,7 +30,7 @@ from latentdrift.frontend.tissue_prior import (
     tissue_channels,
     weighted_probabilities,
 )
-from latentdrift.segmentation.ldseg import LDSegNetwork, save_ldseg_model, tiny_config
+from latentdrift.segmentation.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
 from latentdrift.segmentation.seg_files import read_segmentation_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,12 @@ def test_a_model_without_the_templates_tissues_cannot_ask_for_the_prior() -> Non
     document = replace(config, input=CONTRACT).to_dict()
     del document["tissue_prior_weight"]
     assert type(config).from_dict(document).tissue_prior_weight == 0.0  # configs written before it
+
+
+def test_the_bundled_model_uses_the_weight_its_benchmark_chose() -> None:
+    chosen = json.loads((REPO / "benchmarks/realhead/tissue-prior.json").read_text(encoding="utf-8"))
+    config = load_ldseg_model(default_model("segment").path).config
+    assert config.tissue_prior_weight == chosen["chosen_weight"] > 0
 
 
 def test_segment_weights_the_prior_in_records_it_and_leaves_it_out_when_asked(tmp_path: Path) -> None:
