@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from latentdrift.cli import main
 from latentdrift.core.errors import ModelError, ParameterError
 from latentdrift.core.models import default_model
-from latentdrift.core.volumes import read_volume, write_volume
+from latentdrift.core.volumes import read_volume, volume_from_sitk, volume_to_sitk, write_volume
 from latentdrift.fixtures.synthetic import (
     GREY_MATTER,
     WHITE_MATTER,
@@ -25,11 +26,7 @@ from latentdrift.fixtures.synthetic import (
 from latentdrift.frontend import BRAIN_T1
 from latentdrift.frontend.alignment import model_grid
 from latentdrift.frontend.contract import TEMPLATE_TISSUES
-from latentdrift.frontend.tissue_prior import (
-    template_tissue_prior,
-    tissue_channels,
-    weighted_probabilities,
-)
+from latentdrift.frontend.tissue_prior import subject_prior, tissue_channels, weighted_probabilities
 from latentdrift.segmentation.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
 from latentdrift.segmentation.seg_files import read_segmentation_file
 
@@ -39,17 +36,24 @@ CONTRACT = replace(BRAIN_T1, spacing_mm=3.0)
 FAST = ["--device", "cpu", "--quiet", "--scene", "no", "--samples", "1"]
 
 
-def test_the_prior_lies_on_the_model_grid_and_puts_each_tissue_where_the_template_has_it() -> None:
-    prior = template_tissue_prior(3.0)
+def test_the_prior_follows_a_deformed_brain_far_better_than_the_template_itself() -> None:
+    """A synthetic subject is the template deformed: the warped prior must find its tissues where they went."""
     grid = model_grid(3.0)
-    assert prior.shape == (3, *reversed(grid.GetSize()))
+    image, labels = synthetic_subject(1004, SubjectSettings(spacing_mm=3.0))
+    brain = volume_from_sitk(sitk.Resample(volume_to_sitk(image), grid))
+    truth = sitk.GetArrayFromImage(
+        sitk.Resample(volume_to_sitk(labels), grid, interpolator=sitk.sitkNearestNeighbor)
+    )
+    template = sitk.GetArrayFromImage(
+        sitk.Resample(volume_to_sitk(brain_tissue_template()[1]), grid, interpolator=sitk.sitkNearestNeighbor)
+    )
+    prior = subject_prior(brain)
+    assert prior.shape == (3, *brain.voxels.shape) and prior.dtype == np.float32
     assert prior.min() >= 0 and prior.sum(axis=0).max() <= 1 + 1e-5
-    _, labels = brain_tissue_template()
-    # the template's labels at the grid's voxel centres (the grid starts at the template's origin)
-    coarse = labels.voxels[::3, ::3, ::3][tuple(slice(0, n) for n in prior.shape[1:])]
-    prior = prior[(slice(None), *(slice(0, n) for n in coarse.shape))]
-    assert np.mean(prior.argmax(axis=0)[coarse > 0] + 1 == coarse[coarse > 0]) > 0.8
-    assert prior[:, coarse == 0].sum(axis=0).mean() < 0.05
+    inside = truth > 0
+    warped_agrees = np.mean(prior.argmax(axis=0)[inside] + 1 == truth[inside])
+    assert warped_agrees > 0.88 and warped_agrees > np.mean(template[inside] == truth[inside]) + 0.08
+    assert prior[:, brain.voxels == 0].sum(axis=0).mean() < 0.1  # little prior where there is no brain
 
 
 def test_weighting_keeps_the_background_and_sums_and_moves_an_undecided_voxel_towards_the_prior() -> None:
@@ -105,6 +109,7 @@ def test_segment_weights_the_prior_in_records_it_and_leaves_it_out_when_asked(tm
         runs[name] = (summary, read_segmentation_file(out / "segmentation.seg.nrrd")[0].voxels)
     steps = {s["name"]: s for s in runs["prior"][0]["front_end"]["steps"]}
     assert steps["tissue_prior"]["weight"] == 8.0 and "MNI152" in steps["tissue_prior"]["atlas"]
+    assert "demons" in steps["tissue_prior"]["registration"]
     assert "tissue_prior" not in {s["name"] for s in runs["none"][0]["front_end"]["steps"]}
 
     def agreement(found: np.ndarray) -> float:

@@ -7,7 +7,8 @@ Writes ``tissue-prior.json`` and ``tissue-prior.md`` next to this file. A brain 
 ``tissue_prior_weight`` ``w > 0`` gets the MNI152 template's tissue prior weighted into its class
 probabilities (``latentdrift.frontend.tissue_prior``). For each candidate ``w`` in :data:`WEIGHTS` this
 script runs the engine's own steps: the front end prepares a head, LDSeg segments it once on the model
-grid, :func:`~latentdrift.frontend.tissue_prior.with_tissue_prior` weights the probabilities by ``w``
+grid, :func:`~latentdrift.frontend.tissue_prior.subject_prior` carries the template's prior onto the
+brain, :func:`~latentdrift.frontend.tissue_prior.with_tissue_prior` weights the probabilities by ``w``
 and :func:`~latentdrift.frontend.tasks.segmentation_on_input` brings them back (what ``segment_head``
 does, with the segmentation shared by the weights).
 
@@ -53,7 +54,7 @@ from latentdrift.fixtures.sample_data import robex_head_path
 from latentdrift.fixtures.synthetic import SubjectSettings, labels_on_head, synthetic_head, synthetic_subject
 from latentdrift.frontend.head import PreparedHead, prepare_head
 from latentdrift.frontend.tasks import segmentation_on_input
-from latentdrift.frontend.tissue_prior import with_tissue_prior
+from latentdrift.frontend.tissue_prior import subject_prior, with_tissue_prior
 from latentdrift.segmentation.ldseg import load_ldseg_model
 from latentdrift.segmentation.ldseg.model_io import CONFIG_FILE, config_document
 from latentdrift.segmentation.volume_segmentation import VolumeSegmentation, segment_volume
@@ -73,14 +74,14 @@ class Weighted:
         spec = ours.segmenter.spec
         self.spec = spec
         self.head: PreparedHead = prepare_head(volume, spec.input, FrontEndSettings(), torch.device("cpu"))
-        self.on_grid = segment_volume(
-            self.head.model_input(spec.input), ours.segmenter, SegmentSettings(device="cpu")
-        )
+        brain = self.head.model_input(spec.input)
+        self.on_grid = segment_volume(brain, ours.segmenter, SegmentSettings(device="cpu"))
+        self.prior = subject_prior(brain)
 
     def at(self, weight: float) -> VolumeSegmentation:
         """The segmentation on the head's grid with the prior at ``weight`` (0: none)."""
         names = self.spec.class_names
-        result = with_tissue_prior(self.on_grid, names, weight, self.spec.input.spacing_mm)
+        result = with_tissue_prior(self.on_grid, names, weight, self.prior)
         return segmentation_on_input(self.head, result, names, self.spec.axis, None)
 
 
@@ -171,14 +172,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "Mean over the heads; NLL is the true tissue's negative log-likelihood inside the brain (lower is "
         f"better). **Chosen: w = {chosen}** (the lowest NLL; a tie within {TIE} goes to the smaller weight).",
         "",
-        "| w | NLL | CSF Dice | GM Dice | WM Dice |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {w} | {row['nll']} | " + " | ".join(str(row[c]) for c in CLASSES) + " |"
-        for w, row in choice["rows"].items()
-    ]
-    lines += [
+        *_synthetic_table(choice["rows"]),
         "",
         "## Not used by the choice: the ROBEX head",
         "",
@@ -202,14 +196,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"## Not used by the choice: synthetic heads of seeds {', '.join(map(str, test['seeds']))}",
         "",
-        "| w | NLL | CSF Dice | GM Dice | WM Dice |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {w} | {row['nll']} | " + " | ".join(str(row[c]) for c in CLASSES) + " |"
-        for w, row in test["rows"].items()
-    ]
-    lines += [
+        *_synthetic_table(test["rows"]),
         "",
         "The atlas labelling is itself the template's labels, so agreement with it rises with any weight; "
         "agreement with ANTs (which knows nothing of the template) falls. The synthetic heads, whose truth "
@@ -217,6 +204,15 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _synthetic_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    """The Markdown table of a synthetic set's rows: NLL and Dice per tissue, one row a weight."""
+    header = ["| w | NLL | CSF Dice | GM Dice | WM Dice |", "|---|---|---|---|---|"]
+    return header + [
+        f"| {w} | {row['nll']} | " + " | ".join(str(row[c]) for c in CLASSES) + " |"
+        for w, row in rows.items()
+    ]
 
 
 def _ml(volumes: dict[str, float]) -> str:

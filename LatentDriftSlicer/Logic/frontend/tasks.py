@@ -37,7 +37,7 @@ from ..segmentation.segmenters import Segmenter
 from ..segmentation.volume_segmentation import VolumeSegmentation, assemble_segmentation, segment_volume
 from .contract import read_contract
 from .head import PreparedHead, StepRecord, prepare_head
-from .tissue_prior import ATLAS, with_tissue_prior
+from .tissue_prior import ATLAS, REGISTRATION, subject_prior, with_tissue_prior
 
 MODEL_AXIS: Axis = "axial"
 """The slices an image model edits on the template grid: the orientation the bundled editors were trained on."""
@@ -67,11 +67,13 @@ def segment_head(
     axis = settings.axis or spec.axis
     model_slices = head.model_slices(contract, axis, settings.slices, spec.axis)
     on_grid = replace(settings, axis=None, slices=model_slices)
-    result = segment_volume(head.model_input(contract), segmenter, on_grid, progress)
+    brain = head.model_input(contract)
+    result = segment_volume(brain, segmenter, on_grid, progress)
     if spec.tissue_prior_weight and head.alignment is not None and settings.front_end.allows("tissue_prior"):
         started = time.perf_counter()
-        result = with_tissue_prior(result, spec.class_names, spec.tissue_prior_weight, contract.spacing_mm)
-        details = {"atlas": ATLAS, "weight": spec.tissue_prior_weight}
+        prior = subject_prior(brain)
+        result = with_tissue_prior(result, spec.class_names, spec.tissue_prior_weight, prior)
+        details = {"atlas": ATLAS, "registration": REGISTRATION, "weight": spec.tissue_prior_weight}
         step = StepRecord("tissue_prior", time.perf_counter() - started, details)
         head = replace(head, steps=(*head.steps, step))
     return segmentation_on_input(head, result, spec.class_names, axis, settings.slices), head

@@ -1,4 +1,4 @@
-"""The MNI152 template's tissue prior, weighted into a brain model's class probabilities.
+"""The MNI152 template's tissue prior, carried onto a brain and weighted into a model's class probabilities.
 
 Classical tissue segmentation combines what the image says with where each tissue usually lies (SPM's
 unified segmentation, FSL FAST and ANTs Atropos with prior maps). A brain model on the template grid
@@ -8,50 +8,46 @@ probabilities ``p`` become
     q_c = (1 − p_0) · max(p_c, ε) · max(π_c, ε)^w / Σ_t max(p_t, ε) · max(π_t, ε)^w
 
 over the tissue classes ``c`` (:data:`~.contract.TEMPLATE_TISSUES`); the background's ``p_0`` is kept.
-``π`` is the template's prior on the model grid: nilearn's MNI152 2009c grey- and white-matter maps,
-and CSF the rest of the template brain. ``ε`` (:data:`FLOOR`) makes a zero a penalty, not a veto.
-``w = 0`` gives ``p`` back. The brain reaches the template grid by the front end's affine alignment,
-so the prior is as sharp as that alignment is good. The bundled model's weight is chosen on held-out
-synthetic heads (``benchmarks/realhead/tissue_prior.py --apply``: the lowest negative log-likelihood of
-the true labels). Written here because no maintained Python library applies a template prior to
-another model's probabilities; the formula is the one of a Bayesian tissue classifier with a tempered prior.
+``ε`` (:data:`FLOOR`) makes a zero a penalty, not a veto; ``w = 0`` gives ``p`` back.
+
+``π`` is the template's prior (nilearn's MNI152 2009c grey- and white-matter maps, CSF the rest of the
+template brain) *on this brain*: the front end's affine alignment brings the brain onto the template
+grid, then :func:`subject_prior` registers the template to the brain deformably (SimpleITK's fast
+symmetric-forces demons, three resolutions, as atlas-based segmentation does) and warps the prior with
+that field, so the prior follows this brain's own folds and ventricles rather than the template's. The
+bundled model's weight is chosen on synthetic heads (``benchmarks/realhead/tissue_prior.py --apply``: the
+lowest negative log-likelihood of the true labels). Written here because no maintained Python library
+applies a template prior to another model's probabilities; the formula is the one of a Bayesian tissue
+classifier with a tempered prior.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
 from scipy.special import entr
 
 from ..core.errors import ModelError
-from ..core.volumes import volume_to_sitk
+from ..core.volumes import Volume, volume_to_sitk
 from ..fixtures.synthetic import template_tissue_probabilities
 from ..segmentation.volume_segmentation import VolumeSegmentation
-from .alignment import model_grid
+from .alignment import model_grid, template
 from .contract import TEMPLATE_TISSUES
 
 FLOOR = 1e-3
 """Probabilities (the model's and the prior's) are floored here before they are combined."""
 ATLAS = "MNI152 2009c tissue maps (nilearn)"
-
-
-@lru_cache(maxsize=2)
-def template_tissue_prior(spacing_mm: float) -> np.ndarray:
-    """The template's prior on the model grid at ``spacing_mm``: float32 ``[3, k, j, i]`` in [0, 1].
-
-    Channels follow :data:`~.contract.TEMPLATE_TISSUES` (CSF, grey matter, white matter); they sum to 1
-    inside the template brain and to 0 outside it.
-    """
-    template, probabilities = template_tissue_probabilities()
-    grid = model_grid(spacing_mm)
-    on_grid = [
-        sitk.GetArrayFromImage(sitk.Resample(volume_to_sitk(template.with_voxels(channel)), grid))
-        for channel in probabilities
-    ]
-    return np.stack(on_grid).astype(np.float32)
+REGISTRATION = "SimpleITK fast symmetric-forces demons, template to brain"
+REGISTRATION_SPACING_MM = 2.0
+"""The deformable registration runs on the template grid at this voxel size (its finest level)."""
+DEMONS_SHRINK_FACTORS = (4, 2, 1)
+"""Its resolutions, coarse to fine: 8, 4 and 2 mm."""
+DEMONS_ITERATIONS = 50
+"""Iterations at each resolution."""
+DEMONS_SMOOTHING_MM = 1.5
+"""Standard deviation of the Gaussian that regularises the displacement field after each iteration."""
 
 
 def tissue_channels(class_names: list[str]) -> list[int]:
@@ -84,17 +80,55 @@ def weighted_probabilities(
     return result.astype(np.float32)
 
 
+def subject_prior(brain: Volume) -> np.ndarray:
+    """The template's prior warped onto ``brain``: float32 ``[3, k, j, i]`` on ``brain``'s grid, in [0, 1].
+
+    ``brain`` is a skull-stripped, bias-corrected brain (zero outside) on a model grid, as the front end
+    gives it to the model (:meth:`~.head.PreparedHead.model_input`). The template, histogram-matched to
+    the brain, is registered to it at :data:`REGISTRATION_SPACING_MM`; the displacement field ``u``
+    (on the brain's side, ``template(x + u(x)) ≈ brain(x)``) carries the prior: ``π(x) = prior(x + u(x))``.
+    """
+    grid = sitk.Cast(volume_to_sitk(brain), sitk.sitkFloat32)
+    coarse = model_grid(REGISTRATION_SPACING_MM)
+    fixed = sitk.Resample(grid, coarse)
+    moving = sitk.HistogramMatching(
+        sitk.Resample(template(), coarse), fixed, numberOfHistogramLevels=256, numberOfMatchPoints=15
+    )
+    demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+    demons.SetNumberOfIterations(DEMONS_ITERATIONS)
+    demons.SetStandardDeviations(DEMONS_SMOOTHING_MM)
+    field = sitk.Image(fixed.GetSize(), sitk.sitkVectorFloat64, 3)
+    field.CopyInformation(fixed)
+    for shrink in DEMONS_SHRINK_FACTORS:
+        level_fixed, level_moving = (sitk.Shrink(image, [shrink] * 3) for image in (fixed, moving))
+        start = sitk.Resample(
+            field, level_fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64
+        )
+        field = demons.Execute(level_fixed, level_moving, start)
+    warp = sitk.DisplacementFieldTransform(
+        sitk.Resample(field, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
+    )
+    template_volume, probabilities = template_tissue_probabilities()
+    warped = [
+        sitk.GetArrayFromImage(
+            sitk.Resample(
+                volume_to_sitk(template_volume.with_voxels(channel)), grid, warp, sitk.sitkLinear, 0.0
+            )
+        )
+        for channel in probabilities
+    ]
+    return np.stack(warped).astype(np.float32)
+
+
 def with_tissue_prior(
-    result: VolumeSegmentation, class_names: list[str], weight: float, spacing_mm: float
+    result: VolumeSegmentation, class_names: list[str], weight: float, prior: np.ndarray
 ) -> VolumeSegmentation:
-    """A segmentation on the model grid at ``spacing_mm`` (``result``) with the prior weighted in.
+    """A segmentation on a model grid (``result``) with ``prior`` ``[3, k, j, i]`` (on that grid) weighted in.
 
     Labels, probabilities and the entropy (normalised, of the new probabilities) change; the figures
     are the model's (:func:`~.tasks.segmentation_on_input` computes those of the result it returns).
     """
-    probabilities = weighted_probabilities(
-        result.probabilities, template_tissue_prior(spacing_mm), tissue_channels(class_names), weight
-    )
+    probabilities = weighted_probabilities(result.probabilities, prior, tissue_channels(class_names), weight)
     entropy = np.clip(entr(probabilities).sum(axis=0) / np.log(len(class_names)), 0.0, 1.0)
     return replace(
         result,
