@@ -33,6 +33,17 @@ def test_updates_are_throttled_but_the_last_one_is_kept(capsys, monkeypatch) -> 
     assert [json.loads(line)["done"] for line in lines] == [1, 10]
 
 
+def test_a_new_task_is_announced_at_once_even_within_the_throttle(capsys, monkeypatch) -> None:
+    monkeypatch.setattr("latentdrift.core.progress.time.monotonic", lambda: 5.0)
+    progress = Progress(json_lines=True, max_rate=1.0)
+    progress(1, 10, "segmenting")
+    progress(0, 1, "tissue prior")  # the same instant: still printed, a GUI must learn the new message
+    assert [json.loads(line)["message"] for line in capsys.readouterr().out.splitlines()] == [
+        "segmenting",
+        "tissue prior",
+    ]
+
+
 def test_cpu_batch_size_follows_available_memory(monkeypatch) -> None:
     import torch
 

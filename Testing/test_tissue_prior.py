@@ -26,6 +26,7 @@ from latentdrift.fixtures.synthetic import (
 from latentdrift.frontend import BRAIN_T1
 from latentdrift.frontend.alignment import model_grid
 from latentdrift.frontend.contract import TEMPLATE_TISSUES
+from latentdrift.frontend.tasks import TISSUE_PRIOR_PROGRESS
 from latentdrift.frontend.tissue_prior import subject_prior, tissue_channels, weighted_probabilities
 from latentdrift.segmentation.ldseg import LDSegNetwork, load_ldseg_model, save_ldseg_model, tiny_config
 from latentdrift.segmentation.seg_files import read_segmentation_file
@@ -92,7 +93,9 @@ def test_the_bundled_model_uses_the_weight_its_benchmark_chose() -> None:
     assert config.tissue_prior_weight == chosen["chosen_weight"] > 0
 
 
-def test_segment_weights_the_prior_in_records_it_and_leaves_it_out_when_asked(tmp_path: Path) -> None:
+def test_segment_weights_the_prior_in_records_it_and_leaves_it_out_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """An untrained model is undecided everywhere, so with a strong prior its labels follow the template."""
     image, labels = synthetic_subject(1003, SubjectSettings(spacing_mm=2.5))
     head, _ = synthetic_head(image, labels, seed=1003)
@@ -101,12 +104,15 @@ def test_segment_weights_the_prior_in_records_it_and_leaves_it_out_when_asked(tm
     model = save_ldseg_model(LDSegNetwork(config), tmp_path / "model")
     truth = labels_on_head(labels, head)
     runs = {}
-    for name, flags in (("prior", []), ("none", ["--no-tissue-prior"])):
+    for name, flags in (("prior", ["--progress-json"]), ("none", ["--no-tissue-prior"])):
         out = tmp_path / name
         argv = ["segment", str(head_path), "--model", str(model), "--output", str(out), *flags, *FAST]
         assert main(argv) == 0
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         runs[name] = (summary, read_segmentation_file(out / "segmentation.seg.nrrd")[0].voxels)
+    said = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    prior_progress = [(e["done"], e["total"]) for e in said if e.get("message") == TISSUE_PRIOR_PROGRESS]
+    assert prior_progress == [(0, 1), (1, 1)]  # the registration's seconds are not silent, and end done
     steps = {s["name"]: s for s in runs["prior"][0]["front_end"]["steps"]}
     assert steps["tissue_prior"]["weight"] == 8.0 and "MNI152" in steps["tissue_prior"]["atlas"]
     assert "demons" in steps["tissue_prior"]["registration"]

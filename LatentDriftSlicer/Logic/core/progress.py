@@ -6,7 +6,7 @@ CLI's ``--progress-json``, used by the Slicer module), prints one JSON object pe
 
     {"event": "progress", "done": 12, "total": 180, "fraction": 0.0667, "message": "segmenting", "eta_s": 41.2}
 
-Lines are throttled to at most ``max_rate`` per second (the last update is always printed).
+Lines are throttled to at most ``max_rate`` per second (a task's first and last updates are always printed).
 
 Training runs (every fine-tuning scheme and LDSeg) report :class:`TrainingEvent` dicts instead, one
 per optimizer step with its loss, to a :data:`TrainingCallback`; a job turns them into its status lines
@@ -66,7 +66,7 @@ class Progress:
         self._task: tuple[str, int] | None = None
         self._first_done = 0
         self._started = time.monotonic()
-        self._last_emit = -float("inf")  # the first update is always printed
+        self._last_emit = -float("inf")
 
     def __call__(self, done: int, total: int, message: str = "") -> None:
         if (message, total) != self._task:
@@ -90,6 +90,9 @@ class Progress:
         self._task = (message, total)
         self._first_done = done
         self._started = time.monotonic()
+        self._last_emit = -float(
+            "inf"
+        )  # a new task's first update is always printed: the GUI learns its message
         if not self.quiet and not self.json_lines:
             # initial: the rate counts only what this bar saw done, not work finished before it started
             self._bar = tqdm(total=total, initial=done, desc=message or None, leave=False, dynamic_ncols=True)

@@ -39,6 +39,8 @@ from .contract import read_contract
 from .head import PreparedHead, StepRecord, prepare_head
 from .tissue_prior import ATLAS, REGISTRATION, subject_prior, with_tissue_prior
 
+TISSUE_PRIOR_PROGRESS = "tissue prior: registering the template"
+"""What progress says while the template's prior is carried onto the brain (several seconds)."""
 MODEL_AXIS: Axis = "axial"
 """The slices an image model edits on the template grid: the orientation the bundled editors were trained on."""
 FEATHER_MM = 3.0
@@ -71,8 +73,12 @@ def segment_head(
     result = segment_volume(brain, segmenter, on_grid, progress)
     if spec.tissue_prior_weight and head.alignment is not None and settings.front_end.allows("tissue_prior"):
         started = time.perf_counter()
+        if progress is not None:
+            progress(0, 1, TISSUE_PRIOR_PROGRESS)
         prior = subject_prior(brain)
         result = with_tissue_prior(result, spec.class_names, spec.tissue_prior_weight, prior)
+        if progress is not None:
+            progress(1, 1, TISSUE_PRIOR_PROGRESS)
         details = {"atlas": ATLAS, "registration": REGISTRATION, "weight": spec.tissue_prior_weight}
         step = StepRecord("tissue_prior", time.perf_counter() - started, details)
         head = replace(head, steps=(*head.steps, step))
