@@ -90,9 +90,8 @@ class Progress:
         self._task = (message, total)
         self._first_done = done
         self._started = time.monotonic()
-        self._last_emit = -float(
-            "inf"
-        )  # a new task's first update is always printed: the GUI learns its message
+        # a new task's first update is always printed, so a GUI learns its message
+        self._last_emit = -float("inf")
         if not self.quiet and not self.json_lines:
             # initial: the rate counts only what this bar saw done, not work finished before it started
             self._bar = tqdm(total=total, initial=done, desc=message or None, leave=False, dynamic_ncols=True)

@@ -88,9 +88,9 @@ def subject_prior(brain: Volume) -> np.ndarray:
     the brain, is registered to it at :data:`REGISTRATION_SPACING_MM`; the displacement field ``u``
     (on the brain's side, ``template(x + u(x)) ≈ brain(x)``) carries the prior: ``π(x) = prior(x + u(x))``.
     """
-    grid = sitk.Cast(volume_to_sitk(brain), sitk.sitkFloat32)
+    brain_image = sitk.Cast(volume_to_sitk(brain), sitk.sitkFloat32)
     coarse = model_grid(REGISTRATION_SPACING_MM)
-    fixed = sitk.Resample(grid, coarse)
+    fixed = sitk.Resample(brain_image, coarse)
     moving = sitk.HistogramMatching(
         sitk.Resample(template(), coarse), fixed, numberOfHistogramLevels=256, numberOfMatchPoints=15
     )
@@ -112,7 +112,7 @@ def subject_prior(brain: Volume) -> np.ndarray:
     warped = [
         sitk.GetArrayFromImage(
             sitk.Resample(
-                volume_to_sitk(template_volume.with_voxels(channel)), grid, warp, sitk.sitkLinear, 0.0
+                volume_to_sitk(template_volume.with_voxels(channel)), brain_image, warp, sitk.sitkLinear, 0.0
             )
         )
         for channel in probabilities
